@@ -1,0 +1,230 @@
+"""GIFT — Generative Interpretable Fine-Tuning: the whole math of the generator in one file.
+
+Notation (SPEC §2). A frozen linear layer computes ``y = x Wᵀ + b`` with ``W ∈ R^{d_out × d_in}``.
+The rows of ``W`` are *parameter tokens*: ``d_out`` tokens of dimension ``d_in``. The ``L`` target
+layers that share a shape are one batch ``X ∈ R^{L × d_out × d_in}`` and the generator maps it to
+residuals of the same shape::
+
+    h  = X φᵀ (+ P)                         dimension reduction d_in → d'  (+ positional encoding)
+    h  = h + Mixer(n(h)) ;  h = h + MLP(n(h))   × depth, pre-norm with parameter-free L2 norm n(·)
+    ΔW = h ψᵀ                               dimension recovery d' → d_in, ψ initialised to ZERO
+
+so ``ΔW ≡ 0`` at initialisation and the wrapped model is the frozen model, bit for bit.
+
+Parameter-to-Cluster Attention (PaCa), linear in the number of tokens N = d_out::
+
+    x = n(h)
+    C = sigmoid(x W_c + b_c)        N × M   soft, independent membership of each token in M clusters
+    Z = n(Cᵀ x / N)                 M × d'  cluster tokens
+    out = softmax_M(x W_q (Z W_k)ᵀ · scale) (Z W_v) W_o
+
+With ``depth=0`` and no positional encoding the generator is the official v2 code's
+``ΔW = (W φᵀ) ψᵀ`` (rank r = d'), evaluated in the same order.
+
+The generator is split the way multi-task learning needs it: a :class:`GeneratorTrunk` (φ, P, the
+blocks' attention/MLP weights) that tasks may share, and a :class:`GeneratorHead` (ψ and the PaCa
+cluster-assignment layers) that is per task, so each task has its own assignments to analyse.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import nn
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """The generator's norm: parameter-free, because its inputs are weights, not activations."""
+    return F.normalize(x, p=2.0, dim=-1, eps=1e-12)
+
+
+@dataclass
+class GiftConfig:
+    """Everything that defines a GIFT generator; one field per constructor argument.
+
+    ``target_modules`` are module-name suffixes (``"attn.proj"`` matches ``blocks.3.attn.proj``).
+    Layers of the same shape form one group with one generator, evaluated in one batched call.
+    """
+
+    target_modules: Sequence[str] = ("attn.proj",)
+    rank: int = 48  # d'
+    depth: int = 4  # number of hyper-transformer blocks
+    block: str = "paca"  # token mixer: paca | attention | mlp (MLP-only blocks)
+    num_clusters: int = 64  # M
+    num_heads: int = 1
+    mlp_ratio: float = 2.0
+    positional_encoding: bool = True
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        if self.block not in TOKEN_MIXERS:
+            raise ValueError(f"unknown GIFT block {self.block!r}; expected one of {sorted(TOKEN_MIXERS)}")
+        if self.rank <= 0 or self.depth < 0:
+            raise ValueError(f"GIFT rank must be > 0 and depth >= 0, got rank={self.rank}, depth={self.depth}")
+        if self.depth and self.rank % self.num_heads:
+            raise ValueError(f"rank {self.rank} is not divisible by num_heads {self.num_heads}")
+
+    @classmethod
+    def paca(cls, **overrides) -> "GiftConfig":
+        """The v1 paper form: d'=48, 4 PaCa blocks, positional encoding."""
+        return cls(**{**dict(rank=48, depth=4, block="paca", positional_encoding=True), **overrides})
+
+    @classmethod
+    def linear(cls, **overrides) -> "GiftConfig":
+        """The v2 official form: ΔW = (W φᵀ) ψᵀ with rank 16."""
+        return cls(**{**dict(rank=16, depth=0, positional_encoding=False), **overrides})
+
+
+class ClusterAssignment(nn.Module):
+    """``C = sigmoid(x W_c + b_c)``. Sigmoid, not softmax: softmax over clusters makes the
+    assignments nearly uniform (the paper's finding). Its parameters get no weight decay
+    (the optimizer groups exempt every name containing ``cluster``)."""
+
+    def __init__(self, dim: int, num_clusters: int):
+        super().__init__()
+        self.cluster = nn.Linear(dim, num_clusters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.cluster(x))
+
+
+class ParameterToClusterAttention(nn.Module):
+    """Tokens attend to M cluster tokens instead of to each other: O(N·M) instead of O(N²)."""
+
+    def __init__(self, dim: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, assign: ClusterAssignment) -> tuple[torch.Tensor, torch.Tensor]:
+        num_tokens = x.shape[-2]
+        c = assign(x)  # (L, N, M)
+        z = l2_normalize(einsum(c, x, "l n m, l n d -> l m d") / num_tokens)
+        q = rearrange(self.q(x), "l n (h d) -> l h n d", h=self.num_heads)
+        k = rearrange(self.k(z), "l m (h d) -> l h m d", h=self.num_heads)
+        v = rearrange(self.v(z), "l m (h d) -> l h m d", h=self.num_heads)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        out = rearrange(attn @ v, "l h n d -> l n (h d)")
+        return self.proj(out), c
+
+
+class TokenSelfAttention(nn.Module):
+    """Vanilla multi-head self-attention over the parameter tokens (quadratic in d_out)."""
+
+    def __init__(self, dim: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, assign: None = None) -> tuple[torch.Tensor, None]:
+        q, k, v = rearrange(self.qkv(x), "l n (three h d) -> three l h n d", three=3, h=self.num_heads)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        return self.proj(rearrange(attn @ v, "l h n d -> l n (h d)")), None
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+# The registry behind ``GiftConfig.block``; ``None`` means an MLP-only block.
+TOKEN_MIXERS = {"paca": ParameterToClusterAttention, "attention": TokenSelfAttention, "mlp": None}
+
+
+class GeneratorBlock(nn.Module):
+    """``h = h + Mixer(n(h)); h = h + MLP(n(h))`` — a pre-norm transformer block over parameter tokens."""
+
+    def __init__(self, dim: int, block: str, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        mixer_cls = TOKEN_MIXERS[block]
+        self.mixer = mixer_cls(dim, num_heads) if mixer_cls is not None else None
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, h: torch.Tensor, assign: Optional[ClusterAssignment] = None):
+        c = None
+        if self.mixer is not None:
+            out, c = self.mixer(l2_normalize(h), assign)
+            h = h + out
+        h = h + self.mlp(l2_normalize(h))
+        return h, c
+
+
+class GeneratorTrunk(nn.Module):
+    """The part of the generator tasks may share: reduction φ, positional encoding P, the blocks."""
+
+    def __init__(self, config: GiftConfig, d_in: int, d_out: int):
+        super().__init__()
+        self.reduction = nn.Linear(d_in, config.rank, bias=False)  # φ
+        if config.positional_encoding:
+            self.pos_embed = nn.Parameter(torch.zeros(d_out, config.rank))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            self.pos_embed = None
+        self.blocks = nn.ModuleList(
+            GeneratorBlock(config.rank, config.block, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
+        )
+
+
+class GeneratorHead(nn.Module):
+    """The per-task part: recovery ψ (zero-initialised) and one cluster assignment per PaCa block."""
+
+    def __init__(self, config: GiftConfig, d_in: int):
+        super().__init__()
+        self.recovery = nn.Linear(config.rank, d_in, bias=False)  # ψ
+        nn.init.zeros_(self.recovery.weight)
+        n_assign = config.depth if config.block == "paca" else 0
+        self.clusters = nn.ModuleList(ClusterAssignment(config.rank, config.num_clusters) for _ in range(n_assign))
+
+
+class GiftGenerator(nn.Module):
+    """Generates ΔW for a batch of same-shape frozen weights ``(L, d_out, d_in)`` in one call."""
+
+    def __init__(self, config: GiftConfig, d_in: int, d_out: int, heads: Sequence[str] = ("0",)):
+        super().__init__()
+        self.config = config
+        self.d_in, self.d_out = d_in, d_out
+        self.trunk = GeneratorTrunk(config, d_in, d_out)
+        self.heads = nn.ModuleDict()
+        for name in heads:
+            self.add_head(name)
+
+    def add_head(self, name: str) -> GeneratorHead:
+        self.heads[name] = GeneratorHead(self.config, self.d_in)
+        return self.heads[name]
+
+    def forward(self, weights: torch.Tensor, head: str = "0", return_assignments: bool = False):
+        """``weights``: (L, d_out, d_in) frozen weights. Returns ΔW of the same shape and, on request,
+        the cluster assignments, one ``(L, d_out, M)`` tensor per PaCa block."""
+        if weights.shape[-2:] != (self.d_out, self.d_in):
+            raise ValueError(
+                f"generator built for weights of shape ({self.d_out}, {self.d_in}), got {tuple(weights.shape[-2:])}"
+            )
+        task_head = self.heads[head]
+        # The generator's input is weights, not data: keep it out of autocast, like the official code.
+        with torch.autocast(device_type=weights.device.type, enabled=False):
+            h = F.linear(weights.float(), self.trunk.reduction.weight)
+            if self.trunk.pos_embed is not None:
+                h = h + self.trunk.pos_embed
+            assignments = []
+            for i, block in enumerate(self.trunk.blocks):
+                assign = task_head.clusters[i] if len(task_head.clusters) else None
+                h, c = block(h, assign)
+                if c is not None:
+                    assignments.append(c)
+            delta = F.linear(h, task_head.recovery.weight).to(weights.dtype)
+        return (delta, assignments) if return_assignments else delta

@@ -1,0 +1,129 @@
+"""What ``run.py`` does, minus Hydra: build the benchmark, train and evaluate, write the run directory.
+
+Single-task strategies (``gift``, ``lora``, ``linear``, ``finetune``) treat a benchmark of N tasks
+as N independent fine-tuning runs, each a one-experience Avalanche stream with a fresh backbone:
+the VTAB-1k / FGVC protocol, and a per-task comparison on any multi-domain benchmark.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones import create_backbone
+from .checkpoint import save_safetensors, trainable_state_dict, write_json, write_text
+from .data.stream import build_stream
+from .optim import OptimConfig
+from .reporting import format_table, plot_task_accuracies, read_json, write_csv
+
+log = logging.getLogger("gift_cl")
+
+
+def seed_everything(seed: int) -> None:
+    from avalanche.training.determinism.rng_manager import RNGManager
+
+    RNGManager.set_random_seeds(seed)
+
+
+def make_evaluator(log_dir: Path):
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.logging import CSVLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    return EvaluationPlugin(
+        accuracy_metrics(epoch=True, experience=True),
+        loss_metrics(epoch=True, experience=True),
+        loggers=[CSVLogger(str(log_dir))],
+    )
+
+
+def experience_accuracy(metrics: dict, exp_id: int, task_label: int) -> float:
+    key = f"Top1_Acc_Exp/eval_phase/test_stream/Task{task_label:03d}/Exp{exp_id:03d}"
+    if key not in metrics:
+        raise KeyError(f"Avalanche did not report {key}; got {sorted(metrics)[:5]}...")
+    return float(metrics[key])
+
+
+def run_single_task(cfg: DictConfig, run_dir: Path) -> dict:
+    t_start = time.time()
+    tasks = instantiate(cfg.benchmark)
+    stream = build_stream(tasks)
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    results_path = run_dir / "results.json"
+    previous = read_json(results_path) or {}
+    done = previous.get("tasks", {})
+    results = {
+        "strategy": cfg.strategy.name,
+        "benchmark": cfg.benchmark_name,
+        "seed": cfg.seed,
+        "tasks": {},
+    }
+    for exp_train, exp_test, task in zip(stream.train_stream, stream.test_stream, tasks):
+        if task.name in done and (run_dir / done[task.name]["checkpoint"]).is_file():
+            log.info("task %s already finished in %s: skipping (resume)", task.name, run_dir)
+            results["tasks"][task.name] = done[task.name]
+            continue
+        t0 = time.time()
+        seed_everything(cfg.seed)  # every task starts from the same seed, whatever ran before it
+        backbone = create_backbone(num_classes=task.num_classes, **OmegaConf.to_container(cfg.model, resolve=True))
+        model = instantiate(cfg.strategy.method, backbone)
+        strategy = instantiate(
+            cfg.strategy.trainer,
+            model=model,
+            optim=optim,
+            device=cfg.device,
+            eval_mb_size=cfg.eval_batch_size,
+            evaluator=make_evaluator(run_dir / "logs" / task.name),
+            progress=cfg.progress,
+        )
+        exp_train.name = exp_test.name = task.name
+        strategy.train(exp_train, num_workers=cfg.num_workers)
+        metrics = strategy.eval([exp_test], num_workers=cfg.num_workers)
+        acc = experience_accuracy(metrics, exp_test.current_experience, exp_test.task_label)
+        ckpt = Path("checkpoints") / f"{task.name}.safetensors"
+        save_safetensors(trainable_state_dict(model), run_dir / ckpt)
+        results["tasks"][task.name] = {
+            "accuracy": acc,
+            "num_classes": task.num_classes,
+            "n_train": len(task.train),
+            "n_test": len(task.test),
+            "params": model.trainable_parameter_count(),
+            "wall_time_s": time.time() - t0,
+            "checkpoint": str(ckpt),
+            **({"info": task.info} if task.info else {}),
+        }
+        log.info("task %s: top-1 %.2f%%", task.name, 100 * acc)
+        _write_results(results, run_dir, time.time() - t_start)
+    return _write_results(results, run_dir, time.time() - t_start)
+
+
+def _write_results(results: dict, run_dir: Path, wall: float) -> dict:
+    accs = [t["accuracy"] for t in results["tasks"].values()]
+    results["mean_accuracy"] = sum(accs) / len(accs) if accs else None
+    results["wall_time_s"] = wall
+    write_json(results, run_dir / "results.json")
+    rows = [
+        {"task": name, "accuracy": t["accuracy"], "trainable_params": t["params"]["trainable"],
+         "wall_time_s": t["wall_time_s"]}
+        for name, t in results["tasks"].items()
+    ]
+    write_csv(rows, run_dir / "results.csv")
+    plot_task_accuracies(results, run_dir / "accuracy.png")
+    return results
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config_resolved.yaml")
+    results = run_single_task(cfg, run_dir)
+    table = format_table(results)
+    write_text(table + "\n", run_dir / "summary.txt")
+    print(table)
+    print(f"run directory: {run_dir}")
+    return results

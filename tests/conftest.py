@@ -1,0 +1,9 @@
+import os
+
+# Before anything imports huggingface_hub: a hub miss would otherwise cost ~60 s of retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GIFT_CL_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "gift_cl"))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("GIFT_CL_TEST_THREADS", "2")))
