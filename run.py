@@ -13,7 +13,7 @@ def main(cfg: DictConfig) -> float:
     from gift_cl.runner import run
 
     results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return results["mean_accuracy"]  # the value a sweeper optimises
+    return results["average_accuracy"]  # the value a sweeper optimises
 
 
 if __name__ == "__main__":

@@ -11,25 +11,39 @@ from torch import nn
 from .injection import backbone_parameter_count, count_parameters, find_linear_targets, freeze_backbone, set_submodule
 
 
+class LoraAdapter(nn.Module):
+    """The low-rank residual ``ΔW = B A · alpha / r``, applied in activation space."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 8, alpha: float = 1.0):
+        super().__init__()
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+
 class LoraLinear(nn.Module):
     """``y = x Wᵀ + b + (x Aᵀ Bᵀ) · alpha / r`` with ``W``, ``b`` frozen; ``B = 0`` at start."""
 
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 1.0):
         super().__init__()
         self.base = base.requires_grad_(False)
-        self.scaling = alpha / rank
-        self.lora_A = nn.Parameter(base.weight.new_zeros(rank, base.in_features))
-        self.lora_B = nn.Parameter(base.weight.new_zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora = LoraAdapter(base.in_features, base.out_features, rank, alpha).to(base.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        return self.base(x) + self.lora(x)
 
     def merged(self) -> nn.Linear:
         out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         out = out.to(self.base.weight.device, self.base.weight.dtype)
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + (self.lora_B @ self.lora_A) * self.scaling)
+            out.weight.copy_(self.base.weight + self.lora.delta_weight())
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out

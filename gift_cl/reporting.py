@@ -38,8 +38,8 @@ def format_table(results: dict) -> str:
             f"{name:<24}{t['num_classes']:>8}{100 * t['accuracy']:>10.2f}{t['params']['trainable']:>12,}{t['wall_time_s']:>9.1f}"
         )
     lines.append("-" * len(header))
-    if results.get("mean_accuracy") is not None:
-        lines.append(f"{'mean':<24}{'':>8}{100 * results['mean_accuracy']:>10.2f}")
+    if results.get("average_accuracy") is not None:
+        lines.append(f"{'mean':<24}{'':>8}{100 * results['average_accuracy']:>10.2f}")
     return "\n".join(lines)
 
 
@@ -58,6 +58,65 @@ def plot_task_accuracies(results: dict, path: str | os.PathLike) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{results['strategy']} on {results['benchmark']}")
     ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def format_matrix_table(results: dict) -> str:
+    """The accuracy matrix R[i][j] and the stream summary, as printed at the end of a run."""
+    names = results["tasks"]
+    width = max(8, max(len(n) for n in names) + 1)
+    lines = [f"{results['strategy']} ({results['mode']}) on {results['benchmark']} (seed {results['seed']})",
+             "accuracy matrix R[i][j] (%): row = after training, column = task evaluated"]
+    lines.append(f"{'after':<{width}}" + "".join(f"{n[:width - 1]:>{width}}" for n in names))
+    joint = results["mode"] == "joint"
+    for i, row in enumerate(results["accuracy_matrix"]):
+        label = "joint" if joint else names[i]
+        lines.append(f"{label[:width - 1]:<{width}}" + "".join(f"{100 * a:>{width}.1f}" for a in row))
+    p = results["trainable_params"]
+    per_task = list(p["per_task"].values())
+    lines += [
+        "",
+        f"average accuracy   {100 * results['average_accuracy']:.2f}",
+        f"forgetting         {100 * results['forgetting']:.2f}",
+        f"BWT                {100 * results['bwt']:.2f}",
+        f"trainable params   per task {min(per_task):,}–{max(per_task):,}, shared {p['shared']:,}, "
+        f"total {p['total']:,} ({100 * p['total'] / p['backbone']:.2f}% of the backbone)",
+    ]
+    if "task_id_accuracy" in results:
+        lines += [
+            f"task-id accuracy   {100 * results['task_id_accuracy']:.2f}  (inferred from frozen [CLS] means)",
+            f"accuracy, inferred task ids {100 * results['average_accuracy_inferred_task']:.2f}",
+        ]
+    return "\n".join(lines)
+
+
+def plot_accuracy_matrix(results: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = results["tasks"]
+    matrix = results["accuracy_matrix"]
+    grid = np.full((len(matrix), len(names)), np.nan)
+    for i, row in enumerate(matrix):
+        grid[i, : len(row)] = 100 * np.asarray(row)
+    fig, ax = plt.subplots(figsize=(0.6 * len(names) + 3, 0.5 * len(matrix) + 2))
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+    for (i, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    rows = ["joint"] if results["mode"] == "joint" else names[: len(matrix)]
+    ax.set_yticks(range(len(matrix)), rows, fontsize=8)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training")
+    ax.set_title(f"{results['strategy']} on {results['benchmark']}: avg {100 * results['average_accuracy']:.1f}%")
+    fig.colorbar(im, ax=ax, label="top-1 %")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -48,11 +48,10 @@ def experience_accuracy(metrics: dict, exp_id: int, task_label: int) -> float:
     return float(metrics[key])
 
 
-def run_single_task(cfg: DictConfig, run_dir: Path) -> dict:
+def run_single_task(cfg: DictConfig, run_dir: Path, optim: OptimConfig) -> dict:
     t_start = time.time()
     tasks = instantiate(cfg.benchmark)
     stream = build_stream(tasks)
-    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     results_path = run_dir / "results.json"
     previous = read_json(results_path) or {}
     done = previous.get("tasks", {})
@@ -61,6 +60,7 @@ def run_single_task(cfg: DictConfig, run_dir: Path) -> dict:
         "benchmark": cfg.benchmark_name,
         "seed": cfg.seed,
         "tasks": {},
+        "finished": False,
     }
     for exp_train, exp_test, task in zip(stream.train_stream, stream.test_stream, tasks):
         if task.name in done and (run_dir / done[task.name]["checkpoint"]).is_file():
@@ -98,12 +98,13 @@ def run_single_task(cfg: DictConfig, run_dir: Path) -> dict:
         }
         log.info("task %s: top-1 %.2f%%", task.name, 100 * acc)
         _write_results(results, run_dir, time.time() - t_start)
+    results["finished"] = True
     return _write_results(results, run_dir, time.time() - t_start)
 
 
 def _write_results(results: dict, run_dir: Path, wall: float) -> dict:
     accs = [t["accuracy"] for t in results["tasks"].values()]
-    results["mean_accuracy"] = sum(accs) / len(accs) if accs else None
+    results["average_accuracy"] = sum(accs) / len(accs) if accs else None
     results["wall_time_s"] = wall
     write_json(results, run_dir / "results.json")
     rows = [
@@ -116,13 +117,40 @@ def _write_results(results: dict, run_dir: Path, wall: float) -> dict:
     return results
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> Path:
+    """``resume=false``: Hydra's new directory. ``resume=<dir>``: that run. ``resume=true``: the newest
+    unfinished run of the same strategy and benchmark (a sibling of Hydra's new directory)."""
+    if not cfg.resume:
+        return hydra_dir
+    if cfg.resume is not True:
+        path = Path(str(cfg.resume)).expanduser()
+        if not (path / "config_resolved.yaml").is_file():
+            raise FileNotFoundError(f"resume={path}: not a run directory (no config_resolved.yaml in it)")
+        return path
+    candidates = sorted(
+        (d for d in hydra_dir.parent.iterdir() if d != hydra_dir and (d / "config_resolved.yaml").is_file()
+         and not (read_json(d / "results.json") or {}).get("finished")),
+        key=lambda d: d.stat().st_mtime,
+    )
+    if not candidates:
+        raise FileNotFoundError(f"resume=true: no unfinished run under {hydra_dir.parent}")
+    return candidates[-1]
+
+
+def run(cfg: DictConfig, hydra_dir: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    run_dir = resolve_run_dir(cfg, hydra_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config_resolved.yaml")
-    results = run_single_task(cfg, run_dir)
-    table = format_table(results)
+    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    if cfg.strategy.protocol == "continual":
+        from .continual import run_continual
+
+        results, table = run_continual(cfg, run_dir, optim)
+    else:
+        results = run_single_task(cfg, run_dir, optim)
+        table = format_table(results)
     write_text(table + "\n", run_dir / "summary.txt")
     print(table)
     print(f"run directory: {run_dir}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EWCPlugin, LwFPlugin
 from tqdm.auto import tqdm
 
 from gift_cl.optim import OptimConfig, build_scheduler
@@ -29,10 +30,15 @@ class TimmSchedulerPlugin(SupervisedPlugin):
 
     def after_training_epoch(self, strategy, **kwargs):
         if not self.cfg.sched_on_updates:
-            self.scheduler.step(strategy.clock.train_exp_epochs)
+            # the Clock plugin runs last, so train_exp_epochs still counts the epoch just finished
+            self.scheduler.step(strategy.clock.train_exp_epochs + 1)
 
     def state_dict(self) -> dict:
-        return {"scheduler": self.scheduler.state_dict() if self.scheduler else None, "updates": self.updates}
+        return {"scheduler": self.scheduler.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.updates = state["updates"]
 
 
 class ProgressBarPlugin(SupervisedPlugin):
@@ -56,7 +62,7 @@ class ProgressBarPlugin(SupervisedPlugin):
         self.running = None
 
     def after_training_iteration(self, strategy, **kwargs):
-        loss = float(strategy.loss)
+        loss = strategy.loss.item()
         self.running = loss if self.running is None else 0.9 * self.running + 0.1 * loss
         self.bar.set_postfix(loss=f"{self.running:.3f}", lr=f"{strategy.optimizer.param_groups[-1]['lr']:.2e}")
         self.bar.update(1)
@@ -73,3 +79,27 @@ class ProgressBarPlugin(SupervisedPlugin):
 
     def after_eval_exp(self, strategy, **kwargs):
         self.bar.close()
+
+
+class EWC(EWCPlugin):
+    """Avalanche's EWC whose importances and anchors survive a checkpoint."""
+
+    def state_dict(self) -> dict:
+        return {"saved_params": dict(self.saved_params), "importances": dict(self.importances)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved_params.update(state["saved_params"])
+        self.importances.update(state["importances"])
+
+
+class LwF(LwFPlugin):
+    """Avalanche's LwF whose previous model survives a checkpoint."""
+
+    def state_dict(self) -> dict:
+        lwf = self.lwf
+        return {"prev_model": lwf.prev_model, "expcount": lwf.expcount, "prev_classes": dict(lwf.prev_classes_by_task)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lwf.prev_model = state["prev_model"]
+        self.lwf.expcount = state["expcount"]
+        self.lwf.prev_classes_by_task.update(state["prev_classes"])
