@@ -1,0 +1,277 @@
+"""Writers of tiny but format-exact benchmark folders (VDD, VTAB-1k, FGVC, 5-datasets).
+
+Each ``write_*`` function writes a dataset into a directory in the official on-disk layout the
+matching loader in ``gift_cl.data`` reads, with a few classes and a handful of images a split, and
+returns what a test needs to check the loader. Every image is filled with :func:`class_value` of
+its label, so a test can check that each loaded image carries the label it was written with.
+
+Usable from any test: ``from fixtures import write_vdd`` (pytest puts ``tests/`` on sys.path;
+``tests.fixtures`` would resolve to the ``tests`` package that avalanche-lib installs).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import shutil
+import struct
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+from PIL import Image
+
+from gift_cl.data.vdd import VDD_DOMAINS
+
+
+def class_value(label: int) -> int:
+    """The grey level images of class ``label`` are filled with (distinct for labels 0..9)."""
+    return 20 + 23 * (label % 10)
+
+
+def save_image(path: str, label: int, size: tuple[int, int] = (40, 32), grey: bool = False) -> None:
+    """Write a solid image of class ``label``; the format follows the extension (.png / .jpg)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    v = class_value(label)
+    w, h = size
+    if grey:
+        img = Image.fromarray(np.full((h, w), v, np.uint8), "L")
+    else:
+        img = Image.fromarray(np.full((h, w, 3), v, np.uint8), "RGB")
+    img.save(path, quality=95) if path.endswith(".jpg") else img.save(path)
+
+
+def decode_label(x, mean: float = 0.0, std: float = 1.0) -> int:
+    """Inverse of :func:`class_value` for a loaded tensor normalised with ``mean``/``std``."""
+    v = float(x.float().mean()) * std + mean
+    return int(np.argmin([abs(v * 255 - class_value(k)) for k in range(10)]))
+
+
+# ----------------------------------------------------------------------------- VDD
+VDD_FIXTURE_CLASSES = {"aircraft": 3, "dtd": 2, "gtsrb": 4, "omniglot": 5}
+
+
+def vdd_offset(domain: str) -> int:
+    """First category id of a VDD domain: 1, 10000001, 20000001, ... in the devkit order."""
+    return VDD_DOMAINS.index(domain) * 10_000_000 + 1
+
+
+def write_vdd(
+    root: str,
+    domains: Mapping[str, int] | None = None,
+    per_class: Mapping[str, int] | None = None,
+    test_labels: bool | Iterable[str] = True,
+    size: tuple[int, int] = (96, 72),
+) -> dict:
+    """Write ``root/annotations/<domain>_{train,val,test}.json`` + ``root/data/<domain>/<split>/*.jpg``.
+
+    Args:
+        domains: domain -> number of classes (default :data:`VDD_FIXTURE_CLASSES`).
+        per_class: split -> images per class (default train 3, val 2, test 2).
+        test_labels: whether the test JSONs carry annotations; ``True``/``False`` for all domains
+            or the domains whose test split is labelled (the official release has none).
+        size: (width, height); VDD images are 72 px on the shorter side.
+
+    Returns:
+        ``{domain: {"num_classes": C, "counts": {split: n}, "labels": {split: [label, ...]}}}``.
+    """
+    domains = dict(domains or VDD_FIXTURE_CLASSES)
+    per_class = dict(per_class or {"train": 3, "val": 2, "test": 2})
+    labelled = set(domains) if test_labels is True else set() if test_labels is False else set(test_labels)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    out = {}
+    for d_idx, (domain, n_cls) in enumerate(domains.items()):
+        offset = vdd_offset(domain)
+        cats = [{"id": offset + k, "name": f"{domain}_class{k}"} for k in range(n_cls)]
+        out[domain] = {"num_classes": n_cls, "counts": {}, "labels": {}}
+        for s_idx, (split, n) in enumerate(per_class.items()):
+            images, anns, labels = [], [], []
+            # interleave classes so that file order and label order differ
+            for i in range(n * n_cls):
+                label = (n_cls - 1 - i) % n_cls
+                image_id = offset + 100_000 * (s_idx + 1) + i  # ids as in the devkit: unique, offset
+                rel = f"data/{domain}/{split}/{i:07d}.jpg"
+                save_image(os.path.join(root, rel), label, size)
+                images.append({"id": image_id, "file_name": rel, "width": size[0], "height": size[1]})
+                anns.append({"id": image_id, "image_id": image_id, "category_id": offset + label,
+                             "segmentation": [], "area": size[0] * size[1], "iscrowd": 0,
+                             "bbox": [0, 0, size[0], size[1]]})
+                labels.append(label)
+            doc = {"info": {}, "licenses": [], "images": images, "categories": cats,
+                   "annotations": anns if (split != "test" or domain in labelled) else []}
+            with open(os.path.join(root, "annotations", f"{domain}_{split}.json"), "w") as f:
+                json.dump(doc, f)
+            out[domain]["counts"][split] = len(images)
+            out[domain]["labels"][split] = labels
+    return out
+
+
+# ----------------------------------------------------------------------------- VTAB-1k
+VTAB_SPLITS = ("train800", "val200", "test")
+
+
+def write_vtab(
+    root: str,
+    task: str = "dtd",
+    num_classes: int = 3,
+    per_class: Mapping[str, int] | None = None,
+    size: tuple[int, int] = (40, 30),
+) -> dict:
+    """Write ``root/<task>/{train800,val200,train800val200,test}.txt`` and the images they list.
+
+    Returns ``{"labels": {split_file_stem: [label, ...]}, "dir": root/<task>}``.
+    """
+    per_class = dict(per_class or {"train800": 2, "val200": 1, "test": 2})
+    task_dir = os.path.join(root, task)
+    os.makedirs(task_dir, exist_ok=True)
+    lines, labels = {}, {}
+    for split, n in per_class.items():
+        lines[split], labels[split] = [], []
+        for i in range(n * num_classes):
+            label = (num_classes - 1 - i) % num_classes
+            rel = f"images/{split}/{i:05d}.jpg"
+            save_image(os.path.join(task_dir, rel), label, size)
+            lines[split].append(f"{rel} {label}")
+            labels[split].append(label)
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    labels["train800val200"] = labels["train800"] + labels["val200"]
+    for split, rows in lines.items():
+        with open(os.path.join(task_dir, f"{split}.txt"), "w") as f:
+            f.write("\n".join(rows) + "\n")
+    return {"labels": labels, "dir": task_dir}
+
+
+# ----------------------------------------------------------------------------- FGVC
+FGVC_IMAGE_DIRS = {"cub": "images", "nabirds": "images", "stanford_dogs": "Images",
+                   "stanford_cars": "", "oxford_flowers": ""}
+
+
+def fgvc_class_ids(dataset: str, num_classes: int) -> list:
+    """Class ids as the dataset's JSON spells them: zero-padded strings for CUB, sparse ints else."""
+    if dataset == "cub":
+        return [f"{k * 4 + 1:03d}" for k in range(num_classes)]  # "001", "005", "009", ...
+    return [k * 7 + 3 for k in range(num_classes)]  # 3, 10, 17, ...: exercises the remap
+
+
+def write_fgvc(
+    root: str,
+    dataset: str = "cub",
+    num_classes: int = 3,
+    per_class: Mapping[str, int] | None = None,
+    size: tuple[int, int] = (50, 40),
+    val_classes: Optional[int] = None,
+) -> dict:
+    """Write ``root/{train,val,test}.json`` and the images under the dataset's image root.
+
+    Args:
+        val_classes: how many of the classes val uses (NABirds val lacks 2 of 555); default all.
+
+    Returns ``{"class_ids": [...], "labels": {split: [label, ...]}}`` with labels 0..C-1 as the
+    loader should assign them (the index of the class id in the sorted train ids).
+    """
+    per_class = dict(per_class or {"train": 2, "val": 1, "test": 2})
+    ids = fgvc_class_ids(dataset, num_classes)
+    img_root = os.path.join(root, FGVC_IMAGE_DIRS[dataset])
+    labels = {}
+    for split, n in per_class.items():
+        used = range(val_classes) if (split == "val" and val_classes is not None) else range(num_classes)
+        # use the *last* classes for a reduced val, so per-split remapping would misalign them
+        used = [num_classes - len(used) + k for k in range(len(used))]
+        mapping, labels[split] = {}, []
+        for label in used:
+            for i in range(n):
+                rel = f"{ids[label]}.class/{split}_{i}.jpg"
+                save_image(os.path.join(img_root, rel), label, size)
+                mapping[rel] = ids[label]
+                labels[split].append(label)
+        with open(os.path.join(root, f"{split}.json"), "w") as f:
+            json.dump(mapping, f)
+    return {"class_ids": ids, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- 5-datasets
+def _idx_write(path: str, array: np.ndarray) -> None:
+    """Write an uint8 IDX file (magic 0x08 type byte, big-endian dims) as MNIST ships it."""
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
+        f.write(struct.pack(">" + "I" * array.ndim, *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def _class_images(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack([np.full(shape, class_value(int(y)), np.uint8) for y in labels])
+
+
+def write_mnist_like(root: str, name: str = "MNIST", n_train: int = 20, n_test: int = 10) -> None:
+    """Write ``root/<name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (torchvision layout)."""
+    raw = os.path.join(root, name, "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n) % 10
+        _idx_write(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), _class_images(y, (28, 28)))
+        _idx_write(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), y)
+
+
+def write_cifar10(root: str, per_batch: int = 4, n_test: int = 10) -> None:
+    """Write ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` pickles."""
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    batches = [(f"data_batch_{b}", per_batch, b * per_batch) for b in range(1, 6)] + [("test_batch", n_test, 0)]
+    for name, n, start in batches:
+        y = (np.arange(n) + start) % 10
+        data = _class_images(y, (3, 32, 32)).reshape(n, 3072)  # rows: 1024 R, 1024 G, 1024 B
+        entry = {"batch_label": name, "labels": y.tolist(), "data": data,
+                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": [f"class{k}" for k in range(10)], "num_cases_per_batch": per_batch}, f)
+
+
+def write_svhn(root: str, n_train: int = 20, n_test: int = 10) -> None:
+    """Write ``root/{train,test}_32x32.mat``: X is 32x32x3xN, y is Nx1 with 10 for the digit 0."""
+    import scipy.io
+
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = np.arange(n) % 10
+        x = _class_images(y, (32, 32, 3)).transpose(1, 2, 3, 0)
+        scipy.io.savemat(os.path.join(root, f"{split}_32x32.mat"),
+                         {"X": x, "y": np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)})
+
+
+def write_notmnist(root: str, n_train: int = 2, n_test: int = 1) -> None:
+    """Write ``root/notMNIST/{train,test}/<A..J>/*.png`` (28 px greyscale, as notMNIST_small)."""
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, letter in enumerate("ABCDEFGHIJ"):
+            for i in range(n):
+                path = os.path.join(root, "notMNIST", split, letter, f"img{i}_{letter}.png")
+                save_image(path, label, (28, 28), grey=True)
+
+
+def write_five_datasets(root: str) -> dict:
+    """Write all five datasets under ``root``; returns ``{dataset: (n_train, n_test)}``."""
+    write_cifar10(root, per_batch=4, n_test=10)
+    write_mnist_like(root, "MNIST", 20, 10)
+    write_mnist_like(root, "FashionMNIST", 20, 10)
+    write_svhn(root, 20, 10)
+    write_notmnist(root, 2, 1)
+    return {"cifar10": (20, 10), "mnist": (20, 10), "fashion_mnist": (20, 10), "svhn": (20, 10), "notmnist": (20, 10)}
+
+
+FASHION_MNIST_DEB_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def install_debian_fashion_mnist(root: str, src: str = FASHION_MNIST_DEB_DIR) -> bool:
+    """Gunzip the Debian ``dataset-fashion-mnist`` files into ``root/FashionMNIST/raw``.
+
+    Returns False (writing nothing) if the package files are absent.
+    """
+    names = [f"{p}-{k}-idx{d}-ubyte" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+    if not all(os.path.isfile(os.path.join(src, n + ".gz")) for n in names):
+        return False
+    raw = os.path.join(root, "FashionMNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for n in names:
+        with gzip.open(os.path.join(src, n + ".gz"), "rb") as fin, open(os.path.join(raw, n), "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    return True
