@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -26,7 +27,7 @@ from strategies.continual import EpochCheckpointPlugin, rng_state, set_rng_state
 from .backbones import create_backbone
 from .checkpoint import save_torch, write_json
 from .data.stream import build_stream
-from .metrics import average_accuracy, backward_transfer, forgetting
+from .metrics import average_accuracy, backward_transfer, benchmark_scores, forgetting
 from .reporting import format_matrix_table, plot_accuracy_matrix, write_csv
 
 log = logging.getLogger("gift_cl")
@@ -56,7 +57,7 @@ def joint_experience(train_stream) -> DatasetExperience:
     exp = DatasetExperience(dataset=data, current_experience=0)
     exp.task_labels = sorted(int(t) for t in data.targets_task_labels.uniques)
     exp.classes_in_this_experience = sorted(set(int(y) for y in data.targets))
-    return exp
+    return EagerCLStream("train_stream", [exp])[0]  # the stream sets the experience's origin_stream
 
 
 def experience_accuracies(metrics: dict, test_exps) -> list[float]:
@@ -207,6 +208,8 @@ class ContinualRun:
             results["task_inference"] = {self.names[t]: v for t, v in inferred.items()}
             results["task_id_accuracy"] = sum(v["task_id_accuracy"] for v in inferred.values()) / len(inferred)
             results["average_accuracy_inferred_task"] = sum(v["accuracy"] for v in inferred.values()) / len(inferred)
+        if final:
+            results.update(benchmark_scores(self.tasks, dict(zip(self.names, matrix[-1]))))
         write_json(results, self.run_dir / "results.json")
         if matrix:
             cols = self.names

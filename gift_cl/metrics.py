@@ -27,3 +27,16 @@ def backward_transfer(matrix: Sequence[Sequence[float]]) -> float:
     if T < 2:
         return 0.0
     return sum(matrix[T - 1][j] - matrix[j][j] for j in range(T - 1)) / (T - 1)
+
+
+def benchmark_scores(tasks, final_accuracy: dict) -> dict:
+    """Benchmark-specific scores over the final per-task accuracies (fractions), keyed for results.json.
+
+    VDD: the decathlon score. Domains evaluated on val (no test labels) make it a val score, which is
+    labelled so, since it is not comparable with the official test-set number."""
+    if tasks and all(t.info.get("benchmark") == "vdd" for t in tasks):
+        from .data.vdd import decathlon_score
+
+        splits = sorted({t.info.get("eval_split", "test") for t in tasks})
+        return {"decathlon_score": decathlon_score(final_accuracy), "decathlon_eval_splits": splits}
+    return {}

@@ -40,7 +40,15 @@ def format_table(results: dict) -> str:
     lines.append("-" * len(header))
     if results.get("average_accuracy") is not None:
         lines.append(f"{'mean':<24}{'':>8}{100 * results['average_accuracy']:>10.2f}")
+    lines += _score_lines(results)
     return "\n".join(lines)
+
+
+def _score_lines(results: dict) -> list[str]:
+    if "decathlon_score" not in results:
+        return []
+    splits = "/".join(results["decathlon_eval_splits"])
+    return [f"decathlon score    {results['decathlon_score']['total']:.1f}  (evaluated on {splits})"]
 
 
 def plot_task_accuracies(results: dict, path: str | os.PathLike) -> None:
@@ -90,6 +98,7 @@ def format_matrix_table(results: dict) -> str:
             f"task-id accuracy   {100 * results['task_id_accuracy']:.2f}  (inferred from frozen [CLS] means)",
             f"accuracy, inferred task ids {100 * results['average_accuracy_inferred_task']:.2f}",
         ]
+    lines += _score_lines(results)
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones import create_backbone
 from .checkpoint import save_safetensors, trainable_state_dict, write_json, write_text
 from .data.stream import build_stream
+from .metrics import benchmark_scores
 from .optim import OptimConfig
 from .reporting import format_table, plot_task_accuracies, read_json, write_csv
 
@@ -99,6 +100,7 @@ def run_single_task(cfg: DictConfig, run_dir: Path, optim: OptimConfig) -> dict:
         log.info("task %s: top-1 %.2f%%", task.name, 100 * acc)
         _write_results(results, run_dir, time.time() - t_start)
     results["finished"] = True
+    results.update(benchmark_scores(tasks, {n: t["accuracy"] for n, t in results["tasks"].items()}))
     return _write_results(results, run_dir, time.time() - t_start)
 
 

@@ -1,0 +1,131 @@
+"""``python run.py ...`` end to end, as a researcher runs it: run directory contents, every benchmark on
+its fixture, sweeps, and a continual run that is killed and resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures import write_fgvc, write_five_datasets, write_vdd, write_vtab
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model=vit_tiny_random", "threads=1", "progress=false", "optim.epochs=2", "optim.batch_size=16"]
+PROCEDURAL = ["benchmark=procedural", "benchmark.n_train=48", "benchmark.n_test=24"]
+
+
+def run_py(*args, cwd=REPO, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def results(run_dir):
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def test_single_task_run_directory(tmp_path):
+    out = run_py(*TINY, *PROCEDURAL, "strategy=gift", "benchmark.domains=[digits,pedestrians]",
+                 f"hydra.run.dir={tmp_path}")
+    assert "top-1 %" in out and "digits" in out
+    res = results(tmp_path)
+    assert res["finished"] and set(res["tasks"]) == {"digits", "pedestrians"}
+    for t in res["tasks"].values():
+        assert 0 <= t["accuracy"] <= 1 and t["params"]["trainable"] > 0
+        ckpt = tmp_path / t["checkpoint"]
+        assert ckpt.is_file() and ckpt.stat().st_size < 2_000_000  # trainable state only
+    for name in ("config_resolved.yaml", "results.csv", "accuracy.png", "summary.txt"):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "logs" / "digits").glob("*.csv"))
+
+
+def test_continual_run_outputs_and_zero_forgetting(tmp_path):
+    out = run_py(*TINY, *PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=[digits,pedestrians,signs]",
+                 f"hydra.run.dir={tmp_path}")
+    assert "accuracy matrix" in out and "task-id accuracy" in out
+    res = results(tmp_path)
+    matrix = res["accuracy_matrix"]
+    assert [len(r) for r in matrix] == [1, 2, 3]
+    assert res["forgetting"] == 0.0 and res["bwt"] == 0.0  # frozen trunk: old tasks reproduce exactly
+    assert matrix[2][0] == matrix[0][0] and matrix[2][1] == matrix[1][1]
+    assert 0 <= res["task_id_accuracy"] <= 1 and set(res["task_inference"]) == {"digits", "pedestrians", "signs"}
+    for name in ("accuracy_matrix.csv", "accuracy_matrix.png", "checkpoints/last.pt", "summary.txt"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_joint_mode_trains_all_tasks_at_once(tmp_path):
+    run_py(*TINY, *PROCEDURAL, "strategy=gift_multitask", "strategy.mode=joint", "benchmark.domains=[digits,signs]",
+           f"hydra.run.dir={tmp_path}")
+    res = results(tmp_path)
+    assert res["mode"] == "joint" and len(res["accuracy_matrix"]) == 1 and len(res["accuracy_matrix"][0]) == 2
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 0], ids=["mid-experience", "experience-boundary"])
+def test_killed_run_resumes_to_identical_results(tmp_path, checkpoint_every):
+    args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", "strategy.model.trunk=free", "optim.epochs=3",
+            f"checkpoint_every={checkpoint_every}",
+            "benchmark.domains=[digits,pedestrians,signs]", "benchmark.n_train=96"]
+    reference = tmp_path / "uninterrupted"
+    run_py(*args, f"hydra.run.dir={reference}")
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    # kill once a checkpoint exists but the stream is not finished: mid-experience or at a boundary
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file()
+    assert not (killed / "results.json").is_file() or not results(killed)["finished"]
+    run_py(*args, f"resume={killed}")
+    a, b = results(reference), results(killed)
+    assert b["finished"]
+    for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "trainable_params"):
+        assert a[key] == b[key], key
+
+
+def test_sweep_with_multirun(tmp_path):
+    run_py("-m", *TINY, *PROCEDURAL, "benchmark.domains=[pedestrians]", "strategy=linear,lora",
+           f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}")
+    assert results(tmp_path / "0")["strategy"] == "linear" and results(tmp_path / "1")["strategy"] == "lora"
+
+
+@pytest.mark.parametrize("benchmark", ["vdd", "vtab/dtd", "fgvc/cub", "five_datasets"])
+def test_every_real_benchmark_runs_on_its_fixture(tmp_path, benchmark):
+    root = tmp_path / "data"
+    extra = []
+    if benchmark == "vdd":
+        write_vdd(str(root), domains={"dtd": 3, "gtsrb": 2})
+        extra = ["benchmark.domains=[dtd,gtsrb]", "strategy=gift_multitask"]
+    elif benchmark == "vtab/dtd":
+        write_vtab(str(root), task="dtd", num_classes=3)
+    elif benchmark == "fgvc/cub":
+        write_fgvc(str(root), dataset="cub", num_classes=3)
+    else:
+        write_five_datasets(str(root))
+        extra = ["strategy=linear_multitask", "benchmark.order=[mnist,notmnist]"]
+    run_dir = tmp_path / "run"
+    run_py(*TINY, f"benchmark={benchmark}", f"benchmark.root={root}", *extra, f"hydra.run.dir={run_dir}")
+    res = results(run_dir)
+    assert res["finished"]
+    if benchmark == "vdd":
+        assert set(res["decathlon_score"]["per_domain"]) == {"dtd", "gtsrb"}
+        assert res["decathlon_eval_splits"] == ["val"]
+
+
+def test_bad_input_is_one_clear_message(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *TINY, "benchmark=vdd",
+                           f"benchmark.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "nowhere" in proc.stderr and "DataError" in proc.stderr
