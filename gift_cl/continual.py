@@ -29,24 +29,11 @@ from .checkpoint import save_torch, write_json
 from .data.stream import build_stream
 from .metrics import average_accuracy, backward_transfer, benchmark_scores, forgetting
 from .reporting import format_matrix_table, plot_accuracy_matrix, write_csv
+from .runner import make_evaluator, seed_everything
 
 log = logging.getLogger("gift_cl")
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-def make_evaluator(log_dir: Path):
-    from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics
-    from avalanche.logging import CSVLogger
-    from avalanche.training.plugins import EvaluationPlugin
-
-    return EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True, stream=True),
-        loss_metrics(epoch=True, experience=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        loggers=[CSVLogger(str(log_dir))],
-    )
 
 
 def joint_experience(train_stream) -> DatasetExperience:
@@ -95,8 +82,6 @@ class ContinualRun:
         self.tasks = instantiate(cfg.benchmark)
         self.names = [t.name for t in self.tasks]
         self.stream = build_stream(self.tasks)
-        from .runner import seed_everything
-
         seed_everything(cfg.seed)
         backbone = create_backbone(num_classes=0, **_model_kwargs(cfg))
         self.model = instantiate(cfg.strategy.model, backbone)
@@ -108,7 +93,7 @@ class ContinualRun:
             optim=optim,
             device=cfg.device,
             eval_mb_size=cfg.eval_batch_size,
-            evaluator=make_evaluator(run_dir / "logs"),
+            evaluator=make_evaluator(run_dir / "logs", continual=True),
             plugins=plugins,
             progress=cfg.progress,
         )

@@ -97,7 +97,10 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     report = pretrain(a.out, a.epochs, a.n_per_domain, a.batch_size, a.lr, a.seed)
     print(json.dumps(report["history"][-1]), f"{report['wall_time_s']:.0f}s ->", a.out)
 

@@ -30,14 +30,17 @@ def seed_everything(seed: int) -> None:
     RNGManager.set_random_seeds(seed)
 
 
-def make_evaluator(log_dir: Path):
-    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+def make_evaluator(log_dir: Path, continual: bool = False):
+    """Avalanche metrics logged as CSV; a stream adds stream accuracy, forgetting and BWT."""
+    from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics
     from avalanche.logging import CSVLogger
     from avalanche.training.plugins import EvaluationPlugin
 
+    stream_metrics = [forgetting_metrics(experience=True, stream=True), bwt_metrics(experience=True, stream=True)]
     return EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True),
+        accuracy_metrics(epoch=True, experience=True, stream=continual),
         loss_metrics(epoch=True, experience=True),
+        *(stream_metrics if continual else []),
         loggers=[CSVLogger(str(log_dir))],
     )
 

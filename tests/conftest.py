@@ -7,3 +7,7 @@ os.environ.setdefault("GIFT_CL_CACHE", os.path.join(os.path.dirname(__file__), "
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("GIFT_CL_TEST_THREADS", "2")))
+
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
