@@ -118,7 +118,7 @@ def images_per_s(dataset, workers: int, batch_size: int = 32) -> float:
     """Steady-state DataLoader throughput: time the second epoch (worker start-up excluded)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0)
-    for epoch in range(2):
+    for _ in range(2):  # the second epoch is timed: workers are warm
         t = time.perf_counter()
         n = sum(len(y) for _, y in loader)
         dt = time.perf_counter() - t

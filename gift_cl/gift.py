@@ -27,7 +27,7 @@ cluster-assignment layers) that is per task, so each task has its own assignment
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch

@@ -80,7 +80,7 @@ def write_vdd(
     labelled = set(domains) if test_labels is True else set() if test_labels is False else set(test_labels)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     out = {}
-    for d_idx, (domain, n_cls) in enumerate(domains.items()):
+    for domain, n_cls in domains.items():
         offset = vdd_offset(domain)
         cats = [{"id": offset + k, "name": f"{domain}_class{k}"} for k in range(n_cls)]
         out[domain] = {"num_classes": n_cls, "counts": {}, "labels": {}}

@@ -5,7 +5,6 @@ on held-out procedural domains; each method must beat chance by a wide margin, a
 linear probe it starts from.
 """
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
