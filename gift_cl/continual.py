@@ -180,6 +180,7 @@ class ContinualRun:
             "bwt": backward_transfer(matrix) if matrix else None,
             "trainable_params": {
                 "per_task": {self.names[t]: n for t, n in counts["per_task"].items()},
+                "per_task_excl_classifier": {self.names[t]: n for t, n in counts["per_task_excl_classifier"].items()},
                 "shared": counts["shared"],
                 "total": counts["total"],
                 "backbone": counts["backbone"],

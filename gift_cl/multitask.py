@@ -144,9 +144,11 @@ class TaskIncrementalModel(MultiTaskModule, abc.ABC):
 
     def trainable_parameter_count(self) -> dict:
         per_task = {t: count_parameters(self.task_parameters(t)) for t in self.tasks}
+        heads = {t: count_parameters(self.classifiers[str(t)].parameters()) for t in self.tasks}
         shared = {id(p): p for t in self.tasks for p in self.shared_parameters(t)}
         return {
             "per_task": per_task,
+            "per_task_excl_classifier": {t: per_task[t] - heads[t] for t in self.tasks},
             "shared": count_parameters(shared.values()),
             "total": count_parameters({id(p): p for t in self.tasks for p in self.task_parameters(t)}.values())
             + count_parameters(shared.values()),

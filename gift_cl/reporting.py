@@ -85,12 +85,14 @@ def format_matrix_table(results: dict) -> str:
         lines.append(f"{label[:width - 1]:<{width}}" + "".join(f"{100 * a:>{width}.1f}" for a in row))
     p = results["trainable_params"]
     per_task = list(p["per_task"].values())
+    adapters = list(p["per_task_excl_classifier"].values())
     lines += [
         "",
         f"average accuracy   {100 * results['average_accuracy']:.2f}",
         f"forgetting         {100 * results['forgetting']:.2f}",
         f"BWT                {100 * results['bwt']:.2f}",
-        f"trainable params   per task {min(per_task):,}–{max(per_task):,}, shared {p['shared']:,}, "
+        f"trainable params   per task {min(per_task):,}–{max(per_task):,} "
+        f"({min(adapters):,}–{max(adapters):,} without the classifier), shared {p['shared']:,}, "
         f"total {p['total']:,} ({100 * p['total'] / p['backbone']:.2f}% of the backbone)",
     ]
     if "task_id_accuracy" in results:

@@ -56,6 +56,15 @@ def test_continual_run_outputs_and_zero_forgetting(tmp_path):
     assert 0 <= res["task_id_accuracy"] <= 1 and set(res["task_inference"]) == {"digits", "pedestrians", "signs"}
     for name in ("accuracy_matrix.csv", "accuracy_matrix.png", "checkpoints/last.pt", "summary.txt"):
         assert (tmp_path / name).is_file(), name
+    # the interpretability CLI reads the finished run back
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "cluster_maps.py"), str(tmp_path), "--images", "2",
+                           "--clusters", "3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    interpret = tmp_path / "interpret"
+    assert len(list(interpret.glob("maps_*.png"))) == 3 and list(interpret.glob("concept_reuse_*.png"))
+    reuse = json.loads((interpret / "concept_reuse.json").read_text())
+    assert len(reuse["reuse"]) == 3 and all(abs(reuse["reuse"][i][i] - 1) < 1e-5 for i in range(3))
 
 
 def test_joint_mode_trains_all_tasks_at_once(tmp_path):
