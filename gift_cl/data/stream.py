@@ -14,16 +14,18 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLS
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
+from avalanche.benchmarks.utils import DataAttribute
+from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
 from avalanche.benchmarks.utils.data_attribute import TaskLabels
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
 
 from .base import TaskData
 
 
-def as_task_dataset(dataset, task_label: int) -> AvalancheDataset:
+def as_task_dataset(dataset, task_label: int) -> TaskAwareClassificationDataset:
+    """The task-aware dataset class (not a plain ``AvalancheDataset``): LwF reads its ``task_set``."""
     targets = list(dataset.targets)
-    return AvalancheDataset(
+    return TaskAwareClassificationDataset(
         [dataset],
         data_attributes=[
             DataAttribute(targets, "targets"),
