@@ -92,7 +92,7 @@ def pretrain(out: str, epochs: int, n_per_domain: int, batch_size: int, lr: floa
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=asset_path("vit_procedural.safetensors"))
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--n-per-domain", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
