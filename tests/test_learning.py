@@ -18,12 +18,12 @@ from gift_cl.runner import seed_everything
 
 from conftest import REPO
 
-DOMAIN = "digits"  # 10 classes: chance is 10 %
+DOMAIN = "textures"  # 20 classes: chance is 5 %
 
 
 def compose_cfg(*overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=["progress=false", "benchmark.n_train=400", "benchmark.n_test=200",
+        cfg = compose("config", overrides=["progress=false", "benchmark.n_train=400", "benchmark.n_test=400",
                                            *overrides])
     OmegaConf.set_struct(cfg, False)
     cfg.benchmark_name = "procedural"
@@ -46,35 +46,35 @@ def single_task_accuracy(strategy: str, *overrides) -> float:
 
 @pytest.fixture(scope="module")
 def linear_probe():
-    return single_task_accuracy("linear", "optim.epochs=4")
+    return single_task_accuracy("linear", "optim.epochs=6")
 
 
 @pytest.mark.parametrize("strategy,overrides", [
     ("gift", ["generator=paca"]),
     ("gift", ["generator=linear"]),
     ("lora", []),
-    ("finetune", ["optim.lr=3e-4"]),
+    ("finetune", []),
 ])
 def test_single_task_methods_learn(strategy, overrides, linear_probe):
-    acc = single_task_accuracy(strategy, "optim.epochs=4", *overrides)
-    assert acc > 0.3, f"{strategy} {overrides}: {acc:.3f}"
-    if strategy == "gift":
-        assert acc > linear_probe + 0.05, f"GIFT {acc:.3f} vs linear probe {linear_probe:.3f}"
+    acc = single_task_accuracy(strategy, "optim.epochs=6", *overrides)
+    assert acc > 0.25, f"{strategy} {overrides}: {acc:.3f}"  # 5x chance
+    if overrides == ["generator=paca"]:
+        assert acc > linear_probe + 0.03, f"GIFT {acc:.3f} vs linear probe {linear_probe:.3f}"
 
 
 def test_linear_probe_learns(linear_probe):
-    assert linear_probe > 0.2
+    assert linear_probe > 0.2  # 4x chance
 
 
 @pytest.mark.parametrize("strategy", ["gift_multitask", "lora_multitask", "linear_multitask", "finetune_multitask",
                                       "naive", "ewc", "lwf"])
 def test_continual_methods_learn_every_task(tmp_path, strategy):
-    cfg = compose_cfg(f"strategy={strategy}", "benchmark.domains=[digits,pedestrians]", "optim.epochs=3",
-                      "benchmark.n_train=300", "benchmark.n_test=150", "checkpoint_every=0")
+    cfg = compose_cfg(f"strategy={strategy}", "benchmark.domains=[textures,pedestrians]", "optim.epochs=3",
+                      "benchmark.n_train=300", "benchmark.n_test=200", "checkpoint_every=0")
     run = ContinualRun(cfg, tmp_path, OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True)))
     run.train_and_evaluate()
     res = run.write_results(final=True)
-    digits_after_own, pedestrians_after_own = res["accuracy_matrix"][0][0], res["accuracy_matrix"][1][1]
-    assert digits_after_own > 0.25, res["accuracy_matrix"]
-    assert pedestrians_after_own > 0.6, res["accuracy_matrix"]
+    textures_after_own, pedestrians_after_own = res["accuracy_matrix"][0][0], res["accuracy_matrix"][1][1]
+    assert textures_after_own > 0.2, res["accuracy_matrix"]  # chance 5 %
+    assert pedestrians_after_own > 0.6, res["accuracy_matrix"]  # chance 50 %
     assert res["task_id_accuracy"] > 0.9  # these two domains look nothing alike to the frozen backbone
