@@ -12,19 +12,16 @@ It adds to Avalanche's ``SupervisedTemplate`` what the stream needs and 0.6 gets
 from __future__ import annotations
 
 import random
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.training.templates import SupervisedTemplate
-from torch import nn
 from torch.utils.data import DataLoader
 
-from gift_cl.multitask import TaskIncrementalModel
-from gift_cl.optim import OptimConfig, build_optimizer
+from gift_cl.optim import build_optimizer
 
-from .plugins import ProgressBarPlugin, TimmSchedulerPlugin
+from .finetune import FineTuning
 
 
 def rng_state() -> dict:
@@ -51,33 +48,10 @@ class EpochCheckpointPlugin(SupervisedPlugin):
             self.save(strategy, epochs_done=done)
 
 
-class ContinualStrategy(SupervisedTemplate):
-    def __init__(
-        self,
-        *,
-        model: TaskIncrementalModel,
-        optim: OptimConfig,
-        device: str = "cpu",
-        eval_mb_size: int = 256,
-        evaluator=None,
-        plugins: Optional[Sequence[SupervisedPlugin]] = None,
-        progress: bool = True,
-    ):
-        self.optim_cfg = optim
-        self.scheduler_plugin = TimmSchedulerPlugin(optim)
-        self._resume: Optional[dict] = None
-        kwargs = {} if evaluator is None else {"evaluator": evaluator}
-        super().__init__(
-            model=model,
-            optimizer=torch.optim.AdamW([torch.zeros(1, requires_grad=True)]),  # replaced per experience
-            criterion=nn.CrossEntropyLoss(),
-            train_mb_size=optim.batch_size,
-            train_epochs=optim.epochs,
-            eval_mb_size=eval_mb_size,
-            device=device,
-            plugins=[self.scheduler_plugin, ProgressBarPlugin(progress), *(plugins or [])],
-            **kwargs,
-        )
+class ContinualStrategy(FineTuning):
+    """The single-task recipe (optimizer groups, timm schedule, progress bars) over a task stream."""
+
+    _resume: Optional[dict] = None  # training state to continue from at the next train() call
 
     @property
     def current_tasks(self) -> list[int]:
