@@ -107,6 +107,17 @@ class TaskIncrementalModel(MultiTaskModule, abc.ABC):
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
         return self.classifiers[str(task_label)](self.features(x, int(task_label)))
 
+    # True when features(x, task) does not depend on the task: every head then reads one forward pass
+    shared_features = False
+
+    def forward_all_tasks(self, x: torch.Tensor) -> dict:
+        """Every known head's logits (LwF asks for them each step). Avalanche runs one backbone forward
+        per head; with task-independent features one forward serves all heads."""
+        if not self.shared_features:
+            return super().forward_all_tasks(x)
+        feats = self.features(x, None)
+        return {t: self.classifiers[str(t)](feats) for t in sorted(self.known_train_tasks_labels)}
+
     def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
         if task_labels is None:  # LwF asks every known head at once
             return self.forward_all_tasks(x)
@@ -257,6 +268,8 @@ class GiftMultiTask(TaskIncrementalModel):
 class LinearMultiTask(TaskIncrementalModel):
     """Per-task linear probes on the frozen backbone."""
 
+    shared_features = True
+
     def __init__(self, backbone: nn.Module):
         backbone = _headless(backbone).requires_grad_(False)
         super().__init__(backbone)
@@ -362,6 +375,8 @@ class FinetuneMultiTask(TaskIncrementalModel):
 class SharedMultiHead(TaskIncrementalModel):
     """One shared, fully trainable backbone with per-task heads: the model Avalanche's Naive, EWC and
     LwF strategies train. A frozen copy of the pretrained backbone serves task-id inference."""
+
+    shared_features = True
 
     def __init__(self, backbone: nn.Module):
         backbone = _headless(backbone)

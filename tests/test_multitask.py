@@ -160,3 +160,17 @@ def test_task_inference_picks_the_nearest_mean():
         model.end_task(1, model.frozen_features(b).mean(0))
         assert model.infer_task(a).tolist() == [0] * 8
         assert model.infer_task(b).tolist() == [1] * 8
+
+
+@pytest.mark.parametrize("cls", [LinearMultiTask, SharedMultiHead, GiftMultiTask])
+def test_forward_all_tasks_equals_each_head(cls, x):
+    model = cls(tiny_vit()) if cls is not GiftMultiTask else gift_mt()
+    model.add_task(0, 3)
+    model.add_task(1, 4)
+    model.known_train_tasks_labels = {0, 1}
+    model.eval()
+    with torch.no_grad():
+        everything = model(x, None)
+        assert sorted(everything) == [0, 1]
+        for t in (0, 1):
+            assert torch.equal(everything[t], model(x, t))
