@@ -181,7 +181,7 @@ class GiftMultiTask(TaskIncrementalModel):
         backbone: nn.Module,
         config: GiftConfig,
         trunk: str = "frozen_after_first",
-        anchor_weight: float = 1.0,
+        anchor_weight: float = 1000.0,
         per_task_clusters: bool = True,
         per_task_recovery: bool = True,
     ):
