@@ -1,4 +1,6 @@
-"""Entry point: ``python run.py strategy=gift benchmark=procedural_single`` (Hydra; ``-m`` for sweeps)."""
+"""Entry point: ``python run.py strategy=gift_multitask benchmark=vdd`` (Hydra; ``-m`` for sweeps)."""
+import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,9 +12,14 @@ import gift_cl.config  # noqa: F401  (registers the ${asset:...} resolver)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from gift_cl.runner import run
+    from orchestration.cli import USER_ERRORS, run
 
-    results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except USER_ERRORS as err:  # one clear line, no traceback: the message names what is wrong
+        logging.getLogger("gift_cl").error("%s: %s", type(err).__name__, err)
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(1)
     return results["average_accuracy"]  # the value a sweeper optimises
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from gift_cl import GiftConfig, get_gift_model
-from gift_cl.methods import linear_probe, lora
+from gift_cl.injection import freeze_backbone
+from gift_cl.lora import LoraModel
 from gift_cl.optim import OptimConfig, build_optimizer
 
 MODELS = {
@@ -54,6 +55,11 @@ def train_step_time(model, x, y, repeats):
     return timed(step, repeats)
 
 
+def linear_probe(model):
+    freeze_backbone(model, train_head=True)
+    return model
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="small")
@@ -69,7 +75,7 @@ def main():
 
     methods = {
         "linear probe": linear_probe(copy.deepcopy(base)),
-        "lora r8 proj": lora(copy.deepcopy(base)),
+        "lora r8 proj": LoraModel(copy.deepcopy(base)),
         "gift linear r16": get_gift_model(copy.deepcopy(base), GiftConfig.linear()),
         "gift paca d'48x4": get_gift_model(copy.deepcopy(base), GiftConfig.paca()),
     }

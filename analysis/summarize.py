@@ -1,18 +1,22 @@
-"""One table from many finished runs (a paper table from a sweep).
+"""One table from many finished runs (a paper table from a sweep), grouped by strategy and overrides,
+mean ± std over seeds.
 
     python analysis/summarize.py multirun/2026-11-22_12-00-00           # every run below a folder
     python analysis/summarize.py outputs/*/procedural/* --csv table.csv
 
-Single-task runs give one column per task; continual runs their average accuracy, forgetting, BWT,
-task-id accuracy and trainable parameters per task (classifier heads included).
+Reads only the results schema (``results.json``, ``schema_version`` 1; README "Results schema"): one column
+per task (final accuracy), the average, forgetting and BWT (sequential), task-id accuracy, trainable
+parameters per task. Runs that differ only in ``seed`` form one row.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections import defaultdict
 from pathlib import Path
 
-from omegaconf import OmegaConf
+SCHEMA_VERSION = 1
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -22,46 +26,77 @@ def find_runs(paths: list[str]) -> list[Path]:
     return sorted(set(runs))
 
 
-def describe(run: Path) -> str:
-    """Strategy plus the overrides that distinguish it (from Hydra's record of the command line)."""
-    overrides = run / ".hydra" / "overrides.yaml"
-    extra = [o for o in (OmegaConf.load(overrides) if overrides.is_file() else [])
-             if not o.startswith(("strategy=", "hydra", "benchmark"))]
-    return " ".join(extra)
-
-
-def row(run: Path) -> dict:
+def load(run: Path) -> dict:
     res = json.loads((run / "results.json").read_text())
-    out = {"run": str(run), "strategy": res["strategy"], "overrides": describe(run), "finished": res.get("finished")}
-    if "accuracy_matrix" in res:
-        per_task = res["trainable_params"]["per_task"].values()
-        out.update({
-            "avg_acc": 100 * res["average_accuracy"],
-            "forgetting": 100 * res["forgetting"],
-            "bwt": 100 * res["bwt"],
-            "task_id_acc": 100 * res.get("task_id_accuracy", float("nan")),
-            "params_per_task": sum(per_task) / len(per_task),
-            "params_shared": res["trainable_params"]["shared"],
-            "params_total": res["trainable_params"]["total"],
-        })
-    else:
-        out.update({name: 100 * t["accuracy"] for name, t in res["tasks"].items()})
-        out["avg_acc"] = 100 * res["average_accuracy"]
-        out["params_per_task"] = sum(t["params"]["trainable"] for t in res["tasks"].values()) / len(res["tasks"])
+    if res.get("schema_version") != SCHEMA_VERSION:
+        raise SystemExit(f"{run}/results.json: schema_version {res.get('schema_version')!r}, this tool reads "
+                         f"{SCHEMA_VERSION}")
+    return res
+
+
+def group_key(res: dict) -> tuple[str, str]:
+    """Strategy and the command-line overrides that distinguish the run, seed left out."""
+    extra = [o for o in res.get("overrides", [])
+             if not o.startswith(("strategy=", "hydra", "seed=", "resume="))]
+    return res["strategy"], " ".join(sorted(extra))
+
+
+def metrics(res: dict) -> dict[str, float]:
+    out = {name: 100 * acc for name, acc in res["final_accuracy"].items()}
+    out["avg_acc"] = 100 * res["average_accuracy"]
+    for key in ("forgetting", "bwt", "task_id_accuracy"):
+        if res.get(key) is not None:
+            out[key] = 100 * res[key]
+    per_task = list(res["params"]["per_task"].values())
+    out["params_per_task"] = sum(per_task) / len(per_task)
+    out["params_shared"] = res["params"]["shared"]
     return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def table(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for res in runs:
+        groups[group_key(res)].append(res)
+    rows = []
+    for (strategy, overrides), members in groups.items():
+        row = {"strategy": strategy, "protocol": members[0]["protocol"], "overrides": overrides,
+               "seeds": ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"])),
+               "finished": all(r["finished"] for r in members)}
+        collected = defaultdict(list)
+        for r in members:
+            for k, v in metrics(r).items():
+                collected[k].append(v)
+        for k, vals in collected.items():
+            row[k] = mean_std(vals) if len(vals) == len(members) else mean_std(vals) + ("partial",)
+        rows.append(row)
+    return rows
+
+
+def fmt(v) -> str:
+    if isinstance(v, tuple):
+        m, s = v[0], v[1]
+        if abs(m) >= 1000:
+            return f"{m:,.0f}"
+        return f"{m:.2f} ± {s:.2f}"
+    return "" if v is None else str(v)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+")
-    p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--csv", help="also write the table as CSV (mean and std in separate columns)")
     a = p.parse_args()
-    rows = [row(r) for r in find_runs(a.paths)]
-    if not rows:
+    runs = [load(r) for r in find_runs(a.paths)]
+    if not runs:
         raise SystemExit(f"no results.json under {a.paths}")
-    cols = ["strategy", "overrides"] + [c for c in dict.fromkeys(k for r in rows for k in r)
-                                        if c not in ("run", "strategy", "overrides", "finished")]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v or "")
+    rows = table(runs)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     widths = {c: max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
@@ -69,7 +104,17 @@ def main():
     if a.csv:
         from gift_cl.reporting import write_csv
 
-        write_csv([{c: r.get(c, "") for c in ["run", *cols]} for r in rows], a.csv)
+        flat = []
+        for r in rows:
+            out = {}
+            for c in cols:
+                v = r.get(c)
+                if isinstance(v, tuple):
+                    out[c], out[f"{c}_std"] = v[0], v[1]
+                else:
+                    out[c] = "" if v is None else v
+            flat.append(out)
+        write_csv(flat, a.csv)
 
 
 if __name__ == "__main__":

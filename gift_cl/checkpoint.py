@@ -11,16 +11,31 @@ from typing import Any
 import torch
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint or result file cannot be read or written: names the path and what was expected."""
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds, after its
+    bytes are on disk (fsync), so a crash or a full disk never leaves a half-written file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -39,7 +54,10 @@ def write_text(text: str, path: str | os.PathLike) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch reports a failed write (e.g. a full disk) as "unexpected pos"
+            raise CheckpointError(f"cannot write {path}: {str(err).splitlines()[0]} (is the disk full?)") from err
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
@@ -54,3 +72,35 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changed: a checkpoint of a few hundred KB, not the backbone."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------------- the run checkpoint (last.pt)
+# Tensors and plain containers only, loaded with torch.load(weights_only=True) (a crafted pickle cannot
+# run code), tagged with a format name and version so a foreign or truncated file gets one clear message.
+RUN_CHECKPOINT_FORMAT = "gift_cl.run_checkpoint"
+RUN_CHECKPOINT_VERSION = 1
+
+
+def save_run_checkpoint(state: dict, path: Path) -> None:
+    save_torch({"format": RUN_CHECKPOINT_FORMAT, "version": RUN_CHECKPOINT_VERSION, **state}, path)
+
+
+def load_run_checkpoint(path: Path, device: str = "cpu") -> dict:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except Exception as err:  # truncated zip, foreign pickle, objects that weights_only refuses
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        raise CheckpointError(
+            f"{path}: not a readable gift_cl run checkpoint ({reason}). Expected a file written by this project "
+            f"(format {RUN_CHECKPOINT_FORMAT!r}); it may be truncated, corrupt, or contain objects other than "
+            f"tensors and plain containers.") from None
+    if not isinstance(state, dict) or state.get("format") != RUN_CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a gift_cl run checkpoint (format {found!r}, "
+                              f"expected {RUN_CHECKPOINT_FORMAT!r})")
+    if state.get("version") != RUN_CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: run checkpoint version {state.get('version')!r}; this gift_cl reads "
+                              f"version {RUN_CHECKPOINT_VERSION}")
+    return state

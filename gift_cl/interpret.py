@@ -27,47 +27,39 @@ from .tuner import GiftModel
 def load_gift(run_dir: str | Path, task: Optional[str] = None) -> tuple[GiftModel, str, nn.Module, list]:
     """Rebuild a finished run's model. Returns ``(gift, head, classifier_model, tasks)``: the
     :class:`GiftModel`, the generator head of ``task`` (default: the first task), a module mapping
-    images to the task's logits, and the run's tasks."""
-    from hydra.utils import instantiate
+    images to the task's logits, and the run's tasks.
 
-    from . import config  # noqa: F401  (resolvers used in the saved config)
+    Only this project's classes are instantiated from the run's saved configuration, and checkpoints load
+    with ``weights_only=True``: a run directory from elsewhere cannot make this call run code."""
+    from safetensors.torch import load_file
+
     from .backbones import create_backbone
+    from .checkpoint import load_run_checkpoint
+    from .config import safe_instantiate
+    from .methods import GiftMethod
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
-    tasks = instantiate(cfg.benchmark)
+    tasks = safe_instantiate(cfg.benchmark, where="benchmark")
     names = [t.name for t in tasks]
     task = task or names[0]
     if task not in names:
         raise KeyError(f"task {task!r} is not in this run; tasks: {names}")
-    model_kw = OmegaConf.to_container(cfg.model, resolve=True)
-    if cfg.strategy.protocol == "continual":
-        model = instantiate(cfg.strategy.model, create_backbone(num_classes=0, **model_kw))
-        state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-        for t, n in sorted(state["tasks"].items()):
-            model.add_task(t, n)
-        model.load_state_dict(state["model"], strict=False)
-        if not hasattr(model, "gift"):
-            raise TypeError(f"{cfg.strategy.name} has no GIFT generator to interpret")
-        idx = names.index(task)
-        return model.gift, str(idx), _TaskForward(model, idx).eval(), tasks
-    from safetensors.torch import load_file
-
-    num_classes = tasks[names.index(task)].num_classes
-    model = instantiate(cfg.strategy.method, create_backbone(num_classes=num_classes, **model_kw))
-    if not isinstance(model, GiftModel):
+    idx = names.index(task)
+    backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
+    model = safe_instantiate(cfg.strategy.method, backbone, where="strategy.method")
+    if not isinstance(model, GiftMethod):
         raise TypeError(f"{cfg.strategy.name} has no GIFT generator to interpret")
-    model.load_state_dict(load_file(run_dir / "checkpoints" / f"{task}.safetensors"), strict=False)
-    return model, "0", model.eval(), tasks
-
-
-class _TaskForward(nn.Module):
-    def __init__(self, model, task: int):
-        super().__init__()
-        self.model, self.task = model, task
-
-    def forward(self, x):
-        return self.model(x, self.task)
+    if cfg.strategy.protocol == "independent":
+        model.add_task(idx, tasks[idx].num_classes)
+        state = load_file(run_dir / "checkpoints" / f"{task}.safetensors")
+    else:
+        ckpt = load_run_checkpoint(run_dir / "checkpoints" / "last.pt")
+        for t, n in sorted(ckpt["tasks"].items()):
+            model.add_task(int(t), n)
+        state = ckpt["model"]
+    model.load_state_dict(state, strict=False)
+    return model.gift, str(idx), _TaskForward(model, idx).eval(), tasks
 
 
 # ---------------------------------------------------------------------- cluster maps

@@ -28,18 +28,42 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     write_text(buf.getvalue(), path)
 
 
-def format_table(results: dict) -> str:
-    """A fixed-width table of per-task accuracy and trainable parameters."""
-    lines = [f"{results['strategy']} on {results['benchmark']} (seed {results['seed']})"]
-    header = f"{'task':<24}{'classes':>8}{'top-1 %':>10}{'trainable':>12}{'time s':>9}"
+def format_summary(results: dict) -> str:
+    """The table printed at the end of a run (any protocol): per-task accuracy and trainable parameters,
+    the accuracy matrix R[i][j] when there is one, and the stream summary."""
+    names = [t["name"] for t in results["tasks"]]
+    p = results["params"]
+    lines = [f"{results['strategy']} ({results['protocol']}) on {results['benchmark']} (seed {results['seed']})"]
+    header = f"{'task':<24}{'classes':>8}{'top-1 %':>10}{'trainable':>12}"
     lines += [header, "-" * len(header)]
-    for name, t in results["tasks"].items():
-        lines.append(
-            f"{name:<24}{t['num_classes']:>8}{100 * t['accuracy']:>10.2f}{t['params']['trainable']:>12,}{t['wall_time_s']:>9.1f}"
-        )
+    for t in results["tasks"]:
+        n = t["name"]
+        acc = results["final_accuracy"].get(n)
+        lines.append(f"{n:<24}{t['num_classes']:>8}{'' if acc is None else f'{100 * acc:.2f}':>10}"
+                     f"{p['per_task'].get(n, 0):>12,}")
     lines.append("-" * len(header))
     if results.get("average_accuracy") is not None:
         lines.append(f"{'mean':<24}{'':>8}{100 * results['average_accuracy']:>10.2f}")
+    if results["protocol"] != "independent":
+        width = max(8, max(len(n) for n in names) + 1)
+        lines += ["", "accuracy matrix R[i][j] (%): row = after training, column = task evaluated",
+                  f"{'after':<{width}}" + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
+        for i, row in enumerate(results["accuracy_matrix"]):
+            label = "joint" if results["protocol"] == "joint" else names[i]
+            lines.append(f"{label[:width - 1]:<{width}}" + "".join(f"{100 * a:>{width}.1f}" for a in row))
+        lines.append("")
+    per_task, adapters = list(p["per_task"].values()), list(p["per_task_excl_classifier"].values())
+    if results.get("forgetting") is not None:
+        lines += [f"forgetting         {100 * results['forgetting']:.2f}", f"BWT                {100 * results['bwt']:.2f}"]
+    if per_task:
+        lines.append(f"trainable params   per task {min(per_task):,}–{max(per_task):,} "
+                     f"({min(adapters):,}–{max(adapters):,} without the classifier), shared {p['shared']:,}, "
+                     f"total {p['total']:,} ({100 * p['total'] / p['backbone']:.2f}% of the backbone)")
+    if results.get("task_id_accuracy") is not None:
+        lines += [
+            f"task-id accuracy   {100 * results['task_id_accuracy']:.2f}  (inferred from frozen [CLS] means)",
+            f"accuracy, inferred task ids {100 * results['average_accuracy_inferred_task']:.2f}",
+        ]
     lines += _score_lines(results)
     return "\n".join(lines)
 
@@ -57,51 +81,19 @@ def plot_task_accuracies(results: dict, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["tasks"])
-    accs = [100 * results["tasks"][n]["accuracy"] for n in names]
+    names = list(results["final_accuracy"])
+    accs = [100 * a for a in results["final_accuracy"].values()]
     fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(names) + 2), 3.2))
     bars = ax.bar(names, accs, color="tab:blue")
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_ylim(0, 105)
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{results['strategy']} on {results['benchmark']}")
+    ax.set_title(f"{results['strategy']} ({results['protocol']}) on {results['benchmark']}")
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def format_matrix_table(results: dict) -> str:
-    """The accuracy matrix R[i][j] and the stream summary, as printed at the end of a run."""
-    names = results["tasks"]
-    width = max(8, max(len(n) for n in names) + 1)
-    lines = [f"{results['strategy']} ({results['mode']}) on {results['benchmark']} (seed {results['seed']})",
-             "accuracy matrix R[i][j] (%): row = after training, column = task evaluated"]
-    lines.append(f"{'after':<{width}}" + "".join(f"{n[:width - 1]:>{width}}" for n in names))
-    joint = results["mode"] == "joint"
-    for i, row in enumerate(results["accuracy_matrix"]):
-        label = "joint" if joint else names[i]
-        lines.append(f"{label[:width - 1]:<{width}}" + "".join(f"{100 * a:>{width}.1f}" for a in row))
-    p = results["trainable_params"]
-    per_task = list(p["per_task"].values())
-    adapters = list(p["per_task_excl_classifier"].values())
-    lines += [
-        "",
-        f"average accuracy   {100 * results['average_accuracy']:.2f}",
-        f"forgetting         {100 * results['forgetting']:.2f}",
-        f"BWT                {100 * results['bwt']:.2f}",
-        f"trainable params   per task {min(per_task):,}–{max(per_task):,} "
-        f"({min(adapters):,}–{max(adapters):,} without the classifier), shared {p['shared']:,}, "
-        f"total {p['total']:,} ({100 * p['total'] / p['backbone']:.2f}% of the backbone)",
-    ]
-    if "task_id_accuracy" in results:
-        lines += [
-            f"task-id accuracy   {100 * results['task_id_accuracy']:.2f}  (inferred from frozen [CLS] means)",
-            f"accuracy, inferred task ids {100 * results['average_accuracy_inferred_task']:.2f}",
-        ]
-    lines += _score_lines(results)
-    return "\n".join(lines)
 
 
 def plot_accuracy_matrix(results: dict, path: str | os.PathLike) -> None:
@@ -111,7 +103,7 @@ def plot_accuracy_matrix(results: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = results["tasks"]
+    names = [t["name"] for t in results["tasks"]]
     matrix = results["accuracy_matrix"]
     grid = np.full((len(matrix), len(names)), np.nan)
     for i, row in enumerate(matrix):
@@ -122,7 +114,7 @@ def plot_accuracy_matrix(results: dict, path: str | os.PathLike) -> None:
         if not np.isnan(v):
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    rows = ["joint"] if results["mode"] == "joint" else names[: len(matrix)]
+    rows = ["joint"] if results["protocol"] == "joint" else names[: len(matrix)]
     ax.set_yticks(range(len(matrix)), rows, fontsize=8)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training")

@@ -10,9 +10,9 @@ from torchvision.transforms import ToTensor
 
 from gift_cl.data.base import ArrayDataset, TaskData
 from gift_cl.data.stream import build_stream
-from gift_cl.multitask import PAD_LOGIT, LinearMultiTask
+from gift_cl.methods import PAD_LOGIT, LinearProbe
 from gift_cl.optim import OptimConfig
-from strategies.continual import ContinualStrategy
+from strategies import TaskAwareStrategy
 
 
 def toy_tasks(classes=(2, 5), n=24):
@@ -46,7 +46,7 @@ def test_padding_upstream_pads_with_zero_ours_with_large_negative():
     upstream = model(x, labels)
     assert bool((upstream[:2, 2:] == 0).all())
     assert upstream[:2].argmax(-1).ge(2).all()  # the bug: a phantom class wins
-    ours = LinearMultiTask(tiny_vit())
+    ours = LinearProbe(tiny_vit())
     ours.add_task(0, 2)
     ours.add_task(1, 5)
     out = ours(torch.randn(4, 3, 32, 32), labels)
@@ -94,8 +94,8 @@ def test_optimizer_upstream_registers_frozen_params_ours_only_trainable():
     registered = {id(p) for g in naive.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in registered for p in upstream_model.backbone.parameters())  # frozen weights registered
 
-    model = LinearMultiTask(tiny_vit())
-    ours = ContinualStrategy(model=model, optim=OptimConfig(epochs=1, batch_size=8), progress=False)
+    model = LinearProbe(tiny_vit())
+    ours = TaskAwareStrategy(model=model, optim=OptimConfig(epochs=1, batch_size=8), progress=False)
     for exp in stream.train_stream:
         ours.train(exp)
         registered = {id(p) for g in ours.optimizer.param_groups for p in g["params"]}

@@ -4,13 +4,13 @@ import timm
 import torch
 
 from gift_cl import GiftConfig
-from gift_cl.multitask import (
+from gift_cl.methods import (
     PAD_LOGIT,
-    FinetuneMultiTask,
-    GiftMultiTask,
-    LinearMultiTask,
-    LoraMultiTask,
-    SharedMultiHead,
+    FullFinetune,
+    GiftMethod,
+    LinearProbe,
+    LoraMethod,
+    SharedBackbone,
 )
 from gift_cl.optim import build_optimizer, OptimConfig
 
@@ -22,7 +22,7 @@ def tiny_vit():
 
 
 def gift_mt(trunk="frozen_after_first", **kw):
-    return GiftMultiTask(tiny_vit(), GiftConfig.paca(rank=16, depth=2, num_clusters=4), trunk=trunk, **kw)
+    return GiftMethod(tiny_vit(), GiftConfig.paca(rank=16, depth=2, num_clusters=4), trunk=trunk, **kw)
 
 
 def train_steps(model, task, x, steps=3, lr=1e-2):
@@ -136,7 +136,7 @@ def test_per_task_clusters_and_shared_clusters():
     assert not any(id(p) in own_ids for p in gen.heads["0"].clusters.parameters())
 
 
-@pytest.mark.parametrize("cls", [LinearMultiTask, LoraMultiTask, FinetuneMultiTask, SharedMultiHead])
+@pytest.mark.parametrize("cls", [LinearProbe, LoraMethod, FullFinetune, SharedBackbone])
 def test_baseline_models_route_by_task_and_keep_frozen_features(cls, x):
     model = cls(tiny_vit())
     frozen = model.frozen_features(x).detach().clone()
@@ -150,7 +150,7 @@ def test_baseline_models_route_by_task_and_keep_frozen_features(cls, x):
 
 
 def test_task_inference_picks_the_nearest_mean():
-    model = LinearMultiTask(tiny_vit())
+    model = LinearProbe(tiny_vit())
     torch.manual_seed(3)
     a, b = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32) * 3 + 2
     model.add_task(0, 2)
@@ -162,9 +162,9 @@ def test_task_inference_picks_the_nearest_mean():
         assert model.infer_task(b).tolist() == [1] * 8
 
 
-@pytest.mark.parametrize("cls", [LinearMultiTask, SharedMultiHead, GiftMultiTask])
+@pytest.mark.parametrize("cls", [LinearProbe, SharedBackbone, GiftMethod])
 def test_forward_all_tasks_equals_each_head(cls, x):
-    model = cls(tiny_vit()) if cls is not GiftMultiTask else gift_mt()
+    model = cls(tiny_vit()) if cls is not GiftMethod else gift_mt()
     model.add_task(0, 3)
     model.add_task(1, 4)
     model.known_train_tasks_labels = {0, 1}

@@ -1,0 +1,201 @@
+"""The one family of task-aware models every method belongs to.
+
+A method turns a frozen (or shared) timm backbone into an Avalanche ``MultiTaskModule`` with per-task
+parts. Every protocol uses the same class: a single-task run (VTAB-1k / FGVC) is a one-task model, a
+continual run adds tasks as experiences arrive, joint training serves mixed-task batches.
+
+The lifecycle the strategy drives, per task ``t``:
+``adaptation`` / ``add_task`` (create parts) → ``begin_task([t])`` (choose what trains) → training with
+``penalty()`` added to the loss → ``end_task(t, prototype)`` (freeze; store the task's mean frozen [CLS]
+feature for task-id inference).
+
+Adding a method: subclass :class:`TaskAwareModel` in a file of its own, implement ``features``,
+``frozen_features`` and ``frozen_state_keys``, and say which parameters train (``add_task_parts``,
+``task_parameters``, ``shared_parameters``). See ``bitfit.py`` for a short worked example.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from avalanche.models import MultiTaskModule
+from torch import nn
+
+from ..injection import backbone_parameter_count, count_parameters
+
+# Logit for the classes a sample's task does not have. Avalanche 0.6 pads with 0, which lets
+# phantom classes win argmax and enter the loss (avalanche-0.6-notes §2.2).
+PAD_LOGIT = -1e9
+
+
+def classes_per_task(dataset) -> dict[int, int]:
+    """Number of classes of each task present in an Avalanche dataset (labels are 0..C-1 per task)."""
+    targets = torch.as_tensor(list(dataset.targets))
+    tasks = torch.as_tensor(list(dataset.targets_task_labels))
+    return {int(t): int(targets[tasks == t].max()) + 1 for t in tasks.unique()}
+
+
+def headless(backbone: nn.Module) -> nn.Module:
+    """The timm backbone without its classifier: ``forward`` returns the pooled [CLS] feature."""
+    backbone.reset_classifier(0)
+    return backbone
+
+
+class TaskAwareModel(MultiTaskModule, abc.ABC):
+    """Per-task classifier heads over ``features(x, task)``, −∞-style padding, task-id inference."""
+
+    # True when features(x, task) does not depend on the task: every head then reads one forward pass
+    shared_features = False
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.feature_dim = backbone.num_features
+        self.backbone_params = backbone_parameter_count(backbone)
+        self.classifiers = nn.ModuleDict()
+        self.prototypes: dict[int, torch.Tensor] = {}
+
+    # --------------------------------------------------------------- what a method provides
+    @abc.abstractmethod
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
+        """The pooled [CLS] feature of ``x`` as task ``task`` sees it."""
+
+    @abc.abstractmethod
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of the pretrained backbone, untouched by any task (for task-id inference)."""
+
+    @abc.abstractmethod
+    def frozen_state_keys(self) -> set[str]:
+        """State-dict keys of the pretrained backbone that never train (left out of checkpoints)."""
+
+    def add_task_parts(self, task: int) -> None:
+        """Create the task's own parts besides its classifier (generator head, adapter, ...)."""
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        """Parameters that belong to ``task`` only (trained during its experience, then frozen)."""
+        return list(self.classifiers[str(task)].parameters())
+
+    def shared_parameters(self, task: int) -> list[nn.Parameter]:
+        """Shared parameters that train during ``task`` (e.g. a GIFT trunk under a trunk policy)."""
+        return []
+
+    def penalty(self) -> torch.Tensor | float:
+        """A regulariser added to the task loss (0 unless the method needs one)."""
+        return 0.0
+
+    # --------------------------------------------------------------- Avalanche integration
+    @property
+    def tasks(self) -> list[int]:
+        return sorted(int(t) for t in self.classifiers)
+
+    def adaptation(self, experience) -> None:
+        super().adaptation(experience)
+        for task, num_classes in classes_per_task(experience.dataset).items():
+            if str(task) not in self.classifiers:
+                self.add_task(task, num_classes)
+
+    def add_task(self, task: int, num_classes: int) -> None:
+        device = next(self.parameters()).device
+        self.classifiers[str(task)] = nn.Linear(self.feature_dim, num_classes).to(device)
+        self.add_task_parts(task)
+        self.requires_grad_(False)  # nothing trains until begin_task says so
+
+    def begin_task(self, tasks: Sequence[int]) -> None:
+        self.requires_grad_(False)
+        for t in tasks:
+            for p in self.task_parameters(t) + self.shared_parameters(t):
+                p.requires_grad_(True)
+
+    def end_task(self, task: int, prototype: Optional[torch.Tensor] = None) -> None:
+        if prototype is not None:
+            self.prototypes[task] = prototype.detach().clone()
+        self.requires_grad_(False)
+
+    def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
+        return self.classifiers[str(task_label)](self.features(x, int(task_label)))
+
+    def forward_all_tasks(self, x: torch.Tensor) -> dict:
+        """Every known head's logits (LwF asks for them each step). Avalanche runs one backbone forward
+        per head; with task-independent features one forward serves all heads."""
+        if not self.shared_features:
+            return super().forward_all_tasks(x)
+        feats = self.features(x, None)
+        return {t: self.classifiers[str(t)](feats) for t in sorted(self.known_train_tasks_labels)}
+
+    def forward_mixed(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        """A batch whose samples belong to several tasks: one forward per task present, padded logits.
+        Methods that can serve the whole batch in one backbone pass override this."""
+        unique = task_labels.unique()
+        width = max(self.classifiers[str(int(t))].out_features for t in unique)
+        out = x.new_full((x.shape[0], width), PAD_LOGIT)
+        for t in unique:
+            idx = (task_labels == t).nonzero(as_tuple=True)[0]
+            logits = self.forward_single_task(x[idx], int(t))
+            out[idx, : logits.shape[1]] = logits.to(out.dtype)
+        return out
+
+    def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
+        if task_labels is None:  # LwF asks every known head at once
+            return self.forward_all_tasks(x)
+        if isinstance(task_labels, int):
+            return self.forward_single_task(x, task_labels)
+        task_labels = torch.as_tensor(task_labels, device=x.device)
+        unique = task_labels.unique()
+        if len(unique) == 1:
+            return self.forward_single_task(x, int(unique))
+        return self.forward_mixed(x, task_labels)
+
+    # --------------------------------------------------------------- task-id inference (ArtiHippo)
+    @torch.no_grad()
+    def infer_task(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest task by cosine similarity of the frozen [CLS] feature to each task's mean."""
+        if not self.prototypes:
+            raise RuntimeError("no task prototypes stored yet: task-id inference needs end_task(prototype=...)")
+        tasks = sorted(self.prototypes)
+        protos = F.normalize(torch.stack([self.prototypes[t] for t in tasks]).to(x.device), dim=-1)
+        sims = F.normalize(self.frozen_features(x), dim=-1) @ protos.T
+        return torch.as_tensor(tasks, device=x.device)[sims.argmax(-1)]
+
+    # --------------------------------------------------------------- bookkeeping and checkpoints
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen pretrained weights: what a checkpoint holds."""
+        frozen = self.frozen_state_keys()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def get_extra_state(self):
+        return {"prototypes": {t: p.cpu() for t, p in self.prototypes.items()}}
+
+    def set_extra_state(self, state) -> None:
+        self.prototypes = {int(t): p for t, p in state["prototypes"].items()}
+
+    def trainable_parameter_count(self) -> dict:
+        per_task = {t: count_parameters(self.task_parameters(t)) for t in self.tasks}
+        heads = {t: count_parameters(self.classifiers[str(t)].parameters()) for t in self.tasks}
+        shared = {id(p): p for t in self.tasks for p in self.shared_parameters(t)}
+        own = {id(p): p for t in self.tasks for p in self.task_parameters(t)}
+        return {
+            "per_task": per_task,
+            "per_task_excl_classifier": {t: per_task[t] - heads[t] for t in self.tasks},
+            "shared": count_parameters(shared.values()),
+            "total": count_parameters(own.values()) + count_parameters(shared.values()),
+            "backbone": self.backbone_params,
+        }
+
+
+class FrozenBackboneModel(TaskAwareModel):
+    """A method on a frozen pretrained backbone stored as ``self.backbone``. Subclasses insert their
+    per-task parts, then call :meth:`record_pretrained_keys` at the end of ``__init__``: every state
+    key that exists then is pretrained and never checkpointed."""
+
+    def __init__(self, backbone: nn.Module):
+        backbone = headless(backbone).requires_grad_(False)
+        super().__init__(backbone)
+        self.backbone = backbone
+        self._frozen_keys: set[str] = set()
+
+    def record_pretrained_keys(self) -> None:
+        self._frozen_keys = set(self.state_dict()) - {"_extra_state"}
+
+    def frozen_state_keys(self) -> set[str]:
+        return self._frozen_keys

@@ -1,0 +1,20 @@
+"""Linear probe: per-task classifiers on the frozen pretrained backbone."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import FrozenBackboneModel
+
+
+class LinearProbe(FrozenBackboneModel):
+    shared_features = True
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__(backbone)
+        self.record_pretrained_keys()
+
+    def features(self, x, task):
+        return self.backbone(x)
+
+    def frozen_features(self, x):
+        return self.backbone(x)

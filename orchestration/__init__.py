@@ -1,0 +1,1 @@
+"""Orchestration: the one run loop over every method and protocol (entry point → here → strategies → core)."""

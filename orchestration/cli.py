@@ -1,0 +1,42 @@
+"""What ``python run.py`` does: validate the configuration, pick and lock the run directory, run the
+protocol, print the summary. ``main`` is also the ``gift-cl`` console script."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gift_cl.backbones import BackboneError
+from gift_cl.checkpoint import CheckpointError, write_text
+from gift_cl.config import ConfigError
+from gift_cl.data.base import DataError
+from gift_cl.reporting import format_summary
+from strategies import DivergenceError
+
+from .loop import CHECKPOINT, run_protocol
+from .rundir import CONFIG_FILE, RunDirError, RunLock, resolve_run_dir
+from .validation import validate
+
+log = logging.getLogger("gift_cl")
+
+# errors whose message says everything a user needs: reported as one line, exit status 1
+USER_ERRORS = (ConfigError, RunDirError, CheckpointError, DataError, BackboneError, DivergenceError)
+
+
+def run(cfg: DictConfig, hydra_dir: Path) -> dict:
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    run_dir, resuming = resolve_run_dir(cfg, Path(hydra_dir))
+    with RunLock(run_dir):
+        ckpt = run_dir / CHECKPOINT
+        if not resuming:
+            write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / CONFIG_FILE)
+        elif not ckpt.is_file():
+            log.warning("%s has no checkpoint yet: starting it from the beginning", run_dir)
+        results = run_protocol(cfg, run_dir, ckpt if resuming and ckpt.is_file() else None)
+    print(format_summary(results))
+    print(f"run directory: {run_dir}")
+    return results

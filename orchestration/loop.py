@@ -1,0 +1,215 @@
+"""The one run loop: every method, every protocol, one checkpoint and one results schema.
+
+Protocols (``strategy.protocol``):
+- ``independent``: each task trains a fresh model (same seed) and is evaluated on itself — the VTAB-1k /
+  FGVC protocol; a single-task run is the one-task case;
+- ``sequential``: one model learns the tasks one after the other; after each experience every task seen
+  so far is evaluated, filling the accuracy matrix R[i][j];
+- ``joint``: one model, one experience holding every task, batches mixed across tasks.
+
+A checkpoint (trainable state, optimizer, schedule, RNG, stream position, results so far, plugin state) is
+written atomically every ``checkpoint_every`` epochs and after each evaluated experience; a killed run
+continues with ``resume=`` and reproduces the uninterrupted run's numbers exactly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gift_cl.backbones import create_backbone
+from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_run_checkpoint, save_safetensors
+from gift_cl.data.stream import build_stream
+from gift_cl.optim import OptimConfig
+from gift_cl.rng import rng_state, seed_everything, set_rng_state
+from strategies import TaskAwareStrategy
+from strategies.evaluation import make_evaluator
+from strategies.plugins import EpochCheckpointPlugin
+
+from .results import task_inference_accuracy, write_results
+
+log = logging.getLogger("gift_cl")
+
+PROTOCOLS = ("independent", "sequential", "joint")
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def joint_experience(train_stream) -> DatasetExperience:
+    """All tasks' training data as one experience; task labels stay per sample."""
+    data = train_stream[0].dataset
+    for exp in list(train_stream)[1:]:
+        data = data.concat(exp.dataset)
+    exp = DatasetExperience(dataset=data, current_experience=0)
+    exp.task_labels = sorted(int(t) for t in data.targets_task_labels.uniques)
+    exp.classes_in_this_experience = sorted(set(int(y) for y in data.targets))
+    exp = EagerCLStream("train_stream", [exp])[0]  # the stream sets the experience's origin_stream
+    exp.name = "joint"
+    return exp
+
+
+def experience_accuracies(metrics: dict, test_exps) -> list[float]:
+    row = []
+    for exp in test_exps:
+        key = f"Top1_Acc_Exp/eval_phase/test_stream/Task{exp.task_label:03d}/Exp{exp.current_experience:03d}"
+        if key not in metrics:
+            raise KeyError(f"Avalanche did not report {key}; got {sorted(metrics)[:5]}...")
+        row.append(float(metrics[key]))
+    return row
+
+
+class Run:
+    """One run: owns the benchmark, the model(s), the strategy, progress, checkpoints and results."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.protocol = cfg.strategy.protocol
+        self.optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+        self.tasks = instantiate(cfg.benchmark)
+        self.names = [t.name for t in self.tasks]
+        self.stream = build_stream(self.tasks)
+        for exp, name in zip(self.stream.train_stream, self.names):
+            exp.name = name
+        self.test = list(self.stream.test_stream)
+        if self.protocol == "joint":
+            self.experiences = [joint_experience(self.stream.train_stream)]
+        else:
+            self.experiences = list(self.stream.train_stream)
+        # progress is everything the results are computed from; it travels in every checkpoint
+        self.progress = {"position": 0, "matrix": [], "time_s": [], "params": []}
+        self.model = self.strategy = None
+        self._unit: Optional[int] = None  # which experience the current model was built for (independent)
+        if self.protocol != "independent":
+            self._build(self.run_dir / "logs")
+
+    # ------------------------------------------------------------------ model and strategy
+    def _build(self, log_dir: Path) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)  # independent: every task starts from the same seed, whatever ran before
+        backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
+        self.model = instantiate(cfg.strategy.method, backbone)
+        self.plugins = list(instantiate(cfg.strategy.plugins) or [])
+        self.strategy = TaskAwareStrategy(
+            model=self.model,
+            optim=self.optim,
+            device=cfg.device,
+            eval_mb_size=cfg.eval_batch_size,
+            evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent"),
+            plugins=[*self.plugins, EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)],
+            progress=cfg.progress,
+        )
+
+    def _model_for(self, i: int) -> None:
+        if self.protocol == "independent" and self._unit != i:
+            self._build(self.run_dir / "logs" / self.names[i])
+        self._unit = i
+
+    def _eval_experiences(self, i: int) -> list:
+        return {"independent": [self.test[i]], "sequential": self.test[: i + 1], "joint": self.test}[self.protocol]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resumable_plugins(self) -> list:
+        return [p for p in self.strategy.plugins if hasattr(p, "state_dict") and hasattr(p, "load_state_dict")]
+
+    def _state(self, training: Optional[dict]) -> dict:
+        model = self.model
+        between_independent_tasks = self.protocol == "independent" and training is None
+        return {  # between two independent tasks the next model starts fresh: nothing of this one is needed
+            "model": {} if between_independent_tasks else model.trainable_state_dict(),
+            "tasks": {} if between_independent_tasks else
+            {int(t): model.classifiers[str(t)].out_features for t in model.tasks},
+            "progress": self.progress,
+            "training": training,
+            "rng": rng_state(),
+            "plugins": [p.state_dict() for p in self._resumable_plugins()],
+        }
+
+    def _save_mid_experience(self, strategy, epochs_done: int) -> None:
+        save_run_checkpoint(self._state(strategy.training_state(epochs_done)), self.run_dir / CHECKPOINT)
+
+    def _save_boundary(self) -> None:
+        save_run_checkpoint(self._state(None), self.run_dir / CHECKPOINT)
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint; raises before anything of this run directory is rewritten."""
+        state = load_run_checkpoint(path, self.cfg.device)
+        progress = state["progress"]
+        if progress["position"] > len(self.experiences) or any(
+                len(row) > len(self.test) for row in progress["matrix"]):
+            raise CheckpointError(f"{path}: the checkpoint is at experience {progress['position']} of a stream "
+                                  f"that does not fit this benchmark ({len(self.experiences)} experiences)")
+        self.progress = progress
+        mid = state["training"] is not None
+        if self.protocol == "independent":
+            if not mid:  # between two tasks: the next one starts from a fresh model
+                set_rng_state(state["rng"])
+                return
+            self._model_for(progress["position"])
+        for task, num_classes in sorted(state["tasks"].items()):
+            if str(task) not in self.model.classifiers:
+                self.model.add_task(int(task), num_classes)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        not_frozen = set(missing) - self.model.frozen_state_keys()
+        if not_frozen or unexpected:
+            raise CheckpointError(f"{path} does not fit the model: missing {sorted(not_frozen)[:5]}, "
+                                  f"unexpected {sorted(unexpected)[:5]}")
+        plugins = self._resumable_plugins()
+        if len(plugins) != len(state["plugins"]):
+            raise CheckpointError(f"{path}: holds the state of {len(state['plugins'])} plugins, this strategy has "
+                                  f"{len(plugins)}")
+        for plugin, plugin_state in zip(plugins, state["plugins"]):
+            plugin.load_state_dict(plugin_state)
+        # Avalanche's clock counts finished experiences (EWC reads it); the model knows its tasks.
+        self.strategy.clock.train_exp_counter = 0 if self.protocol == "independent" else progress["position"]
+        self.model.known_train_tasks_labels = set(int(t) for t in state["tasks"])
+        if mid:
+            self.strategy.resume_from(state["training"])
+        else:
+            set_rng_state(state["rng"])
+        log.info("resumed from %s at experience %d%s", path, progress["position"],
+                 f", epoch {state['training']['epochs_done']}" if mid else "")
+
+    # ------------------------------------------------------------------ the loop
+    def train_and_evaluate(self) -> None:
+        for i in range(self.progress["position"], len(self.experiences)):
+            self._model_for(i)
+            t0 = time.time()
+            self.strategy.train(self.experiences[i], num_workers=self.cfg.num_workers)
+            seen = self._eval_experiences(i)
+            row = experience_accuracies(self.strategy.eval(seen, num_workers=self.cfg.num_workers), seen)
+            self.progress["matrix"].append(row)
+            self.progress["time_s"].append(time.time() - t0)
+            if self.protocol == "independent":
+                counts = self.model.trainable_parameter_count()
+                self.progress["params"].append({
+                    "per_task": counts["total"],
+                    "per_task_excl_classifier": counts["total"] - sum(
+                        p.numel() for p in self.model.classifiers.parameters()),
+                    "backbone": counts["backbone"]})
+                tensors = {k: v for k, v in self.model.trainable_state_dict().items() if torch.is_tensor(v)}
+                save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
+            self.progress["position"] = i + 1
+            self._save_boundary()
+            self.write_results(final=False)
+            log.info("after %s: %s", self.experiences[i].name, " ".join(f"{100 * a:.1f}" for a in row))
+
+    def write_results(self, final: bool) -> dict:
+        inference = None
+        if final and self.protocol != "independent" and len(self.tasks) > 1 and self.cfg.strategy.task_inference:
+            inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.cfg.device)
+        counts = None if self.protocol == "independent" else self.model.trainable_parameter_count()
+        return write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)
+
+
+def run_protocol(cfg: DictConfig, run_dir: Path, resume_from: Optional[Path]) -> dict:
+    run = Run(cfg, run_dir)
+    if resume_from is not None:
+        run.restore(resume_from)
+    run.train_and_evaluate()
+    return run.write_results(final=True)

@@ -1,0 +1,141 @@
+"""The one results schema (``results.json``, ``schema_version`` 1) and the files written beside it.
+
+Every protocol writes the same fields (README, "Results schema"); fields that a protocol cannot define
+(forgetting without a sequence, task-id accuracy with one task) are ``null``. Accuracies are fractions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from gift_cl.checkpoint import write_json, write_text
+from gift_cl.metrics import average_accuracy, backward_transfer, benchmark_scores, forgetting
+from gift_cl.reporting import format_summary, plot_accuracy_matrix, plot_task_accuracies, write_csv
+
+SCHEMA_VERSION = 1
+
+
+@torch.no_grad()
+def task_inference_accuracy(model, test_exps, batch_size: int, device: str) -> dict[int, dict]:
+    """Task-id accuracy and accuracy with inferred ids; a sample counts as correct only when both
+    its task and its class are right (within-task labels would otherwise collide across tasks)."""
+    model.eval()
+    out = {}
+    for exp in test_exps:
+        n = task_ok = both_ok = 0
+        for x, y, t in DataLoader(exp.dataset.eval(), batch_size=batch_size, shuffle=False):
+            x, y, t = x.to(device), y.to(device), t.to(device)
+            t_hat = model.infer_task(x)
+            pred = model(x, t_hat).argmax(-1)
+            n += len(y)
+            task_ok += (t_hat == t).sum().item()
+            both_ok += ((t_hat == t) & (pred == y)).sum().item()
+        out[exp.task_label] = {"task_id_accuracy": task_ok / n, "accuracy": both_ok / n}
+    return out
+
+
+def final_accuracies(protocol: str, matrix: list[list[float]]) -> list[float]:
+    """Each task's accuracy at the end: the last row (sequential, joint), or each task's own row (independent)."""
+    if not matrix:
+        return []
+    return [row[0] for row in matrix] if protocol == "independent" else list(matrix[-1])
+
+
+def _params(protocol: str, names: list[str], progress: dict, counts: Optional[dict]) -> dict:
+    if protocol == "independent":  # one model per task: everything it trains is the task's own
+        per = progress["params"]
+        return {
+            "per_task": {names[i]: p["per_task"] for i, p in enumerate(per)},
+            "per_task_excl_classifier": {names[i]: p["per_task_excl_classifier"] for i, p in enumerate(per)},
+            "shared": 0,
+            "total": sum(p["per_task"] for p in per),
+            "backbone": per[0]["backbone"] if per else None,
+        }
+    return {
+        "per_task": {names[t]: n for t, n in counts["per_task"].items()},
+        "per_task_excl_classifier": {names[t]: n for t, n in counts["per_task_excl_classifier"].items()},
+        "shared": counts["shared"],
+        "total": counts["total"],
+        "backbone": counts["backbone"],
+    }
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(path)) if path.is_file() else []
+
+
+def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts: Optional[dict],
+                  inference: Optional[dict], final: bool) -> dict:
+    protocol = cfg.strategy.protocol
+    names = [t.name for t in tasks]
+    matrix = progress["matrix"]
+    finals = final_accuracies(protocol, matrix)
+    sequential = protocol == "sequential" and bool(matrix)
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "strategy": cfg.strategy.name,
+        "method": str(cfg.strategy.method._target_).rsplit(".", 1)[-1],
+        "protocol": protocol,
+        "benchmark": cfg.benchmark_name,
+        "seed": cfg.seed,
+        "overrides": _overrides(run_dir),
+        "tasks": [{"name": t.name, "num_classes": t.num_classes, "n_train": len(t.train), "n_test": len(t.test),
+                   "info": t.info} for t in tasks],
+        "accuracy_matrix": matrix,
+        "final_accuracy": dict(zip(names, finals)),
+        "average_accuracy": sum(finals) / len(finals) if finals else None,
+        "forgetting": forgetting(matrix)["mean"] if sequential else None,
+        "forgetting_per_task": ({names[j]: f for j, f in forgetting(matrix)["per_task"].items()}
+                                if sequential else None),
+        "bwt": backward_transfer(matrix) if sequential else None,
+        "params": _params(protocol, names, progress, counts),
+        "task_inference": None,
+        "task_id_accuracy": None,
+        "average_accuracy_inferred_task": None,
+        "train_time_s": progress["time_s"],
+        "wall_time_s": sum(progress["time_s"]),
+        "finished": final,
+    }
+    if inference:
+        results["task_inference"] = {names[t]: v for t, v in inference.items()}
+        results["task_id_accuracy"] = sum(v["task_id_accuracy"] for v in inference.values()) / len(inference)
+        results["average_accuracy_inferred_task"] = sum(v["accuracy"] for v in inference.values()) / len(inference)
+    if final:
+        results.update(benchmark_scores(tasks, results["final_accuracy"]))
+    return results
+
+
+def write_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts: Optional[dict],
+                  inference: Optional[dict], final: bool) -> dict:
+    """``results.json``, ``results.csv``, ``accuracy.png`` and, with an accuracy matrix,
+    ``accuracy_matrix.csv`` / ``.png``; at the end also ``summary.txt``."""
+    run_dir = Path(run_dir)
+    results = build_results(cfg, run_dir, tasks, progress, counts, inference, final)
+    write_json(results, run_dir / "results.json")
+    names = [t["name"] for t in results["tasks"]]
+    p = results["params"]
+    times = results["train_time_s"] if results["protocol"] == "independent" else [None] * len(names)
+    write_csv([{"task": n, "num_classes": t["num_classes"], "accuracy": results["final_accuracy"].get(n, ""),
+                "trainable_params": p["per_task"].get(n, ""),
+                "trainable_params_excl_classifier": p["per_task_excl_classifier"].get(n, ""),
+                "train_time_s": times[i] if i < len(times) and times[i] is not None else ""}
+               for i, (n, t) in enumerate(zip(names, results["tasks"]))], run_dir / "results.csv")
+    if results["final_accuracy"]:
+        plot_task_accuracies(results, run_dir / "accuracy.png")
+    if results["protocol"] != "independent" and results["accuracy_matrix"]:
+        rows = ["joint"] if results["protocol"] == "joint" else names
+        write_csv([{"after": rows[i], **{c: (row[j] if j < len(row) else "") for j, c in enumerate(names)}}
+                   for i, row in enumerate(results["accuracy_matrix"])], run_dir / "accuracy_matrix.csv")
+        plot_accuracy_matrix(results, run_dir / "accuracy_matrix.png")
+    if final:
+        write_text(format_summary(results) + "\n", run_dir / "summary.txt")
+    return results
+
+

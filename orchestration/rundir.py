@@ -1,0 +1,122 @@
+"""Where a run writes, and whether it may: new runs, resumed runs, locks.
+
+- ``resume=false``: Hydra's new directory; one that already holds a run is refused (no silent reuse).
+- ``resume=<dir>``: that run; its saved configuration must equal this one (keys that cannot change
+  results, :data:`IGNORED_KEYS`, may differ; ``allow_config_change=true`` accepts other differences).
+- ``resume=true``: the newest unfinished run of the same configuration beside Hydra's new directory.
+- A directory is locked (``fcntl`` on ``.lock``) while a run uses it: a second run there stops at once.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from gift_cl.reporting import read_json
+
+log = logging.getLogger("gift_cl")
+
+CONFIG_FILE = "config_resolved.yaml"
+# keys that cannot change a run's numbers: a resume may change them freely
+IGNORED_KEYS = ("threads", "num_workers", "progress", "resume", "checkpoint_every", "allow_config_change",
+                "logger")
+
+
+class RunDirError(RuntimeError):
+    """A run directory cannot be used as asked: says why and what to do instead."""
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every result-relevant key that differs."""
+    a, b = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] in IGNORED_KEYS:
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return diffs
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def saved_config(run_dir: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False)
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    return (run_dir / "results.json").is_file() or (run_dir / "checkpoints").is_dir()
+
+
+def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
+    """The directory this run writes into, and whether it continues a run there."""
+    if not cfg.resume:
+        if holds_a_run(hydra_dir):
+            raise RunDirError(f"{hydra_dir} already holds a run; continue it with resume={hydra_dir}, or choose "
+                              f"another hydra.run.dir")
+        return hydra_dir, False
+    current = resolved(cfg)
+    if cfg.resume is not True:
+        path = Path(str(cfg.resume)).expanduser()
+        if not (path / CONFIG_FILE).is_file():
+            raise RunDirError(f"resume={path}: not a run directory (no {CONFIG_FILE} in it)")
+        diffs = config_differences(saved_config(path), current)
+        if diffs and not cfg.get("allow_config_change", False):
+            raise RunDirError(f"resume={path}: the configuration differs from the saved run's, which would mix "
+                              f"two set-ups in one result: " + "; ".join(diffs[:12])
+                              + ". Resume with the same options, or pass allow_config_change=true.")
+        if diffs:
+            log.warning("resuming %s with a changed configuration (allow_config_change=true): %s", path, diffs)
+        return path, True
+    parent = hydra_dir.parent
+    unfinished = [d for d in (parent.iterdir() if parent.is_dir() else []) if d != hydra_dir
+                  and (d / CONFIG_FILE).is_file() and not (read_json(d / "results.json") or {}).get("finished")]
+    same = [d for d in unfinished if not config_differences(saved_config(d), current)]
+    if not same:
+        other = f" ({len(unfinished)} unfinished run(s) there have another configuration)" if unfinished else ""
+        raise RunDirError(f"resume=true: no unfinished run of this configuration under {parent}{other}; "
+                          f"pass resume=<run dir> to pick one")
+    chosen = max(same, key=lambda d: d.stat().st_mtime)
+    log.info("resume=true: continuing %s", chosen)
+    return chosen, True
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the lifetime of a run (released when the process dies)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd: Optional[int] = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunDirError(f"{self.path.parent} is in use by a running run (pid {holder}); wait for it or "
+                              f"choose another hydra.run.dir") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)

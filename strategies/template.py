@@ -1,0 +1,132 @@
+"""The one Avalanche strategy every method and protocol trains with.
+
+It adds to Avalanche's ``SupervisedTemplate`` what the project needs and 0.6 gets wrong or lacks:
+- a fresh optimizer per experience over exactly the parameters that train for it, in the official two
+  groups (the template's ``make_optimizer`` would register the frozen backbone and guess groups;
+  avalanche-0.6-notes §2.4), and the timm cosine schedule;
+- the model's regulariser (e.g. the anchored GIFT trunk's penalty) added to the loss;
+- a stop on a non-finite loss, naming the task, epoch, step and learning rate;
+- ``end_task`` after the plugins' ``after_training_exp`` (EWC needs live gradients there), storing the
+  task's mean frozen [CLS] feature for task-id inference;
+- exact resume inside an experience: ``training_state`` / ``resume_from`` carry the optimizer, the epoch
+  and the RNG (our own state dicts: the dill-pickled ``save_checkpoint`` is broken on this torch).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+from torch.utils.data import DataLoader
+
+from gift_cl.optim import OptimConfig, build_optimizer
+from gift_cl.rng import rng_state, set_rng_state
+
+from .plugins import ProgressBarPlugin, TimmSchedulerPlugin
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN or infinite: the run stops before anything is saved."""
+
+
+class TaskAwareStrategy(SupervisedTemplate):
+    """AdamW with the official two groups, a timm cosine schedule, progress bars, over a task stream."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optim: OptimConfig,
+        device: str = "cpu",
+        eval_mb_size: int = 256,
+        evaluator=None,
+        plugins: Optional[Sequence[SupervisedPlugin]] = None,
+        progress: bool = True,
+    ):
+        self.optim_cfg = optim
+        self.scheduler_plugin = TimmSchedulerPlugin(optim)
+        self._resume: Optional[dict] = None  # training state to continue from at the next train() call
+        kwargs = {} if evaluator is None else {"evaluator": evaluator}
+        super().__init__(
+            model=model,
+            optimizer=build_optimizer(model, optim),
+            criterion=nn.CrossEntropyLoss(),
+            train_mb_size=optim.batch_size,
+            train_epochs=optim.epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=[self.scheduler_plugin, ProgressBarPlugin(progress), *(plugins or [])],
+            **kwargs,
+        )
+
+    @property
+    def current_tasks(self) -> list[int]:
+        return sorted(int(t) for t in self.experience.task_labels)
+
+    def make_optimizer(self, **kwargs):
+        # The template calls this once before model adaptation (heads not there yet) and again after.
+        if not all(str(t) in self.model.classifiers for t in self.current_tasks):
+            return
+        self.model.begin_task(self.current_tasks)
+        self.optimizer = build_optimizer(self.model, self.optim_cfg)
+        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def criterion(self):
+        return self._criterion(self.mb_output, self.mb_y) + self.model.penalty()
+
+    def backward(self):
+        # after every plugin's before_backward, so their loss terms (EWC, LwF) are checked too
+        if not torch.isfinite(self.loss).all():
+            raise DivergenceError(
+                f"non-finite training loss ({self.loss.item()}) on task(s) {self.current_tasks}, "
+                f"epoch {self.clock.train_exp_epochs + 1}/{self.train_epochs}, "
+                f"step {self.clock.train_epoch_iterations + 1}/{len(self.dataloader)}, "
+                f"lr {self.optimizer.param_groups[0]['lr']:.3g}. The run stopped; nothing of this experience "
+                f"was saved. Lower optim.lr or check the data.")
+        super().backward()
+
+    # ------------------------------------------------------------------ resume inside an experience
+    def resume_from(self, state: dict) -> None:
+        """Continue the next ``train`` call at ``state['epochs_done']`` with its optimizer and RNG
+        (plugins restore their own state through ``load_state_dict``)."""
+        self._resume = state
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        start = 0
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            self.optimizer.load_state_dict(state["optimizer"])
+            start = self.clock.train_exp_epochs = state["epochs_done"]
+            set_rng_state(state["rng"])
+        for _ in range(start, self.train_epochs):
+            self._before_training_epoch(**kwargs)
+            self.training_epoch(**kwargs)
+            self._after_training_epoch(**kwargs)
+
+    def training_state(self, epochs_done: int) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "epochs_done": epochs_done, "rng": rng_state()}
+
+    # ------------------------------------------------------------------ task boundary
+    def _after_training_exp(self, **kwargs):
+        super()._after_training_exp(**kwargs)  # plugins first: EWC computes importances with live grads
+        for task, proto in self.task_prototypes().items():
+            self.model.end_task(task, proto)
+
+    @torch.no_grad()
+    def task_prototypes(self) -> dict[int, torch.Tensor]:
+        """Mean frozen [CLS] feature of each task in the experience, on un-augmented training images."""
+        self.model.eval()
+        loader = DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size, shuffle=False)
+        sums: dict[int, torch.Tensor] = {}
+        counts: dict[int, int] = {}
+        for x, _, t in loader:
+            feats = self.model.frozen_features(x.to(self.device))
+            for task in t.unique().tolist():
+                sel = feats[t.to(self.device) == task]
+                sums[task] = sums.get(task, 0) + sel.sum(0)
+                counts[task] = counts.get(task, 0) + len(sel)
+        self.model.train()
+        return {task: sums[task] / counts[task] for task in sums}
