@@ -12,11 +12,15 @@ import gift_cl.config  # noqa: F401  (registers the ${asset:...} resolver)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from orchestration.cli import USER_ERRORS, run
+    from orchestration.cli import run, user_error
 
     try:
         results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except USER_ERRORS as err:  # one clear line, no traceback: the message names what is wrong
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
+        # one clear line, no traceback: the message names what is wrong and what was expected
         logging.getLogger("gift_cl").error("%s: %s", type(err).__name__, err)
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(1)

@@ -25,6 +25,15 @@ log = logging.getLogger("gift_cl")
 USER_ERRORS = (ConfigError, RunDirError, CheckpointError, DataError, BackboneError, DivergenceError)
 
 
+def user_error(exc: BaseException):
+    """The user error behind ``exc`` (Hydra's ``instantiate`` wraps what a loader raises), or None."""
+    while exc is not None:
+        if isinstance(exc, USER_ERRORS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def run(cfg: DictConfig, hydra_dir: Path) -> dict:
     validate(cfg)
     if cfg.threads:

@@ -89,6 +89,18 @@ def check_label_range(labels: Iterable[int], num_classes: int, where: Sequence[s
             raise DataError(f"{loc}: label {label} out of range, expected 0..{num_classes - 1}")
 
 
+def check_within_root(root: str, relpaths: Sequence[str], where: Sequence[str]) -> None:
+    """Every listed image path must be relative and stay inside ``root``: a split file that lists
+    ``../../x.png`` or ``/etc/x.png`` would otherwise read files from anywhere on the machine."""
+    real_root = os.path.realpath(root)
+    for rel, loc in zip(relpaths, where):
+        if os.path.isabs(rel):
+            raise DataError(f"{loc}: image path {rel!r} is absolute; split files must list paths relative to {root}")
+        real = os.path.realpath(os.path.join(real_root, rel))
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise DataError(f"{loc}: image path {rel!r} resolves outside the benchmark root {root}")
+
+
 def verify_image_files(root: str, relpaths: Sequence[str], source: str) -> None:
     """Check every listed image exists and has a readable header, in the main process.
 
@@ -97,6 +109,7 @@ def verify_image_files(root: str, relpaths: Sequence[str], source: str) -> None:
     Truncated JPEG *pixel data* is only found by a full decode; that still raises a DataError
     naming the file, from ``ImageFileDataset.__getitem__`` or at once with ``cache_decoded``.
     """
+    check_within_root(root, relpaths, [f"{source}: entry {i + 1}" for i in range(len(relpaths))])
     for rel in relpaths:
         path = os.path.join(root, rel)
         if not os.path.isfile(path):
@@ -148,6 +161,7 @@ class ImageFileDataset(Dataset):
     ):
         if len(relpaths) != len(labels):
             raise DataError(f"{source or root}: {len(relpaths)} images but {len(labels)} labels")
+        check_within_root(root, relpaths, [f"{source or root}: entry {i + 1}" for i in range(len(relpaths))])
         self.root = root
         self.relpaths = list(relpaths)
         self.targets = [int(y) for y in labels]

@@ -24,6 +24,7 @@ from gift_cl.data.files import (
     ImageFileDataset,
     check_choice,
     check_label_range,
+    check_within_root,
     read_list_file,
     require_dir,
     square_resize,
@@ -87,6 +88,7 @@ def load_vtab(
         rows = read_list_file(path, f"'relative/path label' lines of VTAB-1k {task}")
         relpaths, labels, linenos = zip(*rows)
         check_label_range(labels, num_classes, [f"{path}:{n}" for n in linenos])
+        check_within_root(task_dir, relpaths, [f"{path}:{n}" for n in linenos])
         if verify_images:
             verify_image_files(task_dir, relpaths, path)
         return ImageFileDataset(task_dir, relpaths, labels, transform, pre_transform=square_resize(image_size),
