@@ -248,3 +248,13 @@ def test_real_split_fmnist_default_root():
         x, y = task.train[0]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1)
         assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) > float(x.min())
+
+
+def test_per_class_caps_keep_first_images_of_every_class(tmp_path):
+    write_mnist_like(str(tmp_path), "MNIST", n_train=40, n_test=20)  # 4 train / 2 test images a class
+    tasks = load_split("split_mnist", str(tmp_path), n_experiences=5, train_per_class=3, test_per_class=1, **ID)
+    check_tasks(tasks, 5, 2)
+    assert [(len(t.train), len(t.test)) for t in tasks] == [(6, 2)] * 5
+    assert tasks[0].info["train_per_class"] == 3
+    with pytest.raises(DataError, match="per-class cap 0"):
+        load_split("split_mnist", str(tmp_path), train_per_class=0)

@@ -247,6 +247,20 @@ def _select(labels: np.ndarray, task_classes: Sequence[int]) -> tuple[np.ndarray
     return idx, remap[labels[idx]]
 
 
+def _first_per_class(idx: np.ndarray, y: np.ndarray, k: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` samples of every class, in dataset order (all with ``k=None``)."""
+    if k is None:
+        return idx, y
+    if int(k) < 1:
+        raise DataError(f"per-class cap {k} must be a positive integer or null")
+    rank = np.zeros(len(y), np.int64)
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        rank[where] = np.arange(len(where))
+    keep = rank < int(k)
+    return idx[keep], y[keep]
+
+
 def _transform(image_size: int, mean, std) -> T.Compose:
     return T.Compose([square_resize(int(image_size))] + to_tensor_normalize(mean, std))
 
@@ -264,6 +278,8 @@ def load_split(
     std: Sequence[float] = (0.5, 0.5, 0.5),
     cache_decoded: bool = False,
     verify_images: bool = False,
+    train_per_class: Optional[int] = None,
+    test_per_class: Optional[int] = None,
 ) -> list[TaskData]:
     """SplitMNIST / SplitFMNIST / SplitCIFAR10 / SplitCIFAR100 / SplitTinyImageNet as task-incremental tasks.
 
@@ -275,6 +291,8 @@ def load_split(
         image_size, mean, std: the backbone's input size and normalisation.
         cache_decoded, verify_images: Tiny ImageNet only: decode every JPEG once into RAM (at its
             native 64 px) / header-check every file at load time.
+        train_per_class, test_per_class: keep only the first k images of every class (file order),
+            for quick runs on a CPU; ``None`` keeps all. Recorded in each task's ``info``.
     """
     check_choice(name, SPLIT_BENCHMARKS, "benchmark")
     root = os.path.expanduser(str(root if root is not None else default_root(name)))
@@ -310,6 +328,7 @@ def load_split(
         parts = {}
         for train in (True, False):
             idx, y = _select(splits[train][-1], task_classes)
+            idx, y = _first_per_class(idx, y, train_per_class if train else test_per_class)
             if name == "split_tiny_imagenet":
                 base, rel, _ = splits[train]
                 parts[train] = ImageFileDataset(base, [rel[i] for i in idx], y.tolist(), tf,
@@ -317,7 +336,7 @@ def load_split(
             else:
                 parts[train] = ArrayDataset(splits[train][0][idx], y.tolist(), tf)
         info = {"benchmark": f"avalanche/{name}", "experience": t, "classes": task_classes,
-                "image_size": int(image_size), "n_train": len(parts[True]), "n_eval": len(parts[False]),
+                "image_size": int(image_size), "train_per_class": train_per_class, "test_per_class": test_per_class, "n_train": len(parts[True]), "n_eval": len(parts[False]),
                 "eval_split": "test" if name != "split_tiny_imagenet" else "val"}
         if class_names is not None:
             info["class_names"] = [class_names[c] for c in task_classes]
