@@ -43,7 +43,11 @@ test-real-data: install real-data
 	GIFT_CL_REQUIRE_REAL_DATA=1 $(PY) -m pytest -q -m real_data
 
 define FREEZE_CONSTRAINTS
-import importlib.metadata as md, tomllib, sys
+import importlib.metadata as md, sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name as canon
 proj = tomllib.load(open("pyproject.toml", "rb"))["project"]
