@@ -6,7 +6,9 @@ through exactly the same local-checkpoint path a user with real ViT-B weights ta
 """
 from __future__ import annotations
 
+import json
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -63,3 +65,74 @@ def create_backbone(
                 f"Offline, download the weights elsewhere and pass model.checkpoint=/path/to/file.(pth|safetensors)"
             ) from err
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+# ----------------------------------------------------------------------------- data config
+DATA_KEYS = ("image_size", "mean", "std")
+
+
+def _img_size(kwargs: dict) -> Optional[int]:
+    size = kwargs.get("img_size")
+    if size is None:
+        return None
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise BackboneError(f"img_size={list(size)}: only square inputs are supported")
+        size = size[0]
+    return int(size)
+
+
+def _checkpoint_data_config(checkpoint: Optional[str]) -> dict:
+    """``data_config`` from a JSON next to a local checkpoint (``<stem>.json``), if it has one."""
+    if not checkpoint:
+        return {}
+    path = Path(os.path.expanduser(str(checkpoint))).with_suffix(".json")
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise BackboneError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+    cfg = doc.get("data_config", {}) if isinstance(doc, dict) else {}
+    return {k: cfg[k] for k in DATA_KEYS if k in cfg}
+
+
+@lru_cache(maxsize=32)
+def _timm_data_config(name: str, kwargs_json: str) -> tuple:
+    """timm's data config of ``name`` built with ``kwargs``: on the meta device, so no weights, no memory."""
+    import torch
+    from timm.data import resolve_model_data_config
+
+    kwargs = json.loads(kwargs_json)
+    if not timm.is_model(name.split(".")[0]):
+        raise BackboneError(f"unknown timm model {name!r}")
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        cfg = resolve_model_data_config(model)
+    except Exception:  # some architectures cannot be built on the meta device: use the registry entry
+        pcfg = timm.get_pretrained_cfg(name)
+        if pcfg is None:
+            raise BackboneError(f"timm has no pretrained config for {name!r}; set model.mean/std/image_size") from None
+        cfg = {"input_size": pcfg.input_size, "mean": pcfg.mean, "std": pcfg.std}
+    return int(cfg["input_size"][-1]), tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
+
+
+def backbone_data_config(name: str, kwargs: Optional[dict] = None, checkpoint: Optional[str] = None) -> dict:
+    """The input size and normalisation a backbone expects: ``{"image_size", "mean", "std"}``.
+
+    In order of precedence: the ``data_config`` of a JSON next to a local ``checkpoint`` (how those
+    weights were trained; the shipped ``vit_procedural.json`` has one), then ``kwargs["img_size"]``
+    for the size (timm keeps the pretrained config's 224 when a ViT is built at another size), then
+    timm's pretrained config of ``name`` (its tag decides: ``.augreg_in21k`` -> 0.5/0.5,
+    ``deit_*.fb_in1k`` -> ImageNet mean/std). No weights are loaded and nothing is downloaded.
+    """
+    kwargs = dict(kwargs or {})
+    size, mean, std = _timm_data_config(str(name), json.dumps(kwargs, sort_keys=True, default=str))
+    out = {"image_size": _img_size(kwargs) or size, "mean": list(mean), "std": list(std)}
+    out.update(_checkpoint_data_config(checkpoint))
+    out["image_size"] = int(out["image_size"])
+    out["mean"] = [float(m) for m in out["mean"]]
+    out["std"] = [float(s) for s in out["std"]]
+    return out

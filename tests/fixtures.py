@@ -275,3 +275,106 @@ def install_debian_fashion_mnist(root: str, src: str = FASHION_MNIST_DEB_DIR) ->
         with gzip.open(os.path.join(src, n + ".gz"), "rb") as fin, open(os.path.join(raw, n), "wb") as fout:
             shutil.copyfileobj(fin, fout)
     return True
+
+
+# ----------------------------------------------------------------------------- Avalanche classics
+def write_idx_gz_flat(root: str, n_train: int = 20, n_test: int = 10) -> None:
+    """Write the four MNIST-format IDX files gzipped, directly in ``root`` (LeCun/Zalando/Debian layout)."""
+    os.makedirs(root, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n) % 10
+        for kind, arr in (("images-idx3", _class_images(y, (28, 28))), ("labels-idx1", y)):
+            plain = os.path.join(root, f"{prefix}-{kind}-ubyte")
+            _idx_write(plain, arr)
+            with open(plain, "rb") as fin, gzip.open(plain + ".gz", "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            os.remove(plain)
+
+
+def write_cifar100(root: str, n_classes: int = 20, n_train: int = 3, n_test: int = 2) -> None:
+    """Write ``root/cifar-100-python/{train,test,meta}`` with ``fine_labels`` 0..n_classes-1.
+
+    The samples of a class are spread through the file (class = index mod n_classes).
+    """
+    folder = os.path.join(root, "cifar-100-python")
+    os.makedirs(folder, exist_ok=True)
+    for name, per_class in (("train", n_train), ("test", n_test)):
+        y = np.arange(per_class * n_classes) % n_classes
+        data = _class_images(y, (3, 32, 32)).reshape(len(y), 3072)
+        entry = {"filenames": [f"{name}_{i}.png" for i in range(len(y))], "batch_label": name,
+                 "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(), "data": data}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(os.path.join(folder, "meta"), "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{k}" for k in range(n_classes)],
+                     "coarse_label_names": [f"super{k}" for k in range(n_classes // 5)]}, f)
+
+
+def write_tiny_imagenet(root: str, n_classes: int = 4, n_train: int = 3, n_val: int = 2) -> list[str]:
+    """Write ``root/tiny-imagenet-200`` as the official zip unpacks: wnids.txt, words.txt,
+    train/<wnid>/images/<wnid>_<i>.JPEG (+ <wnid>_boxes.txt), val/images/val_<i>.JPEG and
+    val/val_annotations.txt (tab-separated, classes interleaved). Returns the wnids; the label of a
+    wnid is its line in wnids.txt, which is deliberately not sorted order.
+    """
+    base = os.path.join(root, "tiny-imagenet-200")
+    wnids = [f"n0{9 - k:07d}" for k in range(n_classes)]  # descending: the file order is the label order
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, "wnids.txt"), "w") as f:
+        f.write("\n".join(wnids) + "\n")
+    with open(os.path.join(base, "words.txt"), "w") as f:
+        f.write("".join(f"{w}\tthing {k}\n" for k, w in enumerate(wnids)))
+    for k, w in enumerate(wnids):
+        folder = os.path.join(base, "train", w, "images")
+        for i in range(n_train):
+            save_image(os.path.join(folder, f"{w}_{i}.JPEG"), k, (64, 64))
+        with open(os.path.join(base, "train", w, f"{w}_boxes.txt"), "w") as f:
+            f.write("".join(f"{w}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train)))
+    rows = []
+    for i in range(n_val * n_classes):
+        k = (n_classes - 1 - i) % n_classes
+        save_image(os.path.join(base, "val", "images", f"val_{i}.JPEG"), k, (64, 64))
+        rows.append(f"val_{i}.JPEG\t{wnids[k]}\t0\t0\t63\t63\n")
+    with open(os.path.join(base, "val", "val_annotations.txt"), "w") as f:
+        f.write("".join(rows))
+    return wnids
+
+
+CORE50_FIXTURE = {  # scenario -> training batches as lists of object ids (labels 0..49)
+    "nc": [[3, 7, 11], [0, 5], [20, 9]],
+    "ni": [[0, 1, 2, 3], [0, 1, 2, 3]],
+}
+
+
+def write_core50(root: str, mini: bool = False, run: int = 0, per_class: int = 2) -> dict:
+    """Write ``root/core50_128x128/s<s>/o<o>/C_<ss>_<oo>_<iii>.png`` and
+    ``root/batches_filelists/{NC_inc,NI_inc}/run<run>/{train_batch_<XX>_filelist.txt,test_filelist.txt}``
+    as the official zips unpack (filelist lines ``s1/o4/C_01_04_000.png 3``: object o has label o-1).
+
+    Training images come from sessions 1-2 (NI: batch b uses session b+1), test images from session 3.
+    Returns ``{scenario: {"batches": [[labels]], "test_labels": [...]}}``.
+    """
+    img_root = os.path.join(root, "core50_32x32" if mini else "core50_128x128")
+    size = (32, 32) if mini else (128, 128)
+
+    def image(session: int, label: int, i: int) -> str:
+        rel = f"s{session}/o{label + 1}/C_{session:02d}_{label + 1:02d}_{i:03d}.png"
+        path = os.path.join(img_root, rel)
+        if not os.path.isfile(path):
+            save_image(path, label, size)
+        return rel
+
+    out = {}
+    for scenario, batches in CORE50_FIXTURE.items():
+        lists = os.path.join(root, "batches_filelists", f"{scenario.upper()}_inc", f"run{run}")
+        os.makedirs(lists, exist_ok=True)
+        for b, labels in enumerate(batches):
+            session = b + 1 if scenario == "ni" else 1 + (b % 2)
+            rows = [f"{image(session, y, i)} {y}" for i in range(per_class) for y in labels]
+            with open(os.path.join(lists, f"train_batch_{b:02d}_filelist.txt"), "w") as f:
+                f.write("\n".join(rows) + "\n")
+        test = sorted({y for labels in batches for y in labels})
+        rows = [f"{image(3, y, i)} {y}" for y in test for i in range(per_class)]
+        with open(os.path.join(lists, "test_filelist.txt"), "w") as f:
+            f.write("\n".join(rows) + "\n")
+        out[scenario] = {"batches": batches, "test_labels": [y for y in test for _ in range(per_class)]}
+    return out

@@ -1,0 +1,409 @@
+"""Avalanche's classic benchmarks, read from local files, as task-incremental streams.
+
+``benchmark=avalanche/<name>`` builds one of Avalanche's classic continual-learning benchmarks as a
+list of :class:`TaskData` (one task per experience, labels 0..C-1 inside every task), so it flows
+through the project's own stream builder (``gift_cl.data.stream``) like every other benchmark.
+
+Nothing is downloaded: the files are read from ``root``. The class split follows Avalanche's
+``nc_benchmark`` exactly (classes sorted, then shuffled with ``torch.randperm`` after
+``manual_seed(class_order_seed)``, or ``fixed_class_order``; experience ``i`` takes the next
+``n_classes / n_experiences`` classes; inside a task a class gets its position in that slice, as
+with ``class_ids_from_zero_in_each_exp=True``), so ``split_mnist`` with seed 0 has the same class
+order as ``avalanche.benchmarks.classic.SplitMNIST(5, seed=0, return_task_id=True)``.
+
+On-disk layouts (the default ``root`` is where Avalanche itself would have downloaded the data,
+``~/.avalanche/data/<dataset>``, so a machine that ran Avalanche online once has them)::
+
+    split_mnist          root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]   (torchvision)
+                         or root/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]           (LeCun release)
+    split_fmnist         root/FashionMNIST/raw/<the four IDX files>[.gz]                      (torchvision)
+                         or root/<the four IDX files>[.gz]  (Zalando release; Debian's dataset-fashion-mnist
+                         puts them in /usr/share/datasets/fashion-mnist, the default root)
+    split_cifar10        root/cifar-10-batches-py/{data_batch_1..5,test_batch}                (python pickles)
+    split_cifar100       root/cifar-100-python/{train,test}                                   (python pickles, fine labels)
+    split_tiny_imagenet  root/tiny-imagenet-200/wnids.txt, train/<wnid>/images/*.JPEG,
+                         val/images/*.JPEG, val/val_annotations.txt                          (the official zip)
+    core50               root/core50_128x128/s<session>/o<object>/*.png (mini: root/core50_32x32/...)
+                         root/batches_filelists/{NC_inc,NI_inc}[_cat]/run<r>/train_batch_<XX>_filelist.txt
+                         and .../test_filelist.txt (lines "s11/o1/C_11_01_000.png 0")     (batches_filelists.zip)
+
+Every image is resized (square) to ``image_size``, greyscale is replicated to RGB, and
+``mean``/``std`` normalise it (by default the backbone's own, see ``gift_cl.config``).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from gift_cl.data.base import ArrayDataset, DataError, TaskData
+from gift_cl.data.files import (
+    ImageFileDataset,
+    check_choice,
+    check_label_range,
+    read_list_file,
+    square_resize,
+    to_tensor_normalize,
+    verify_image_files,
+)
+
+IDX_FILES = tuple(f"{p}-{k}-idx{d}-ubyte" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1)))
+
+# name -> (what, torchvision folder name for IDX sets, default root, expected layout)
+LAYOUTS = {
+    "split_mnist": ("MNIST", "~/.avalanche/data/mnist",
+                    "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (torchvision) or the "
+                    "same four files directly in <root>"),
+    "split_fmnist": ("Fashion-MNIST", "/usr/share/datasets/fashion-mnist",
+                     "<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (torchvision) or "
+                     "the same four files directly in <root> (the Zalando release; `apt-get install "
+                     "dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist)"),
+    "split_cifar10": ("CIFAR-10", "~/.avalanche/data/cifar10",
+                      "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch} (python pickles, as in "
+                      "cifar-10-python.tar.gz)"),
+    "split_cifar100": ("CIFAR-100", "~/.avalanche/data/cifar100",
+                       "<root>/cifar-100-python/{train,test} (python pickles, as in cifar-100-python.tar.gz)"),
+    "split_tiny_imagenet": ("Tiny ImageNet", "~/.avalanche/data/tinyimagenet",
+                            "<root>/tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+                            "val/val_annotations.txt} (tiny-imagenet-200.zip unpacked)"),
+    "core50": ("CORe50", "~/.avalanche/data/core50",
+               "<root>/core50_128x128/s<1..11>/o<1..50>/*.png (core50_32x32/ with mini=true) and "
+               "<root>/batches_filelists/<NC_inc|NI_inc>[_cat]/run<0..9>/{train_batch_<XX>_filelist.txt,"
+               "test_filelist.txt} (core50_128x128.zip and batches_filelists.zip unpacked)"),
+}
+SPLIT_BENCHMARKS = ("split_mnist", "split_fmnist", "split_cifar10", "split_cifar100", "split_tiny_imagenet")
+CORE50_SCENARIOS = {"nc": "NC_inc", "ni": "NI_inc"}
+
+
+def missing(name: str, folder: str, detail: str = "") -> DataError:
+    """The one error for absent data: the folder, the expected layout, and that nothing downloads."""
+    what, _, layout = LAYOUTS[name]
+    return DataError(
+        f"{folder}: {what} not found{' (' + detail + ')' if detail else ''}. Expected layout: {layout}. "
+        f"Nothing is downloaded at run time: put the files there or point benchmark.root at them."
+    )
+
+
+def default_root(name: str) -> str:
+    return LAYOUTS[name][1]
+
+
+# ----------------------------------------------------------------------------- readers
+def _read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+            raise ValueError("bad magic number (expected 0x0000080N: unsigned bytes)")
+        ndim = data[3]
+        dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if body.size != int(np.prod(dims)):
+            raise ValueError(f"header says {dims} but the file holds {body.size} values")
+        return body.reshape(dims)
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a valid IDX file ({type(e).__name__}: {e})") from None
+
+
+def find_idx_folder(name: str, root: str, tv_folder: str) -> str:
+    """The folder holding the four IDX files (plain or .gz): torchvision's layout first, then flat."""
+    for folder in (os.path.join(root, tv_folder, "raw"), root):
+        if all(os.path.isfile(os.path.join(folder, f)) or os.path.isfile(os.path.join(folder, f + ".gz"))
+               for f in IDX_FILES):
+            return folder
+    present = [f for f in IDX_FILES for folder in (os.path.join(root, tv_folder, "raw"), root)
+               if os.path.isfile(os.path.join(folder, f)) or os.path.isfile(os.path.join(folder, f + ".gz"))]
+    detail = f"only {sorted(set(present))} present" if present else ""
+    raise missing(name, root, detail)
+
+
+def read_idx_split(name: str, root: str, tv_folder: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-format IDX -> (N, 28, 28, 1) uint8 images and int64 labels."""
+    folder = find_idx_folder(name, root, tv_folder)
+    prefix = "train" if train else "t10k"
+    paths = []
+    for kind, d in (("images", 3), ("labels", 1)):
+        p = os.path.join(folder, f"{prefix}-{kind}-idx{d}-ubyte")
+        paths.append(p if os.path.isfile(p) else p + ".gz")
+    images, labels = _read_idx(paths[0]), _read_idx(paths[1]).astype(np.int64)
+    if images.ndim != 3:
+        raise DataError(f"{paths[0]}: expected N x H x W images, got shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{paths[1]}: {labels.shape[0]} labels for {len(images)} images in {paths[0]}")
+    return images[..., None], labels
+
+
+def _unpickle(path: str, keys: Sequence[str], what: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        for k in keys:
+            entry[k]
+        return entry
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: not a {what} ({type(e).__name__}: {e})") from None
+
+
+def read_cifar(name: str, root: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10/100 python pickles -> (N, 32, 32, 3) uint8 images and int64 labels."""
+    if name == "split_cifar10":
+        folder, files, key = "cifar-10-batches-py", (
+            [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]), "labels"
+    else:
+        folder, files, key = "cifar-100-python", ["train" if train else "test"], "fine_labels"
+    folder = os.path.join(root, folder)
+    if not os.path.isdir(folder):
+        raise missing(name, root, f"no {folder}")
+    images, labels = [], []
+    for fname in files:
+        path = os.path.join(folder, fname)
+        if not os.path.isfile(path):
+            raise missing(name, root, f"no {path}")
+        entry = _unpickle(path, ("data", key), f"{LAYOUTS[name][0]} python pickle with 'data' and '{key}'")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        y = np.asarray(entry[key], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(y):
+            raise DataError(f"{path}: 'data' has shape {data.shape} for {len(y)} labels; expected N x 3072 uint8")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def list_tiny_imagenet(name: str, root: str, train: bool) -> tuple[str, list[str], list[int], list[str]]:
+    """Tiny ImageNet -> (folder, relative paths, labels = index in wnids.txt, wnids)."""
+    base = os.path.join(root, "tiny-imagenet-200")
+    wnids_path = os.path.join(base, "wnids.txt")
+    if not os.path.isfile(wnids_path):
+        raise missing(name, root, f"no {wnids_path}")
+    with open(wnids_path, encoding="utf-8") as f:
+        wnids = list(dict.fromkeys(line.strip() for line in f if line.strip()))
+    index = {w: i for i, w in enumerate(wnids)}
+    relpaths, labels = [], []
+    if train:
+        for i, w in enumerate(wnids):
+            folder = os.path.join(base, "train", w, "images")
+            if not os.path.isdir(folder):
+                raise missing(name, root, f"no {folder}")
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+            relpaths += [f"train/{w}/images/{n}" for n in names]
+            labels += [i] * len(names)
+    else:
+        ann = os.path.join(base, "val", "val_annotations.txt")
+        if not os.path.isfile(ann):
+            raise missing(name, root, f"no {ann}")
+        with open(ann, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) < 2 or parts[1] not in index:
+                    raise DataError(f"{ann}:{lineno}: malformed line {line.strip()!r}; expected "
+                                    "'<file>\\t<wnid listed in wnids.txt>\\t...'")
+                relpaths.append(f"val/images/{parts[0]}")
+                labels.append(index[parts[1]])
+        # Avalanche lists the validation images class by class
+        order = sorted(range(len(labels)), key=lambda k: labels[k])
+        relpaths, labels = [relpaths[k] for k in order], [labels[k] for k in order]
+    return base, relpaths, labels, wnids
+
+
+# ----------------------------------------------------------------------------- class split
+def class_order(classes: Sequence[int], class_order_seed: Optional[int], fixed_class_order=None,
+                shuffle: bool = True) -> list[int]:
+    """Avalanche's ``nc_benchmark`` order: fixed, or the sorted classes permuted by ``randperm``."""
+    classes = sorted(int(c) for c in classes)
+    if fixed_class_order is not None:
+        order = [int(c) for c in fixed_class_order]
+        if len(set(order)) != len(order) or not set(order) <= set(classes):
+            raise DataError(f"fixed_class_order={order} must list distinct classes out of {classes}")
+        return order
+    if not shuffle:
+        return classes
+    if class_order_seed is None:
+        raise DataError("class_order_seed is null: give a seed (or fixed_class_order, or shuffle=false) so "
+                        "the class order is reproducible")
+    g = torch.Generator().manual_seed(int(class_order_seed))
+    return [classes[i] for i in torch.randperm(len(classes), generator=g).tolist()]
+
+
+def split_classes(order: Sequence[int], n_experiences: int) -> list[list[int]]:
+    if n_experiences < 1 or len(order) % n_experiences:
+        raise DataError(f"n_experiences={n_experiences} does not divide the {len(order)} classes evenly")
+    k = len(order) // n_experiences
+    return [list(order[i * k:(i + 1) * k]) for i in range(n_experiences)]
+
+
+def _select(labels: np.ndarray, task_classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the task's samples (in dataset order) and their labels 0..C-1 within the task."""
+    remap = np.full(int(max(labels.max(), max(task_classes))) + 1, -1, np.int64)
+    remap[list(task_classes)] = np.arange(len(task_classes))
+    idx = np.flatnonzero(remap[labels] >= 0)
+    return idx, remap[labels[idx]]
+
+
+def _first_per_class(idx: np.ndarray, y: np.ndarray, k: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` samples of every class, in dataset order (all with ``k=None``)."""
+    if k is None:
+        return idx, y
+    if int(k) < 1:
+        raise DataError(f"per-class cap {k} must be a positive integer or null")
+    rank = np.zeros(len(y), np.int64)
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        rank[where] = np.arange(len(where))
+    keep = rank < int(k)
+    return idx[keep], y[keep]
+
+
+def _transform(image_size: int, mean, std) -> T.Compose:
+    return T.Compose([square_resize(int(image_size))] + to_tensor_normalize(mean, std))
+
+
+# ----------------------------------------------------------------------------- loaders
+def load_split(
+    name: str,
+    root: Optional[str] = None,
+    n_experiences: int = 5,
+    class_order_seed: Optional[int] = 0,
+    fixed_class_order: Optional[Sequence[int]] = None,
+    shuffle: bool = True,
+    image_size: int = 224,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    cache_decoded: bool = False,
+    verify_images: bool = False,
+    train_per_class: Optional[int] = None,
+    test_per_class: Optional[int] = None,
+) -> list[TaskData]:
+    """SplitMNIST / SplitFMNIST / SplitCIFAR10 / SplitCIFAR100 / SplitTinyImageNet as task-incremental tasks.
+
+    Args:
+        name: one of ``SPLIT_BENCHMARKS``.
+        root: the dataset folder (module docstring); ``None`` = Avalanche's default location.
+        n_experiences: tasks; must divide the number of classes.
+        class_order_seed, fixed_class_order, shuffle: the class order, as in Avalanche's ``nc_benchmark``.
+        image_size, mean, std: the backbone's input size and normalisation.
+        cache_decoded, verify_images: Tiny ImageNet only: decode every JPEG once into RAM (at its
+            native 64 px) / header-check every file at load time.
+        train_per_class, test_per_class: keep only the first k images of every class (file order),
+            for quick runs on a CPU; ``None`` keeps all. Recorded in each task's ``info``.
+    """
+    check_choice(name, SPLIT_BENCHMARKS, "benchmark")
+    root = os.path.expanduser(str(root if root is not None else default_root(name)))
+    if not os.path.isdir(root):
+        raise missing(name, root, "the folder does not exist")
+    tf = _transform(image_size, mean, std)
+
+    if name == "split_tiny_imagenet":
+        splits = {}
+        for train in (True, False):
+            base, rel, y, wnids = list_tiny_imagenet(name, root, train)
+            if verify_images:
+                verify_image_files(base, rel, base)
+            splits[train] = (base, rel, np.asarray(y, np.int64))
+        class_names = wnids
+    else:
+        if name in ("split_mnist", "split_fmnist"):
+            tv = "MNIST" if name == "split_mnist" else "FashionMNIST"
+            splits = {train: read_idx_split(name, root, tv, train) for train in (True, False)}
+        else:
+            splits = {train: read_cifar(name, root, train) for train in (True, False)}
+        class_names = None
+
+    train_labels = splits[True][-1]
+    order = class_order(np.unique(train_labels), class_order_seed, fixed_class_order, shuffle)
+    for train in (True, False):
+        bad = np.setdiff1d(np.unique(splits[train][-1]), np.unique(train_labels))
+        if bad.size:
+            raise DataError(f"{root}: the {'train' if train else 'test'} split has classes {bad.tolist()} "
+                            "that the training split lacks")
+    tasks = []
+    for t, task_classes in enumerate(split_classes(order, n_experiences)):
+        parts = {}
+        for train in (True, False):
+            idx, y = _select(splits[train][-1], task_classes)
+            idx, y = _first_per_class(idx, y, train_per_class if train else test_per_class)
+            if name == "split_tiny_imagenet":
+                base, rel, _ = splits[train]
+                parts[train] = ImageFileDataset(base, [rel[i] for i in idx], y.tolist(), tf,
+                                                cache_decoded=cache_decoded, source=base)
+            else:
+                parts[train] = ArrayDataset(splits[train][0][idx], y.tolist(), tf)
+        info = {"benchmark": f"avalanche/{name}", "experience": t, "classes": task_classes,
+                "image_size": int(image_size), "train_per_class": train_per_class, "test_per_class": test_per_class, "n_train": len(parts[True]), "n_eval": len(parts[False]),
+                "eval_split": "test" if name != "split_tiny_imagenet" else "val"}
+        if class_names is not None:
+            info["class_names"] = [class_names[c] for c in task_classes]
+        tasks.append(TaskData(name=f"{name}_exp{t}", train=parts[True], test=parts[False],
+                              num_classes=len(task_classes), info=info))
+    return tasks
+
+
+def load_core50(
+    root: Optional[str] = None,
+    scenario: str = "nc",
+    run: int = 0,
+    object_lvl: bool = True,
+    mini: bool = False,
+    image_size: int = 224,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    cache_decoded: bool = False,
+    verify_images: bool = False,
+) -> list[TaskData]:
+    """CORe50 NC (new classes: each batch's classes become one task, labels 0..C-1 in it; its test
+    images are the test-session images of those classes) or NI (new instances: every batch is a task
+    over all classes; every task is tested on the whole test set), from the official filelists.
+
+    Args:
+        scenario: ``nc`` or ``ni``; run: which of the 10 official batch orders (0..9).
+        object_lvl: 50 objects (True) or 10 categories (False, the ``*_cat`` filelists).
+        mini: the 32 px images (``core50_32x32``) instead of the 128 px ones.
+    """
+    name = "core50"
+    check_choice(scenario, list(CORE50_SCENARIOS), "scenario")
+    root = os.path.expanduser(str(root if root is not None else default_root(name)))
+    img_root = os.path.join(root, "core50_32x32" if mini else "core50_128x128")
+    lists = os.path.join(root, "batches_filelists",
+                         CORE50_SCENARIOS[scenario] + ("" if object_lvl else "_cat"), f"run{int(run)}")
+    for folder in (img_root, lists):
+        if not os.path.isdir(folder):
+            raise missing(name, root, f"no {folder}")
+    batch_files = []
+    while os.path.isfile(p := os.path.join(lists, f"train_batch_{len(batch_files):02d}_filelist.txt")):
+        batch_files.append(p)
+    test_file = os.path.join(lists, "test_filelist.txt")
+    if not batch_files or not os.path.isfile(test_file):
+        raise missing(name, root, f"no train_batch_00_filelist.txt and test_filelist.txt in {lists}")
+    test_rows = read_list_file(test_file, "CORe50 test images 's<session>/o<object>/<file>.png <label>'")
+    n_all = 50 if object_lvl else 10
+    tf = _transform(image_size, mean, std)
+    check_label_range([lab for _, lab, _ in test_rows], n_all, [f"{test_file}:{n}" for _, _, n in test_rows])
+    all_paths = []
+    tasks = []
+    for t, path in enumerate(batch_files):
+        rows = read_list_file(path, "CORe50 training images 's<session>/o<object>/<file>.png <label>'")
+        check_label_range([lab for _, lab, _ in rows], n_all, [f"{path}:{n}" for _, _, n in rows])
+        task_classes = sorted({label for _, label, _ in rows}) if scenario == "nc" else list(range(n_all))
+        remap = {c: i for i, c in enumerate(task_classes)}
+        test_sel = [(rel, remap[label]) for rel, label, _ in test_rows if label in remap]
+        train_sel = [(rel, remap[label]) for rel, label, _ in rows]
+        parts = []
+        for sel in (train_sel, test_sel):
+            rel, y = [r for r, _ in sel], [lab for _, lab in sel]
+            all_paths += rel
+            parts.append(ImageFileDataset(img_root, rel, y, tf, cache_decoded=cache_decoded, source=img_root))
+        info = {"benchmark": f"avalanche/core50_{scenario}", "experience": t, "run": int(run),
+                "classes": task_classes, "object_lvl": bool(object_lvl), "image_size": int(image_size),
+                "n_train": len(parts[0]), "n_eval": len(parts[1]), "eval_split": "test"}
+        tasks.append(TaskData(name=f"core50_{scenario}_exp{t}", train=parts[0], test=parts[1],
+                              num_classes=len(task_classes), info=info))
+    if verify_images:
+        verify_image_files(img_root, sorted(set(all_paths)), img_root)
+    return tasks
