@@ -104,8 +104,10 @@ def chance_reuse(vectors: Vectors, center: bool = True, seed: int = 0) -> float:
 
 
 def off_diagonal_mean(m: np.ndarray) -> float:
-    mask = ~np.eye(len(m), dtype=bool)
-    return float(m[mask].mean()) if mask.any() else float("nan")
+    """Mean over task pairs, ignoring undefined (NaN) entries."""
+    vals = m[~np.eye(len(m), dtype=bool)]
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if len(vals) else float("nan")
 
 
 # ---------------------------------------------------------------------- hard assignments
@@ -116,7 +118,8 @@ def hard_assignments(v: torch.Tensor) -> np.ndarray:
 
 def agreement_matrices(vectors: Vectors) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Task × task NMI and ARI between the hard assignments of the parameter tokens (label-permutation
-    invariant, so no matching is needed)."""
+    invariant, so no matching is needed). ``NaN`` where a task puts every token in one concept: agreement
+    with a single-cluster partition is undefined (sklearn would report NMI 1 for two of them)."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     names = list(vectors)
@@ -125,6 +128,9 @@ def agreement_matrices(vectors: Vectors) -> tuple[list[str], np.ndarray, np.ndar
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
             la, lb = labels[a], labels[names[j]]
+            if len(np.unique(la)) < 2 or len(np.unique(lb)) < 2:
+                nmi[i, j] = nmi[j, i] = ari[i, j] = ari[j, i] = np.nan
+                continue
             nmi[i, j] = nmi[j, i] = normalized_mutual_info_score(la, lb)
             ari[i, j] = ari[j, i] = adjusted_rand_score(la, lb)
     return names, nmi, ari
@@ -263,7 +269,9 @@ def analyze_layer(vectors: Vectors, prototypes: Optional[Mapping[str, torch.Tens
     out: dict = {"tasks": names, "center": center, "threshold": threshold, "reuse": r,
                  "reuse_fraction": reuse_matrix(vectors, center, threshold)[1],
                  "reuse_off_diagonal": off_diagonal_mean(r), "chance_reuse": chance_reuse(vectors, center, seed),
-                 "num_concepts": {n: int(len(v)) for n, v in vectors.items()}}
+                 "num_concepts": {n: int(len(v)) for n, v in vectors.items()},
+                 # how many concepts own at least one token under the hard (argmax) assignment
+                 "concepts_used": {n: int(len(np.unique(hard_assignments(v)))) for n, v in vectors.items()}}
     out["matches"] = {f"{a}|{b}": {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "cosine": m.similarity.tolist()}
                       for i, a in enumerate(names) for b in names[i + 1:]
                       for m in [match_clusters(vectors[a], vectors[b], center)]}
@@ -292,6 +300,7 @@ def analyze(vectors_by_layer: Mapping[str, Vectors], prototypes: Optional[Mappin
     order, cross = cross_layer_reuse(vectors_by_layer, center)
     depth = [{"layer": layer, "reuse": rep["reuse_off_diagonal"], "chance": rep["chance_reuse"],
               "nmi": rep["nmi_off_diagonal"], "ari": rep["ari_off_diagonal"],
+              "concepts_used": float(np.mean(list(rep["concepts_used"].values()))),
               "global_k": rep["global"]["k"] if rep["global"] else None,
               "shared_concepts": rep["global"]["shared_concepts"] if rep["global"] else None,
               "reuse_vs_task_similarity": (rep.get("reuse_vs_task_similarity") or {}).get("spearman")}

@@ -87,6 +87,11 @@ def test_nmi_and_ari_are_one_for_the_same_partition_under_relabelled_clusters():
     assert nmi[0, 1] == pytest.approx(1.0) and ari[0, 1] == pytest.approx(1.0)
     assert nmi[0, 2] < 0.2 and abs(ari[0, 2]) < 0.1
     np.testing.assert_allclose(np.diag(nmi), 1.0)
+    # every token in one concept (near-constant sigmoid assignments): agreement is undefined, not 1
+    flat = torch.zeros(4, 30)
+    flat[2] = 1.0
+    _, nmi, ari = agreement_matrices({"a": flat, "b": flat.roll(1, 0)})
+    assert np.isnan(nmi[0, 1]) and np.isnan(ari[0, 1])
 
 
 def test_dendrogram_joins_the_tasks_that_share_concepts_first():
