@@ -274,6 +274,12 @@ def load_run(run_dir: str | Path) -> GiftRun:
     names = [t.name for t in tasks]
     model_kw = OmegaConf.to_container(cfg.model, resolve=True)
 
+    def backbone(num_classes: int) -> nn.Module:
+        # The run seeded right before building its backbone: a randomly initialised (test/smoke) backbone
+        # is only rebuilt identically under the same seed (its frozen weights are not checkpointed).
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        return create_backbone(num_classes=num_classes, **model_kw)
+
     if cfg.strategy.protocol in ("continual", "sequential", "joint"):
         path = run_dir / "checkpoints" / "last.pt"
         try:
@@ -283,7 +289,7 @@ def load_run(run_dir: str | Path) -> GiftRun:
                         type(err).__name__)
             state = torch.load(path, map_location="cpu", weights_only=False)
         model_cfg = cfg.strategy.get("model") or cfg.strategy.get("method")
-        model = instantiate(model_cfg, create_backbone(num_classes=0, **model_kw))
+        model = instantiate(model_cfg, backbone(0))
         for t, n in sorted(state["tasks"].items()):
             model.add_task(int(t), n)
         model.load_state_dict(state["model"], strict=False)
@@ -302,7 +308,7 @@ def load_run(run_dir: str | Path) -> GiftRun:
 
         idx = names.index(name)
         method_cfg = cfg.strategy.method
-        model = instantiate(method_cfg, create_backbone(num_classes=tasks[idx].num_classes, **model_kw))
+        model = instantiate(method_cfg, backbone(tasks[idx].num_classes))
         gift = _gift_of(model)
         model.load_state_dict(load_file(run_dir / "checkpoints" / f"{name}.safetensors"), strict=False)
         return TaskView(name, idx, tasks[idx], gift, "0", model.eval())
