@@ -463,6 +463,10 @@ def plot_layer(rep: dict, layer: str, d: Path) -> None:
         _plot_relations(rep, layer, d)
 
 
+def _fmt(v) -> str:
+    return "n/a (< 3 points)" if v is None else f"{v:.2f}"
+
+
 def _plot_relations(rep: dict, layer: str, d: Path) -> None:
     plt = _plt()
     panels = [k for k in ("task_similarity", "reuse_vs_gain") if rep.get(k) is not None]
@@ -474,7 +478,7 @@ def _plot_relations(rep: dict, layer: str, d: Path) -> None:
             ax.scatter(np.asarray(rep["task_similarity"])[iu], np.asarray(rep["reuse"])[iu], s=14)
             ax.set_xlabel("task similarity (prototype cosine)", fontsize=7)
             ax.set_ylabel("concept reuse", fontsize=7)
-            ax.set_title(f"task pairs · spearman {rel['spearman']}", fontsize=7)
+            ax.set_title(f"task pairs · spearman {_fmt(rel['spearman'])}", fontsize=7)
         else:
             rows = [r for r in rep["reuse_vs_gain"]["per_task"] if r["gain"] is not None]
             ax.scatter([r["mean_reuse"] for r in rows], [r["gain"] for r in rows], s=14)
@@ -482,7 +486,7 @@ def _plot_relations(rep: dict, layer: str, d: Path) -> None:
                 ax.annotate(r["task"], (r["mean_reuse"], r["gain"]), fontsize=6)
             ax.set_xlabel("mean reuse with other tasks", fontsize=7)
             ax.set_ylabel("accuracy gain", fontsize=7)
-            ax.set_title(f"tasks · spearman {rep['reuse_vs_gain']['mean_reuse']['spearman']}", fontsize=7)
+            ax.set_title(f"tasks · spearman {_fmt(rep['reuse_vs_gain']['mean_reuse']['spearman'])}", fontsize=7)
     fig.suptitle(layer, fontsize=8)
     fig.tight_layout()
     _save(fig, d / "relations.png")

@@ -183,7 +183,14 @@ def gift_model_from_official(path: str | Path, backbone: Optional[nn.Module] = N
         if not arch:
             raise OfficialCheckpointError("the checkpoint names no architecture: pass backbone=")
         num_classes = sd["backbone.head.weight"].shape[0] if "backbone.head.weight" in sd else 0
-        backbone = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
+        try:
+            backbone = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
+        except Exception as err:  # hub errors come in many types; offline they all mean "not cached"
+            raise OfficialCheckpointError(
+                f"could not build the checkpoint's backbone {arch!r} with pretrained={pretrained} "
+                f"({type(err).__name__}). Offline, build it yourself, e.g. gift_cl.backbones.create_backbone("
+                f"{arch!r}, num_classes={num_classes}, checkpoint='/path/to/weights.safetensors'), and pass backbone="
+            ) from err
     gift = get_gift_model(backbone, official_config(sd, ckpt["args"]))
     load_official_into(gift, ckpt)
     return gift.eval(), ckpt
