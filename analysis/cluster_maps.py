@@ -1,12 +1,16 @@
-"""Cluster maps and concept reuse of a finished GIFT run (PaCa generator).
+"""Cluster maps of a finished GIFT run (every generator), and a quick concept-reuse summary.
 
     python analysis/cluster_maps.py outputs/gift_multitask/procedural/<time>
-    python analysis/cluster_maps.py <run> --task textures --layer blocks.3.attn.proj --norm minmax
+    python analysis/cluster_maps.py <run> --task textures --layer blocks.3.attn.proj --norm minmax --pre-delta
+    python analysis/cluster_maps.py <run> --source projection     # W φᵀ, one map per rank (official visualiser)
 
-Writes into ``<run>/interpret/``:
-- ``maps_<task>_<layer>.png``: test images (rows) with the most active cluster maps overlaid (columns);
-- for runs with several tasks, ``concept_reuse_<layer>.png`` (task × task reuse of cluster assignments)
-  and ``concept_reuse.json`` (the matrix and the concepts each task uses).
+Writes into ``<run>/interpret/`` (or ``--out``):
+- ``maps_<task>_<layer>[_pre_delta].png``: test images (rows) with the clusters whose raw maps vary most
+  across the image (columns) overlaid. Each task's maps use that task's own residuals and concepts;
+- for runs with several tasks, per layer ``concept_reuse_<layer>.png`` (task × task reuse: mean cosine of
+  Hungarian-matched concepts) and ``concept_reuse.json`` with every layer under ``layers`` and the
+  matrix averaged over those layers under ``reuse``
+  (a later call with other layers adds them). The full analysis is ``analysis/concept_reuse.py``.
 """
 from __future__ import annotations
 
@@ -18,15 +22,12 @@ import numpy as np
 import torch
 
 from gift_cl.checkpoint import atomic_path, write_json
-from gift_cl.interpret import (
-    assignment_vectors,
-    cluster_maps,
-    load_gift,
-    normalize_maps,
-    overlay,
-    reuse_matrix,
-    shared_concepts,
-)
+from gift_cl.concepts import off_diagonal_mean, plot_matrix, reuse_matrix
+from gift_cl.interpret import SOURCES, load_run, most_contrasted, normalize_maps, overlay, resolve_source
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def save_fig(fig, path: Path) -> None:
@@ -37,18 +38,20 @@ def save_fig(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_maps(images, maps, mean, std, title: str, path: Path, k: int) -> None:
+def plot_maps(images, raw_maps, norm: str, mean, std, title: str, path: Path, k: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pixels = (images * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
-    top = maps.flatten(-2).std(-1).mean(0).argsort(descending=True)[:k]  # the most contrasted clusters
-    fig, axes = plt.subplots(len(images), k + 1, figsize=(1.3 * (k + 1), 1.3 * len(images)), squeeze=False)
+    top = most_contrasted(raw_maps, k).tolist()  # on the raw maps: normalised maps all have std 1
+    maps = normalize_maps(raw_maps, norm)
+    fig, axes = plt.subplots(len(images), len(top) + 1, figsize=(1.3 * (len(top) + 1), 1.3 * len(images)),
+                             squeeze=False)
     for i, img in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
         axes[i, 0].imshow(img)
-        for j, c in enumerate(top.tolist()):
+        for j, c in enumerate(top):
             axes[i, j + 1].imshow(overlay(img, maps[i, c].numpy()))
             if i == 0:
                 axes[i, j + 1].set_title(f"cluster {c}", fontsize=7)
@@ -58,59 +61,53 @@ def plot_maps(images, maps, mean, std, title: str, path: Path, k: int) -> None:
     save_fig(fig, path)
 
 
-def plot_reuse(names, r, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(0.55 * len(names) + 2.5, 0.55 * len(names) + 2))
-    im = ax.imshow(r, vmin=0, vmax=1, cmap="magma")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    for (i, j), v in np.ndenumerate(r):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    save_fig(fig, path)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
-    p.add_argument("--task", help="task to draw maps for (default: every task)")
-    p.add_argument("--layer", help="target layer (default: the last one)")
-    p.add_argument("--block", type=int, default=-1, help="PaCa block whose assignment is used")
+    p.add_argument("--out", help="output directory (default: <run>/interpret)")
+    p.add_argument("--task", action="append", help="task to draw maps for (repeatable; default: every task)")
+    p.add_argument("--layer", action="append", help="target layer (repeatable; default: the last one)")
+    p.add_argument("--source", choices=SOURCES, default="auto",
+                   help="concept matrix: PaCa assignment, W φᵀ projection, or generator hidden states")
+    p.add_argument("--block", type=int, default=-1, help="generator block whose assignment/hidden state is used")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--clusters", type=int, default=8, help="cluster maps shown per image")
     p.add_argument("--norm", choices=["meanstd", "minmax"], default="meanstd")
-    p.add_argument("--pre-delta", action="store_true", help="use the frozen layer's output (before ΔW)")
+    p.add_argument("--pre-delta", action="store_true", help="the frozen layer's output on the adapted input")
     a = p.parse_args()
 
-    run = Path(a.run_dir)
-    out = run / "interpret"
-    gift, _, _, tasks = load_gift(run)
-    layer = a.layer or list(gift.layers())[-1]
-    mean, std = gift.model.pretrained_cfg.get("mean", (0.5,) * 3), gift.model.pretrained_cfg.get("std", (0.5,) * 3)
-    vectors = {}
-    for task in tasks:
-        if a.task and task.name != a.task:
-            continue
-        gift, head, _, _ = load_gift(run, task.name)
-        images = torch.stack([task.test[i][0] for i in range(min(a.images, len(task.test)))])
-        maps = normalize_maps(cluster_maps(gift, images, layer, head, a.block, a.pre_delta), a.norm)
-        plot_maps(images, maps, mean, std, f"{task.name} · {layer} · block {a.block}",
-                  out / f"maps_{task.name}_{layer}.png", a.clusters)
-        vectors[task.name] = assignment_vectors(gift, head, layer, a.block)
-        print(f"{task.name}: {out / f'maps_{task.name}_{layer}.png'}")
-    if len(vectors) > 1:
-        names, r = reuse_matrix(vectors)
-        plot_reuse(names, r, f"concept reuse · {layer}", out / f"concept_reuse_{layer}.png")
-        concepts = shared_concepts(vectors, num_concepts=min(8, sum(len(v) for v in vectors.values())))
-        write_json({"layer": layer, "tasks": names, "reuse": r.tolist(), "concepts_per_task": concepts},
-                   out / "concept_reuse.json")
-        print(json.dumps({"reuse_mean_off_diagonal": float(r[~np.eye(len(r), dtype=bool)].mean())}))
+    run = load_run(a.run_dir)
+    out = Path(a.out) if a.out else run.run_dir / "interpret"
+    layers = a.layer or [run.layers()[-1]]
+    first = run.task()
+    cfg = first.gift.model.pretrained_cfg
+    mean, std = cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3)
+    tasks = a.task or run.names
+    suffix = "_pre_delta" if a.pre_delta else ""
+    vectors: dict[str, dict[str, torch.Tensor]] = {}
+    for name in tasks:
+        view = run.task(name)
+        test = view.data.test
+        images = torch.stack([test[i][0] for i in range(min(a.images, len(test)))])
+        for layer in layers:
+            raw = view.cluster_maps(images, layer, block=a.block, pre_delta=a.pre_delta, source=a.source)
+            source = resolve_source(view.gift, layer, a.source)
+            path = out / f"maps_{name}_{layer}{suffix}.png"
+            plot_maps(images, raw, a.norm, mean, std, f"{name} · {layer} · {source} · block {a.block}", path,
+                      a.clusters)
+            vectors.setdefault(layer, {})[name] = view.concept_vectors(layer, a.source, a.block)
+            print(f"{name}: {path}")
+    if len(tasks) > 1:
+        previous = read_json(out / "concept_reuse.json") or {}
+        same = previous.get("tasks") == tasks and previous.get("source") == a.source
+        summary = {"tasks": tasks, "source": a.source, "layers": previous.get("layers", {}) if same else {}}
+        for layer, v in vectors.items():
+            names, r = reuse_matrix(v)
+            plot_matrix(names, r, f"concept reuse · {layer}", out / f"concept_reuse_{layer}.png", vmin=-1.0)
+            summary["layers"][layer] = {"reuse": r.tolist(), "reuse_off_diagonal": off_diagonal_mean(r)}
+        summary["reuse"] = np.mean([s["reuse"] for s in summary["layers"].values()], axis=0).tolist()
+        write_json(summary, out / "concept_reuse.json")
+        print(json.dumps({layer: s["reuse_off_diagonal"] for layer, s in summary["layers"].items()}))
 
 
 if __name__ == "__main__":

@@ -1,90 +1,156 @@
-"""Interpretability: PaCa cluster maps on images, and concept reuse across tasks.
+"""Interpretability: cluster maps on images for every GIFT generator, and loading a finished run.
 
-Cluster maps (SPEC §2): for a target layer, its output tokens on an image ``Y`` (patches only,
-``N_p × d_out``) and the layer's cluster assignment ``C`` (``d_out × M``) of one PaCa block give
-``maps = Y C`` (``N_p × M``): each column shows which image regions a parameter cluster responds to.
+**Concept matrix** ``C`` (``d_out × M``) of a target layer: one column per "cluster" over the layer's
+``d_out`` parameter tokens (the rows of ``W``). Its source (``source=``):
 
-Concept reuse: every task has its own assignments. Two clusters are the same concept when their
-assignment vectors over the ``d_out`` parameter tokens point the same way; the reuse of task a in
-task b is the mean over a's clusters of the best cosine match among b's clusters.
+- ``"assignment"``: the PaCa cluster assignment ``sigmoid(n(h) W_c + b_c)`` of one generator block
+  (SPEC §2, the v1 paper's maps, ``M`` = number of clusters);
+- ``"projection"``: ``W φᵀ``, the first linear layer's output, one column per rank (``M = r``). This is
+  what the official visualiser (``gift/vis_utils.py``, ``ClusterVisualizer.cluster_hook`` on
+  ``in_projections``) uses for every block type; for the linear (v2) generator it is the only choice;
+- ``"hidden"``: the generator's token states ``h`` after one block (``M = d'``), for attention/MLP
+  generators that have no assignment;
+- ``"auto"``: ``assignment`` when the generator has PaCa blocks, else ``projection``.
+
+**Cluster maps** (SPEC §2): the layer's output tokens ``Y`` on an image (patches only, ``N_p × d_out``)
+give ``maps = Y C`` (``N_p × M``), reshaped to the patch grid and upsampled bilinearly to the image.
+
+**Post- and pre-delta, and which task.** Maps are computed in ONE forward pass of the adapted model
+with the residuals of the requested generator head (task). ``Y`` post-delta is the layer's output
+``x Wᵀ + b + x ΔWᵀ``. ``Y`` pre-delta is ``x Wᵀ + b`` on the SAME input ``x``, i.e. the frozen layer applied
+to what the layer receives *inside the adapted model* (earlier layers keep their residuals). This is
+the official visualiser's definition: its pre-delta hook sits on ``GIFTLinear.pre_delta_identity``
+inside the adapted forward. It is not the frozen model's output at that layer (from the second target
+layer on the two differ). The concept matrix is that head's too: everything belongs to one task.
+
+:func:`load_run` is the only function that knows the run-directory format.
 """
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from omegaconf import OmegaConf
 from torch import nn
 
 from .tuner import GiftModel
 
 
-# ---------------------------------------------------------------------- loading a finished run
-def load_gift(run_dir: str | Path, task: Optional[str] = None) -> tuple[GiftModel, str, nn.Module, list]:
-    """Rebuild a finished run's model. Returns ``(gift, head, classifier_model, tasks)``: the
-    :class:`GiftModel`, the generator head of ``task`` (default: the first task), a module mapping
-    images to the task's logits, and the run's tasks.
+SOURCES = ("auto", "assignment", "projection", "hidden")
 
-    Only this project's classes are instantiated from the run's saved configuration, and checkpoints load
-    with ``weights_only=True``: a run directory from elsewhere cannot make this call run code."""
-    from safetensors.torch import load_file
 
-    from .backbones import create_backbone
-    from .checkpoint import load_run_checkpoint
-    from .config import safe_instantiate
-    from .methods import GiftMethod
+# ---------------------------------------------------------------------- concept matrices
+def _group_of(gift: GiftModel, layer: str) -> tuple[str, int]:
+    for key, names in gift.groups.items():
+        if layer in names:
+            return key, names.index(layer)
+    raise KeyError(f"{layer!r} is not a GIFT target layer; targets: {list(gift.layers())}")
 
-    run_dir = Path(run_dir)
-    cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
-    tasks = safe_instantiate(cfg.benchmark, where="benchmark")
-    names = [t.name for t in tasks]
-    task = task or names[0]
-    if task not in names:
-        raise KeyError(f"task {task!r} is not in this run; tasks: {names}")
-    idx = names.index(task)
-    backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
-    model = safe_instantiate(cfg.strategy.method, backbone, where="strategy.method")
-    if not isinstance(model, GiftMethod):
-        raise TypeError(f"{cfg.strategy.name} has no GIFT generator to interpret")
-    if cfg.strategy.protocol == "independent":
-        model.add_task(idx, tasks[idx].num_classes)
-        state = load_file(run_dir / "checkpoints" / f"{task}.safetensors")
-    else:
-        ckpt = load_run_checkpoint(run_dir / "checkpoints" / "last.pt")
-        for t, n in sorted(ckpt["tasks"].items()):
-            model.add_task(int(t), n)
-        state = ckpt["model"]
-    model.load_state_dict(state, strict=False)
-    return model.gift, str(idx), _TaskForward(model, idx).eval(), tasks
+
+def resolve_source(gift: GiftModel, layer: str, source: str = "auto") -> str:
+    """The concrete source ``auto`` stands for at ``layer``."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown concept source {source!r}; expected one of {SOURCES}")
+    if source != "auto":
+        return source
+    cfg = gift.generators[_group_of(gift, layer)[0]].config
+    return "assignment" if cfg.block == "paca" and cfg.depth > 0 else "projection"
+
+
+@torch.no_grad()
+def concept_matrix(gift: GiftModel, layer: str, head: str = "0", source: str = "auto", block: int = -1) -> torch.Tensor:
+    """``C`` (``d_out × M``) of ``layer`` under generator head ``head`` (see the module docstring)."""
+    source = resolve_source(gift, layer, source)
+    key, idx = _group_of(gift, layer)
+    gen = gift.generators[key]
+    weights = gift.target_weights(key)
+    if source == "projection":
+        return F.linear(weights[idx].float(), gen.trunk.reduction.weight.float())
+    if source == "assignment":
+        if not (gen.config.block == "paca" and gen.config.depth > 0):
+            raise ValueError(f"the {gen.config.block!r} generator with depth {gen.config.depth} has no PaCa cluster "
+                             "assignments: use source='projection' (W φᵀ, the official visualiser's) or 'hidden'")
+        _, assignments = gen(weights, head=head, return_assignments=True)
+        return assignments[block][idx].float()
+    # hidden: the token states after one block, captured from the generator's own forward
+    if gen.config.depth == 0:
+        raise ValueError("a generator without blocks has no hidden states: use source='projection'")
+    captured = {}
+    handle = gen.trunk.blocks[block].register_forward_hook(lambda m, i, o: captured.__setitem__("h", o[0]))
+    try:
+        gen(weights, head=head)
+    finally:
+        handle.remove()
+    return captured["h"][idx].float()
+
+
+def concept_vectors(gift: GiftModel, layer: str, head: str = "0", source: str = "auto", block: int = -1) -> torch.Tensor:
+    """``(M, d_out)``: each concept (cluster) as a vector over the parameter tokens, not normalised.
+    The input of :mod:`gift_cl.concepts`."""
+    return concept_matrix(gift, layer, head, source, block).T.contiguous()
 
 
 # ---------------------------------------------------------------------- cluster maps
-@torch.no_grad()
-def cluster_maps(gift: GiftModel, images: torch.Tensor, layer: str, head: str = "0", block: int = -1,
-                 pre_delta: bool = False) -> torch.Tensor:
-    """``(B, M, H, W)`` maps ``Y C`` of ``layer`` upsampled bilinearly to the image size.
-    ``pre_delta``: use the frozen layer's output ``x Wᵀ + b`` instead of the adapted one."""
-    assignments = gift.cluster_assignments(head)[layer]
-    if not assignments:
-        raise ValueError("this generator has no PaCa blocks (generator=linear has no cluster assignments)")
-    c = assignments[block]  # (d_out, M)
-    target = gift.model.get_submodule(layer)
-    captured = {}
-    hook_module = target.base if pre_delta else target
-    handle = hook_module.register_forward_hook(lambda m, i, o: captured.__setitem__("y", o))
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    was_training = module.training
+    module.eval()
     try:
-        gift.eval()(images)
+        yield module
     finally:
-        handle.remove()
-    backbone = gift.model
-    y = captured["y"][:, getattr(backbone, "num_prefix_tokens", 1):]  # patches only
+        module.train(was_training)
+
+
+@torch.no_grad()
+def layer_outputs(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], head: str = "0",
+                  pre_delta: bool = False) -> dict[str, torch.Tensor]:
+    """Every ``layer``'s output tokens ``(B, N, d_out)`` from ONE forward pass of the model adapted with
+    head ``head``'s residuals. ``pre_delta``: the frozen part ``x Wᵀ + b`` on the input the layer gets in
+    that adapted forward (the official visualiser's pre-delta)."""
+    captured, handles = {}, []
+    for layer in layers:
+        target = gift.model.get_submodule(layer)
+        module = target.base if pre_delta else target
+        handles.append(module.register_forward_hook(lambda m, i, o, n=layer: captured.__setitem__(n, o)))
+    try:
+        with _eval_mode(gift):
+            gift(images, head=head)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def maps_from_outputs(y: torch.Tensor, c: torch.Tensor, backbone: nn.Module, size: Sequence[int]) -> torch.Tensor:
+    """``Y C`` on the patch grid, upsampled bilinearly (``align_corners=False``) to ``size``: ``(B, M, H, W)``."""
+    y = y[:, getattr(backbone, "num_prefix_tokens", 1):].float()  # patches only
     gh, gw = backbone.patch_embed.grid_size
-    maps = rearrange(y @ c, "b (h w) m -> b m h w", h=gh, w=gw)
-    return F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    maps = rearrange(y @ c.float(), "b (h w) m -> b m h w", h=gh, w=gw)
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def cluster_maps_by_layer(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], head: str = "0",
+                          block: int = -1, pre_delta: bool = False, source: str = "auto") -> dict[str, torch.Tensor]:
+    """:func:`cluster_maps` for several layers from one forward pass."""
+    outputs = layer_outputs(gift, images, layers, head, pre_delta)
+    return {
+        layer: maps_from_outputs(outputs[layer], concept_matrix(gift, layer, head, source, block), gift.model,
+                                 images.shape[-2:])
+        for layer in layers
+    }
+
+
+def cluster_maps(gift: GiftModel, images: torch.Tensor, layer: str, head: str = "0", block: int = -1,
+                 pre_delta: bool = False, source: str = "auto") -> torch.Tensor:
+    """``(B, M, H, W)`` maps ``Y C`` of ``layer`` for the task whose generator head is ``head``: ``Y`` from
+    the model adapted with that head's residuals, ``C`` that head's concept matrix (module docstring)."""
+    return cluster_maps_by_layer(gift, images, [layer], head, block, pre_delta, source)[layer]
 
 
 def normalize_maps(maps: torch.Tensor, mode: str = "meanstd") -> torch.Tensor:
@@ -101,6 +167,12 @@ def normalize_maps(maps: torch.Tensor, mode: str = "meanstd") -> torch.Tensor:
     return out.view_as(maps)
 
 
+def most_contrasted(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` clusters whose RAW maps vary most across the image (spatial std, averaged
+    over the images). Must be given un-normalised maps: after mean/std every map has std 1."""
+    return maps.flatten(-2).std(-1).mean(0).argsort(descending=True)[:k]
+
+
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """``alpha`` · jet(heat) + (1 − alpha) · image, both in [0, 1], as the official visualiser blends."""
     import matplotlib
@@ -111,32 +183,145 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarr
     return (cam - cam.min()) / max(cam.max() - cam.min(), 1e-12)
 
 
-# ---------------------------------------------------------------------- concept reuse
-def assignment_vectors(gift: GiftModel, head: str, layer: str, block: int = -1) -> torch.Tensor:
-    """``(M, d_out)``: each cluster as its assignment over the parameter tokens, unit length."""
-    return F.normalize(gift.cluster_assignments(head)[layer][block].T, dim=-1)
+# ---------------------------------------------------------------------- a finished run
+@dataclass
+class TaskView:
+    """One task of a run: its :class:`GiftModel` and generator head, and a module mapping images to its logits."""
+
+    name: str
+    index: int
+    data: Any  # the benchmark's task (``.test``, ``.train``, ``.num_classes``)
+    gift: GiftModel
+    head: str
+    classifier: nn.Module
+
+    def cluster_maps(self, images: torch.Tensor, layer: str, **kw) -> torch.Tensor:
+        return cluster_maps(self.gift, images, layer, self.head, **kw)
+
+    def concept_vectors(self, layer: str, source: str = "auto", block: int = -1) -> torch.Tensor:
+        return concept_vectors(self.gift, layer, self.head, source, block)
 
 
-def reuse_matrix(vectors: dict[str, torch.Tensor]) -> tuple[list[str], np.ndarray]:
-    """``R[a][b]`` = mean over task a's clusters of the best cosine match among task b's clusters."""
-    names = list(vectors)
-    r = np.zeros((len(names), len(names)))
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            r[i, j] = (vectors[a] @ vectors[b].T).max(-1).values.mean().item()
-    return names, r
+@dataclass
+class GiftRun:
+    """A finished (or checkpointed) run, loaded once: its benchmark tasks, per-task views, and the task
+    prototypes (mean frozen [CLS] feature per task, used for task-id inference) where the run has them."""
+
+    run_dir: Path
+    config: Any
+    tasks: list  # the benchmark's tasks, in benchmark order
+    prototypes: dict[str, torch.Tensor]
+    _view: Callable[[str], TaskView] = field(repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+    shared_model: bool = False  # one model for every task (multi-task run) vs one model per task
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: Optional[str] = None) -> TaskView:
+        """The view of task ``name`` (default: the first). Independent runs keep one task model at a time."""
+        name = name or self.names[0]
+        if name not in self.names:
+            raise KeyError(f"task {name!r} is not in this run; tasks: {self.names}")
+        if name not in self._cache:
+            if not self.shared_model:
+                self._cache.clear()  # one ViT per task: do not hold them all
+            self._cache[name] = self._view(name)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[TaskView]:
+        return (self.task(n) for n in self.names)
+
+    def layers(self) -> list[str]:
+        return list(self.task().gift.layers())
+
+    def concept_vectors(self, layers: Optional[Sequence[str]] = None, source: str = "auto", block: int = -1,
+                        tasks: Optional[Sequence[str]] = None) -> dict[str, dict[str, torch.Tensor]]:
+        """``{layer: {task: (M, d_out)}}`` for :func:`gift_cl.concepts.analyze`."""
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for name in tasks or self.names:
+            view = self.task(name)
+            for layer in layers or list(view.gift.layers()):
+                out.setdefault(layer, {})[name] = view.concept_vectors(layer, source, block)
+        return out
 
 
-def shared_concepts(vectors: dict[str, torch.Tensor], num_concepts: int = 8, seed: int = 0) -> dict:
-    """K-means over every task's cluster vectors: which concepts each task uses (cluster counts)."""
-    from sklearn.cluster import KMeans
+def _gift_of(model: nn.Module) -> GiftModel:
+    if isinstance(model, GiftModel):
+        return model
+    gift = getattr(model, "gift", None)
+    if isinstance(gift, GiftModel):
+        return gift
+    raise TypeError(f"{type(model).__name__} has no GIFT generator to interpret")
 
-    names = list(vectors)
-    stacked = torch.cat([vectors[n] for n in names]).numpy()
-    labels = KMeans(n_clusters=num_concepts, n_init=10, random_state=seed).fit_predict(stacked)
-    out, start = {}, 0
-    for n in names:
-        m = len(vectors[n])
-        out[n] = np.bincount(labels[start : start + m], minlength=num_concepts).tolist()
-        start += m
-    return out
+
+def load_run(run_dir: str | Path) -> GiftRun:
+    """Load a run directory once (config, benchmark, checkpoints). ALL knowledge of the run-directory format
+    lives here: ``config_resolved.yaml``; sequential and joint runs keep one model in ``checkpoints/last.pt``;
+    independent runs keep ``checkpoints/<task>.safetensors`` per task (README, "Run directory").
+
+    Only this project's classes are instantiated from the saved configuration and checkpoints load with
+    ``weights_only=True``: a run directory from elsewhere cannot make this call run code."""
+    from omegaconf import OmegaConf
+
+    from . import config  # noqa: F401  (resolvers used in the saved config)
+    from .backbones import create_backbone
+    from .checkpoint import load_run_checkpoint
+    from .config import safe_instantiate
+    from .rng import seed_everything
+
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
+    tasks = safe_instantiate(cfg.benchmark, where="benchmark")  # the benchmark is read once per run
+    names = [t.name for t in tasks]
+    model_kw = OmegaConf.to_container(cfg.model, resolve=True)
+
+    def build() -> nn.Module:
+        # The run seeded right before building its backbone: a randomly initialised (test/smoke) backbone
+        # is only rebuilt identically under the same seed (its frozen weights are not checkpointed).
+        seed_everything(int(cfg.get("seed", 0)))
+        return safe_instantiate(cfg.strategy.method, create_backbone(num_classes=0, **model_kw),
+                                where="strategy.method")
+
+    if cfg.strategy.protocol != "independent":
+        state = load_run_checkpoint(run_dir / "checkpoints" / "last.pt")
+        model = build()
+        for t, n in sorted(state["tasks"].items()):
+            model.add_task(int(t), n)
+        model.load_state_dict(state["model"], strict=False)
+        model.eval()
+        gift = _gift_of(model)
+        prototypes = {names[int(t)]: p for t, p in getattr(model, "prototypes", {}).items()}
+
+        def view(name: str) -> TaskView:
+            idx = names.index(name)
+            return TaskView(name, idx, tasks[idx], gift, str(idx), _TaskForward(model, idx).eval())
+
+        return GiftRun(run_dir, cfg, tasks, prototypes, view, shared_model=True)
+
+    def view(name: str) -> TaskView:
+        from safetensors.torch import load_file
+
+        idx = names.index(name)
+        model = build()
+        gift = _gift_of(model)
+        model.add_task(idx, tasks[idx].num_classes)
+        model.load_state_dict(load_file(run_dir / "checkpoints" / f"{name}.safetensors"), strict=False)
+        return TaskView(name, idx, tasks[idx], gift, str(idx), _TaskForward(model, idx).eval())
+
+    return GiftRun(run_dir, cfg, tasks, {}, view, shared_model=False)
+
+
+class _TaskForward(nn.Module):
+    def __init__(self, model, task: int):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, x):
+        return self.model(x, self.task)
+
+
+def task_accuracies(results: dict) -> dict[str, float]:
+    """Final accuracy per task name from a ``results.json`` (schema_version 1: ``final_accuracy``)."""
+    return {str(k): float(v) for k, v in results["final_accuracy"].items()}

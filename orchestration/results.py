@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from gift_cl.checkpoint import write_json, write_text
-from gift_cl.metrics import average_accuracy, backward_transfer, benchmark_scores, forgetting
+from gift_cl.metrics import backward_transfer, benchmark_scores, forgetting
 from gift_cl.reporting import format_summary, plot_accuracy_matrix, plot_task_accuracies, write_csv
 
 SCHEMA_VERSION = 1

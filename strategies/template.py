@@ -13,7 +13,6 @@ It adds to Avalanche's ``SupervisedTemplate`` what the project needs and 0.6 get
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch

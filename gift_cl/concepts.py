@@ -1,0 +1,512 @@
+"""Concept reuse across tasks: do tasks fine-tune with the same parameter clusters?
+
+Every task has, per target layer, ``M`` concepts, each a vector over the layer's ``d_out`` parameter tokens
+(its column of the concept matrix ``C``, see :mod:`gift_cl.interpret`; ``(M, d_out)`` rows here). Two
+concepts are the same when their vectors point the same way.
+
+Similarity is the cosine of the *centred* vectors by default (``center=True``: the Pearson correlation
+over tokens). PaCa assignments are sigmoids, all positive, so the raw cosine of two unrelated random
+assignment vectors is already ≈ 0.75; centring removes that offset (``center=False`` gives the raw cosine).
+Every report also carries a chance level: the same statistic with one task's token axis shuffled.
+
+Functions take plain tensors and dicts, so they run without a run directory::
+
+    vectors = run.concept_vectors()                     # {layer: {task: (M, d_out)}}, gift_cl.interpret.load_run
+    report = analyze(vectors, prototypes=run.prototypes, gains=gains, out_dir="concepts")
+
+- :func:`match_clusters`: one-to-one matching (Hungarian, ``linear_sum_assignment``) of two tasks' concepts;
+- :func:`reuse_matrix`: task × task mean matched similarity (symmetric);
+- :func:`global_concepts`: k-means over every (task, concept) vector, ``k`` chosen by silhouette;
+- :func:`agreement_matrices`: NMI / ARI between tasks' hard assignments (each token's argmax concept);
+- :func:`task_dendrogram`: average-linkage hierarchy of tasks on ``1 − reuse``;
+- :func:`tsne_embedding`: 2-D t-SNE of all concept vectors;
+- :func:`prototype_similarity`, :func:`relate`, :func:`reuse_vs_gain`: reuse against task similarity
+  (cosine of the mean frozen [CLS] prototypes used for task-id inference) and against accuracy gains;
+- :func:`cross_layer_reuse`: concept reuse between depths (layer × layer, averaged over tasks).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Vectors = Mapping[str, torch.Tensor]  # task -> (M, d) concept vectors
+
+
+# ---------------------------------------------------------------------- similarity and matching
+def unit_vectors(v: torch.Tensor, center: bool = True) -> torch.Tensor:
+    """Rows centred (optional) and scaled to unit length, in float64."""
+    v = torch.as_tensor(v).double()
+    if center:
+        v = v - v.mean(-1, keepdim=True)
+    return F.normalize(v, dim=-1)
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, center: bool = True) -> np.ndarray:
+    """``(Ma, Mb)`` cosine between the concepts of ``a`` and ``b`` (rows)."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"concepts live on different token sets: d={a.shape[-1]} vs {b.shape[-1]}")
+    return (unit_vectors(a, center) @ unit_vectors(b, center).T).numpy()
+
+
+@dataclass
+class Match:
+    """``rows[i]`` of task a is matched to ``cols[i]`` of task b with cosine ``similarity[i]``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        return float(self.similarity.mean())
+
+    def fraction(self, threshold: float) -> float:
+        return float((self.similarity >= threshold).mean())
+
+
+def match_clusters(a: torch.Tensor, b: torch.Tensor, center: bool = True) -> Match:
+    """One-to-one matching maximising the total cosine (Hungarian algorithm). With ``Ma ≠ Mb`` only
+    ``min(Ma, Mb)`` pairs are matched."""
+    from scipy.optimize import linear_sum_assignment
+
+    s = similarity(a, b, center)
+    rows, cols = linear_sum_assignment(s, maximize=True)
+    return Match(rows, cols, s[rows, cols])
+
+
+def reuse_matrix(vectors: Vectors, center: bool = True, threshold: Optional[float] = None) -> tuple[list[str], np.ndarray]:
+    """``R[a][b]``: mean cosine of the Hungarian-matched concept pairs of tasks a and b (or, with
+    ``threshold``, the fraction of matched pairs with cosine ≥ threshold). Symmetric, ``R[a][a] = 1``."""
+    names = list(vectors)
+    r = np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            m = match_clusters(vectors[a], vectors[names[j]], center)
+            r[i, j] = r[j, i] = m.mean if threshold is None else m.fraction(threshold)
+    return names, r
+
+
+def chance_reuse(vectors: Vectors, center: bool = True, seed: int = 0) -> float:
+    """Mean off-diagonal reuse when each task's token axis is shuffled independently (no shared concepts)."""
+    if len(vectors) < 2:
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    shuffled = {n: v[:, torch.randperm(v.shape[-1], generator=g)] for n, v in vectors.items()}
+    return off_diagonal_mean(reuse_matrix(shuffled, center)[1])
+
+
+def off_diagonal_mean(m: np.ndarray) -> float:
+    """Mean over task pairs, ignoring undefined (NaN) entries."""
+    vals = m[~np.eye(len(m), dtype=bool)]
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if len(vals) else float("nan")
+
+
+# ---------------------------------------------------------------------- hard assignments
+def hard_assignments(v: torch.Tensor) -> np.ndarray:
+    """Each parameter token's concept: argmax over the ``M`` concepts of ``(M, d)`` → ``(d,)``."""
+    return torch.as_tensor(v).argmax(0).numpy()
+
+
+def agreement_matrices(vectors: Vectors) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Task × task NMI and ARI between the hard assignments of the parameter tokens (label-permutation
+    invariant, so no matching is needed). ``NaN`` where a task puts every token in one concept: agreement
+    with a single-cluster partition is undefined (sklearn would report NMI 1 for two of them)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    names = list(vectors)
+    labels = {n: hard_assignments(v) for n, v in vectors.items()}
+    nmi, ari = np.eye(len(names)), np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            la, lb = labels[a], labels[names[j]]
+            if len(np.unique(la)) < 2 or len(np.unique(lb)) < 2:
+                nmi[i, j] = nmi[j, i] = ari[i, j] = ari[j, i] = np.nan
+                continue
+            nmi[i, j] = nmi[j, i] = normalized_mutual_info_score(la, lb)
+            ari[i, j] = ari[j, i] = adjusted_rand_score(la, lb)
+    return names, nmi, ari
+
+
+# ---------------------------------------------------------------------- a global clustering of concepts
+def _stack(vectors: Vectors, center: bool) -> tuple[np.ndarray, list[str], list[int]]:
+    names = list(vectors)
+    x = torch.cat([unit_vectors(vectors[n], center) for n in names]).numpy()
+    task_of = [n for n in names for _ in range(len(vectors[n]))]
+    index_of = [i for n in names for i in range(len(vectors[n]))]
+    return x, task_of, index_of
+
+
+def global_concepts(vectors: Vectors, k_range: Sequence[int] = range(2, 17), center: bool = True,
+                    seed: int = 0) -> dict:
+    """K-means on every (task, concept) unit vector, for each ``k`` in ``k_range`` (clipped to
+    ``2 ≤ k ≤ n − 1``); the ``k`` with the best cosine silhouette wins. Returns ``k``, the silhouette of
+    every tried ``k``, each concept's global label per task, and the task × k usage counts."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    x, task_of, _ = _stack(vectors, center)
+    names = list(vectors)
+    ks = [k for k in k_range if 2 <= k <= len(x) - 1]
+    if not ks:
+        raise ValueError(f"{len(x)} concept vectors are too few for a silhouette (need ≥ 3)")
+    scores, fits = {}, {}
+    for k in ks:
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+        if len(set(labels)) < 2:
+            continue
+        scores[k], fits[k] = float(silhouette_score(x, labels, metric="cosine")), labels
+    if not scores:
+        raise ValueError("k-means found a single concept for every k tried")
+    k = max(scores, key=scores.get)
+    labels = fits[k]
+    per_task, counts = {}, np.zeros((len(names), k), dtype=int)
+    for (t, lab) in zip(task_of, labels):
+        per_task.setdefault(t, []).append(int(lab))
+        counts[names.index(t), lab] += 1
+    shared = int(((counts > 0).sum(0) > 1).sum())
+    return {"k": int(k), "silhouette": scores, "labels": per_task, "counts": counts.tolist(), "tasks": names,
+            "shared_concepts": shared}
+
+
+# ---------------------------------------------------------------------- tasks as a tree, concepts in 2-D
+def task_dendrogram(names: Sequence[str], reuse: np.ndarray) -> np.ndarray:
+    """Average-linkage hierarchy (scipy ``linkage`` format) of tasks on the distance ``1 − reuse``."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    if len(names) < 2:
+        raise ValueError("a dendrogram needs at least two tasks")
+    d = np.clip(1.0 - (reuse + reuse.T) / 2, 0.0, None)
+    np.fill_diagonal(d, 0.0)
+    return linkage(squareform(d, checks=False), method="average")
+
+
+def tsne_embedding(vectors: Vectors, center: bool = True, seed: int = 0, perplexity: Optional[float] = None) -> dict:
+    """2-D t-SNE (cosine metric) of every concept vector: ``coords`` (n, 2), ``task`` and ``concept`` per row."""
+    from sklearn.manifold import TSNE
+
+    x, task_of, index_of = _stack(vectors, center)
+    if len(x) < 4:
+        raise ValueError("t-SNE needs at least 4 concept vectors")
+    perplexity = perplexity or float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    coords = TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity,
+                  random_state=seed).fit_transform(x)
+    return {"coords": coords, "task": task_of, "concept": index_of, "perplexity": perplexity}
+
+
+# ---------------------------------------------------------------------- reuse against other task relations
+def prototype_similarity(prototypes: Mapping[str, torch.Tensor], names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Task × task cosine of the mean frozen [CLS] prototypes (``model.prototypes``, task-id inference)."""
+    names = list(names or prototypes)
+    p = F.normalize(torch.stack([torch.as_tensor(prototypes[n]).double().flatten() for n in names]), dim=-1)
+    return (p @ p.T).numpy()
+
+
+def _correlation(x: Sequence[float], y: Sequence[float]) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out = {"n": int(len(x)), "pearson": None, "spearman": None}
+    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        out["pearson"] = float(pearsonr(x, y)[0])
+        out["spearman"] = float(spearmanr(x, y)[0])
+    return out
+
+
+def relate(a: np.ndarray, b: np.ndarray) -> dict:
+    """Correlation between two task × task matrices over the task pairs (upper triangle)."""
+    iu = np.triu_indices(len(a), k=1)
+    return {**_correlation(a[iu], b[iu]), "pairs": [[int(i), int(j)] for i, j in zip(*iu)]}
+
+
+def reuse_vs_gain(names: Sequence[str], reuse: np.ndarray, gains: Mapping[str, float]) -> dict:
+    """Per task: mean reuse with the other tasks, and the best reuse of an earlier task (stream order = the
+    order of ``names``), against the task's accuracy gain (e.g. over the linear probe)."""
+    rows = []
+    for i, n in enumerate(names):
+        others = [reuse[i, j] for j in range(len(names)) if j != i]
+        rows.append({"task": n, "gain": gains.get(n), "mean_reuse": float(np.mean(others)) if others else None,
+                     "max_reuse_earlier": float(max(reuse[i, :i])) if i else None})
+    with_gain = [r for r in rows if r["gain"] is not None]
+    earlier = [r for r in with_gain if r["max_reuse_earlier"] is not None]
+    return {
+        "per_task": rows,
+        "mean_reuse": _correlation([r["mean_reuse"] for r in with_gain], [r["gain"] for r in with_gain]),
+        "max_reuse_earlier": _correlation([r["max_reuse_earlier"] for r in earlier], [r["gain"] for r in earlier]),
+    }
+
+
+def cross_layer_reuse(vectors_by_layer: Mapping[str, Vectors], center: bool = True) -> tuple[list[str], np.ndarray]:
+    """Layer × layer: mean over tasks of the matched-concept reuse between a task's concepts at two depths
+    (only layers with the same ``d_out``). ``NaN`` where the token sets differ or no task has both."""
+    layers = list(vectors_by_layer)
+    r = np.full((len(layers), len(layers)), np.nan)
+    for i, la in enumerate(layers):
+        for j, lb in enumerate(layers):
+            vals = [match_clusters(vectors_by_layer[la][t], vectors_by_layer[lb][t], center).mean
+                    for t in vectors_by_layer[la] if t in vectors_by_layer[lb]
+                    and vectors_by_layer[la][t].shape[-1] == vectors_by_layer[lb][t].shape[-1]]
+            if vals:
+                r[i, j] = float(np.mean(vals))
+    return layers, r
+
+
+# ---------------------------------------------------------------------- one layer, every layer
+def analyze_layer(vectors: Vectors, prototypes: Optional[Mapping[str, torch.Tensor]] = None,
+                  gains: Optional[Mapping[str, float]] = None, center: bool = True, threshold: float = 0.5,
+                  k_range: Sequence[int] = range(2, 17), seed: int = 0, tsne: bool = True) -> dict:
+    """Every statistic for one layer. Matrices are numpy arrays; :func:`save_report` writes them out."""
+    names, r = reuse_matrix(vectors, center)
+    out: dict = {"tasks": names, "center": center, "threshold": threshold, "reuse": r,
+                 "reuse_fraction": reuse_matrix(vectors, center, threshold)[1],
+                 "reuse_off_diagonal": off_diagonal_mean(r), "chance_reuse": chance_reuse(vectors, center, seed),
+                 "num_concepts": {n: int(len(v)) for n, v in vectors.items()},
+                 # how many concepts own at least one token under the hard (argmax) assignment
+                 "concepts_used": {n: int(len(np.unique(hard_assignments(v)))) for n, v in vectors.items()}}
+    out["matches"] = {f"{a}|{b}": {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "cosine": m.similarity.tolist()}
+                      for i, a in enumerate(names) for b in names[i + 1:]
+                      for m in [match_clusters(vectors[a], vectors[b], center)]}
+    _, out["nmi"], out["ari"] = agreement_matrices(vectors)
+    out["nmi_off_diagonal"], out["ari_off_diagonal"] = off_diagonal_mean(out["nmi"]), off_diagonal_mean(out["ari"])
+    n_vectors = sum(len(v) for v in vectors.values())
+    out["global"] = global_concepts(vectors, k_range, center, seed) if n_vectors >= 3 else None
+    out["linkage"] = task_dendrogram(names, r) if len(names) >= 2 else None
+    out["tsne"] = tsne_embedding(vectors, center, seed) if tsne and n_vectors >= 4 else None
+    if prototypes and all(n in prototypes for n in names) and len(names) >= 2:
+        out["task_similarity"] = prototype_similarity(prototypes, names)
+        out["reuse_vs_task_similarity"] = relate(r, out["task_similarity"])
+    if gains:
+        out["reuse_vs_gain"] = reuse_vs_gain(names, r, gains)
+    return out
+
+
+def analyze(vectors_by_layer: Mapping[str, Vectors], prototypes: Optional[Mapping[str, torch.Tensor]] = None,
+            gains: Optional[Mapping[str, float]] = None, out_dir: Optional[str | Path] = None, center: bool = True,
+            threshold: float = 0.5, k_range: Sequence[int] = range(2, 17), seed: int = 0, tsne: bool = True,
+            figures: bool = True) -> dict:
+    """:func:`analyze_layer` for every layer plus the depth profile (per-layer summaries and the layer ×
+    layer reuse). With ``out_dir``, writes everything (see :func:`save_report`)."""
+    layers = {layer: analyze_layer(v, prototypes, gains, center, threshold, k_range, seed, tsne)
+              for layer, v in vectors_by_layer.items()}
+    order, cross = cross_layer_reuse(vectors_by_layer, center)
+    depth = [{"layer": layer, "reuse": rep["reuse_off_diagonal"], "chance": rep["chance_reuse"],
+              "nmi": rep["nmi_off_diagonal"], "ari": rep["ari_off_diagonal"],
+              "concepts_used": float(np.mean(list(rep["concepts_used"].values()))),
+              "global_k": rep["global"]["k"] if rep["global"] else None,
+              "shared_concepts": rep["global"]["shared_concepts"] if rep["global"] else None,
+              "reuse_vs_task_similarity": (rep.get("reuse_vs_task_similarity") or {}).get("spearman")}
+             for layer, rep in layers.items()]
+    report = {"layers": layers, "depth": depth, "cross_layer": {"layers": order, "reuse": cross}}
+    names = next(iter(layers.values()))["tasks"] if layers else []
+    if layers and all(rep["tasks"] == names for rep in layers.values()):
+        report["tasks"] = names
+        report["reuse"] = np.mean([rep["reuse"] for rep in layers.values()], axis=0)  # averaged over depth
+    if out_dir is not None:
+        save_report(report, out_dir, figures=figures)
+    return report
+
+
+# ---------------------------------------------------------------------- writing it out
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _write_csv(rows: list[list], path: Path) -> None:
+    from .checkpoint import write_text
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    write_text(buf.getvalue(), path)
+
+
+def _matrix_csv(names: Sequence[str], m: np.ndarray, path: Path) -> None:
+    _write_csv([["task", *names], *[[n, *(f"{v:.6g}" for v in row)] for n, row in zip(names, m)]], path)
+
+
+def save_report(report: dict, out_dir: str | Path, figures: bool = True) -> None:
+    """``out_dir/summary.json`` (depth profile, depth-averaged reuse), ``depth.csv``, ``cross_layer.csv``
+    and per layer ``out_dir/<layer>/``: ``concepts.json`` (everything), ``reuse.csv``, ``nmi.csv``,
+    ``ari.csv``, ``tsne.csv``, ``global_concepts.csv`` and the figures. Layers never overwrite each other."""
+    from .checkpoint import write_json
+
+    out = Path(out_dir)
+    for layer, rep in report["layers"].items():
+        d = out / layer
+        write_json(_jsonable(rep), d / "concepts.json")
+        for key in ("reuse", "reuse_fraction", "nmi", "ari", "task_similarity"):
+            if rep.get(key) is not None:
+                _matrix_csv(rep["tasks"], rep[key], d / f"{key}.csv")
+        if rep.get("tsne"):
+            t = rep["tsne"]
+            _write_csv([["task", "concept", "x", "y"],
+                        *[[a, b, f"{x:.6g}", f"{y:.6g}"] for a, b, (x, y) in zip(t["task"], t["concept"], t["coords"])]],
+                       d / "tsne.csv")
+        if rep.get("global"):
+            g = rep["global"]
+            _write_csv([["task", *[f"concept_{k}" for k in range(g["k"])]],
+                        *[[n, *row] for n, row in zip(g["tasks"], g["counts"])]], d / "global_concepts.csv")
+        if figures:
+            plot_layer(rep, layer, d)
+    summary = {k: v for k, v in report.items() if k != "layers"}
+    write_json(_jsonable(summary), out / "summary.json")
+    if report["depth"]:
+        cols = list(report["depth"][0])
+        _write_csv([cols, *[[r[c] for c in cols] for r in report["depth"]]], out / "depth.csv")
+    cl = report["cross_layer"]
+    _matrix_csv(cl["layers"], cl["reuse"], out / "cross_layer.csv")
+    if figures:
+        plot_depth(report, out)
+
+
+# ---------------------------------------------------------------------- figures (matplotlib Agg)
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    from .checkpoint import atomic_path
+
+    plt = _plt()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_matrix(names: Sequence[str], m: np.ndarray, title: str, path: Path, vmin=0.0, vmax=1.0, cmap="magma") -> None:
+    plt = _plt()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(0.55 * n + 2.5, 0.55 * n + 2))
+    im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    if n <= 20:
+        for (i, j), v in np.ndenumerate(m):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < vmin + 0.6 * (vmax - vmin) else "black")
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_layer(rep: dict, layer: str, d: Path) -> None:
+    plt = _plt()
+    names = rep["tasks"]
+    lo = -1.0 if rep["center"] else 0.0
+    plot_matrix(names, rep["reuse"], f"concept reuse (matched cosine) · {layer}\nchance {rep['chance_reuse']:.2f}",
+                d / "reuse.png", vmin=lo)
+    plot_matrix(names, rep["nmi"], f"NMI of hard assignments · {layer}", d / "nmi.png")
+    if rep.get("linkage") is not None:
+        from scipy.cluster.hierarchy import dendrogram
+
+        fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * len(names) + 1.5), 3))
+        dendrogram(rep["linkage"], labels=list(names), ax=ax, leaf_rotation=60, leaf_font_size=7)
+        ax.set_ylabel("1 − reuse", fontsize=7)
+        ax.set_title(f"tasks by concept reuse · {layer}", fontsize=8)
+        fig.tight_layout()
+        _save(fig, d / "dendrogram.png")
+    if rep.get("tsne"):
+        t = rep["tsne"]
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+        coords = np.asarray(t["coords"])
+        for i, n in enumerate(names):
+            sel = [k for k, tk in enumerate(t["task"]) if tk == n]
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=12, color=cmap(i % cmap.N), label=n)
+        ax.legend(fontsize=6, markerscale=0.8, loc="best")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(f"concept vectors (t-SNE) · {layer}", fontsize=8)
+        fig.tight_layout()
+        _save(fig, d / "tsne.png")
+    if rep.get("global"):
+        g = rep["global"]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        ks = sorted(int(k) for k in g["silhouette"])
+        axes[0].plot(ks, [g["silhouette"][k] for k in ks], marker="o")
+        axes[0].axvline(g["k"], color="gray", ls="--")
+        axes[0].set_xlabel("k"), axes[0].set_ylabel("silhouette (cosine)")
+        im = axes[1].imshow(np.asarray(g["counts"]), aspect="auto", cmap="viridis")
+        axes[1].set_yticks(range(len(names)), names, fontsize=7)
+        axes[1].set_xlabel("global concept")
+        fig.colorbar(im, ax=axes[1])
+        fig.suptitle(f"global concepts · {layer} (k={g['k']})", fontsize=8)
+        fig.tight_layout()
+        _save(fig, d / "global_concepts.png")
+    if rep.get("task_similarity") is not None or rep.get("reuse_vs_gain"):
+        _plot_relations(rep, layer, d)
+
+
+def _fmt(v) -> str:
+    return "n/a (< 3 points)" if v is None else f"{v:.2f}"
+
+
+def _plot_relations(rep: dict, layer: str, d: Path) -> None:
+    plt = _plt()
+    panels = [k for k in ("task_similarity", "reuse_vs_gain") if rep.get(k) is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        if key == "task_similarity":
+            rel = rep["reuse_vs_task_similarity"]
+            iu = np.triu_indices(len(rep["tasks"]), k=1)
+            ax.scatter(np.asarray(rep["task_similarity"])[iu], np.asarray(rep["reuse"])[iu], s=14)
+            ax.set_xlabel("task similarity (prototype cosine)", fontsize=7)
+            ax.set_ylabel("concept reuse", fontsize=7)
+            ax.set_title(f"task pairs · spearman {_fmt(rel['spearman'])}", fontsize=7)
+        else:
+            rows = [r for r in rep["reuse_vs_gain"]["per_task"] if r["gain"] is not None]
+            ax.scatter([r["mean_reuse"] for r in rows], [r["gain"] for r in rows], s=14)
+            for r in rows:
+                ax.annotate(r["task"], (r["mean_reuse"], r["gain"]), fontsize=6)
+            ax.set_xlabel("mean reuse with other tasks", fontsize=7)
+            ax.set_ylabel("accuracy gain", fontsize=7)
+            ax.set_title(f"tasks · spearman {_fmt(rep['reuse_vs_gain']['mean_reuse']['spearman'])}", fontsize=7)
+    fig.suptitle(layer, fontsize=8)
+    fig.tight_layout()
+    _save(fig, d / "relations.png")
+
+
+def plot_depth(report: dict, out: Path) -> None:
+    plt = _plt()
+    depth = report["depth"]
+    if not depth:
+        return
+    x = range(len(depth))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(depth) + 2), 3))
+    for key, label in (("reuse", "reuse (matched cosine)"), ("chance", "chance reuse"), ("nmi", "NMI"), ("ari", "ARI")):
+        ax.plot(x, [np.nan if r[key] is None else r[key] for r in depth], marker="o", label=label)
+    ax.set_xticks(list(x), [r["layer"] for r in depth], rotation=60, ha="right", fontsize=6)
+    ax.legend(fontsize=6)
+    ax.set_title("concept reuse across depth (mean over task pairs)", fontsize=8)
+    fig.tight_layout()
+    _save(fig, out / "depth.png")
+    cl = report["cross_layer"]
+    if len(cl["layers"]) > 1:
+        plot_matrix(cl["layers"], cl["reuse"], "the same task's concepts at two depths", out / "cross_layer.png",
+                    vmin=-1.0 if next(iter(report["layers"].values()))["center"] else 0.0)
