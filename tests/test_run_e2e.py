@@ -64,7 +64,7 @@ def test_joint_mode_trains_all_tasks_at_once(tmp_path):
 
 @pytest.mark.parametrize("checkpoint_every", [1, 0], ids=["mid-experience", "experience-boundary"])
 def test_killed_run_resumes_to_identical_results(tmp_path, checkpoint_every):
-    args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", "strategy.model.trunk=free", "optim.epochs=3",
+    args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", "strategy.method.trunk=free", "optim.epochs=3",
             f"checkpoint_every={checkpoint_every}",
             "benchmark.domains=[digits,pedestrians,signs]", "benchmark.n_train=96"]
     reference = tmp_path / "uninterrupted"
