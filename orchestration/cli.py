@@ -16,7 +16,7 @@ from gift_cl.reporting import format_summary
 from strategies import DivergenceError
 
 from .loop import CHECKPOINT, run_protocol
-from .rundir import CONFIG_FILE, RunDirError, RunLock, resolve_run_dir
+from .rundir import CONFIG_FILE, OVERRIDES_FILE, RunDirError, RunLock, resolve_run_dir
 from .validation import validate
 
 log = logging.getLogger("gift_cl")
@@ -34,7 +34,10 @@ def user_error(exc: BaseException):
     return None
 
 
-def run(cfg: DictConfig, hydra_dir: Path) -> dict:
+def run(cfg: DictConfig, hydra_dir: Path, overrides: tuple = ()) -> dict:
+    """Validate, choose and lock the run directory, run the protocol. ``overrides`` (the command line) are
+    recorded as the run's own ``overrides.yaml`` (Hydra's ``.hydra/`` may be rewritten by a later command
+    that is refused)."""
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -43,9 +46,43 @@ def run(cfg: DictConfig, hydra_dir: Path) -> dict:
         ckpt = run_dir / CHECKPOINT
         if not resuming:
             write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / CONFIG_FILE)
+            write_text(OmegaConf.to_yaml(list(overrides)), run_dir / OVERRIDES_FILE)
         elif not ckpt.is_file():
             log.warning("%s has no checkpoint yet: starting it from the beginning", run_dir)
         results = run_protocol(cfg, run_dir, ckpt if resuming and ckpt.is_file() else None)
     print(format_summary(results))
     print(f"run directory: {run_dir}")
     return results
+
+
+def config_dir() -> str:
+    """The configs shipped with the package (``gift_cl/configs``: the repository's ``configs/`` in a checkout)."""
+    import gift_cl
+
+    return str(Path(gift_cl.__file__).resolve().parent / "configs")
+
+
+def main() -> None:
+    """The ``gift-cl`` console script: ``gift-cl strategy=gift_multitask benchmark=vdd ...`` = ``python run.py ...``."""
+    import sys
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    import gift_cl.config  # noqa: F401  (resolvers)
+
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+    def _main(cfg: DictConfig) -> float:
+        try:
+            hydra_cfg = HydraConfig.get()
+            results = run(cfg, Path(hydra_cfg.runtime.output_dir), tuple(hydra_cfg.overrides.task))
+        except Exception as exc:
+            err = user_error(exc)
+            if err is None:
+                raise
+            log.error("%s: %s", type(err).__name__, err)
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            sys.exit(1)
+        return results["average_accuracy"]  # the value a sweeper optimises
+
+    _main()

@@ -100,7 +100,8 @@ class Run:
             optim=self.optim,
             device=cfg.device,
             eval_mb_size=cfg.eval_batch_size,
-            evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent"),
+            evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent", loggers=cfg.logger,
+                                     run_name=f"{cfg.strategy.name}/{cfg.benchmark_name}/{log_dir.name}"),
             plugins=[*self.plugins, EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)],
             progress=cfg.progress,
         )

@@ -67,7 +67,7 @@ def _params(protocol: str, names: list[str], progress: dict, counts: Optional[di
 def _overrides(run_dir: Path) -> list[str]:
     from omegaconf import OmegaConf
 
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    path = Path(run_dir) / "overrides.yaml"  # written when the run started (orchestration.cli)
     return list(OmegaConf.load(path)) if path.is_file() else []
 
 

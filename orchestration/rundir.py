@@ -21,6 +21,7 @@ from gift_cl.reporting import read_json
 log = logging.getLogger("gift_cl")
 
 CONFIG_FILE = "config_resolved.yaml"
+OVERRIDES_FILE = "overrides.yaml"  # the command line that started the run
 # keys that cannot change a run's numbers: a resume may change them freely
 IGNORED_KEYS = ("threads", "num_workers", "progress", "resume", "checkpoint_every", "allow_config_change",
                 "logger")

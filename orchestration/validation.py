@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig
 
 from gift_cl.config import ConfigError, resolve_target
 from gift_cl.optim import OptimConfig
+from strategies.evaluation import LOGGERS
 
 PROTOCOLS = ("independent", "sequential", "joint")
 STRATEGY_KEYS = {"name", "protocol", "task_inference", "method", "plugins"}
@@ -98,6 +99,8 @@ def validate(cfg: DictConfig) -> None:
     if not (cfg.device in ("cpu", "cuda") or str(cfg.device).startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r}: must be cpu, cuda or cuda:N")
     _choice(cfg.progress, "progress", (True, False))
+    for name in cfg.logger:
+        _choice(name, "logger", sorted(LOGGERS))
     # ----------------------------------------------------------- model and data
     _number(cfg.model.image_size, "model.image_size", 8, 4096, integer=True)
     check_arguments(cfg.benchmark, "benchmark")

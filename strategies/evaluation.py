@@ -28,8 +28,32 @@ class AppendingCSVLogger(CSVLogger):
                 f.flush()
 
 
-def make_evaluator(log_dir: Path, stream_metrics: bool):
-    """Accuracy and loss per epoch and experience; ``stream_metrics`` adds stream accuracy, forgetting, BWT."""
+def csv_logger(log_dir: Path, run_name: str):
+    return AppendingCSVLogger(str(log_dir))
+
+
+def tensorboard_logger(log_dir: Path, run_name: str):
+    from avalanche.logging import TensorboardLogger
+
+    return TensorboardLogger(str(Path(log_dir) / "tensorboard"))
+
+
+def wandb_logger(log_dir: Path, run_name: str):
+    """Weights & Biases in offline mode (nothing leaves the machine): ``wandb sync <log_dir>/wandb/...`` later."""
+    from avalanche.logging import WandBLogger
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandBLogger(project_name="gift_cl", run_name=run_name, dir=str(log_dir), save_code=False)
+
+
+# The names the ``logger`` option takes (configs/logger/*.yaml), each a function (log_dir, run_name) -> logger.
+LOGGERS = {"csv": csv_logger, "tensorboard": tensorboard_logger, "wandb": wandb_logger}
+
+
+def make_evaluator(log_dir: Path, stream_metrics: bool, loggers=("csv",), run_name: str = "gift_cl"):
+    """Accuracy and loss per epoch and experience; ``stream_metrics`` adds stream accuracy, forgetting, BWT.
+    ``loggers`` names Avalanche loggers from :data:`LOGGERS` (the run's own JSON/CSV/plots are written anyway)."""
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -38,5 +62,5 @@ def make_evaluator(log_dir: Path, stream_metrics: bool):
         accuracy_metrics(epoch=True, experience=True, stream=stream_metrics),
         loss_metrics(epoch=True, experience=True),
         *(extra if stream_metrics else []),
-        loggers=[AppendingCSVLogger(str(log_dir))],
+        loggers=[LOGGERS[name](Path(log_dir), run_name) for name in loggers],
     )
