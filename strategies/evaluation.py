@@ -2,6 +2,7 @@
 stream accuracy, forgetting and BWT over a stream), logged as CSV files that a resumed run appends to."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -42,9 +43,25 @@ def wandb_logger(log_dir: Path, run_name: str):
     """Weights & Biases in offline mode (nothing leaves the machine): ``wandb sync <log_dir>/wandb/...`` later."""
     from avalanche.logging import WandBLogger
 
+    class OfflineWandBLogger(WandBLogger):
+        """Avalanche 0.6's logger calls ``wandb.util.generate_id`` and ``wandb.viz.CustomChart``, both gone
+        from wandb 0.31 (tests/test_loggers.py): we pass the run id and log scalars and figures ourselves."""
+
+        def log_single_metric(self, name, value, x_plot):
+            from matplotlib.figure import Figure
+
+            self.step = x_plot
+            if isinstance(value, (float, int)) and not isinstance(value, bool):
+                self.wandb.log({name: value}, step=self.step)
+            elif isinstance(value, Figure):
+                self.wandb.log({name: self.wandb.Image(value)}, step=self.step)
+
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandBLogger(project_name="gift_cl", run_name=run_name, dir=str(log_dir), save_code=False)
+    # one id per run directory, so a resumed run continues its W&B run
+    run_id = hashlib.sha1(str(Path(log_dir).resolve()).encode()).hexdigest()[:16]
+    return OfflineWandBLogger(project_name="gift_cl", run_name=run_name, dir=str(log_dir), save_code=False,
+                              params={"id": run_id, "resume": "allow"})
 
 
 # The names the ``logger`` option takes (configs/logger/*.yaml), each a function (log_dir, run_name) -> logger.
