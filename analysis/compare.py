@@ -1,0 +1,255 @@
+"""Compare methods across a sweep: one row per method, hyperparameters chosen on validation runs and
+numbers reported from the matching test runs, mean ± std over seeds. Markdown and CSV.
+
+    python analysis/compare.py multirun/2026-11-23_10-00-00 [more dirs ...] [--csv table.csv] [--md table.md]
+           [--select mean|per-task]
+
+Reads only the results schema (``results.json``, ``schema_version`` 1) below the given folders.
+
+What a run is
+- method: ``results["strategy"]`` plus its model plug-ins from the ``+plugin=...`` override
+  (``gift+gist``, ``lora+coeff``);
+- split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
+  ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
+- hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
+  configuration (seed, split size and choice, threads, progress, resume, checkpointing, hydra.*);
+- seed: ``results["seed"]``.
+
+Selection rule (``--select mean``, the default)
+1. For each method and hyperparameter setting, the *validation score* is the mean over seeds of the
+   run's average accuracy over tasks, using val runs only. Test runs are never used for selection.
+2. The chosen setting has the highest validation score; ties go to fewer trainable parameters per task,
+   then to the lexicographically smallest setting (deterministic).
+3. The row reports the *test* runs with exactly that setting: per task and for the mean, mean ± std
+   (sample std, n-1) over their seeds. Missing test runs leave the numbers empty and say so.
+``--select per-task`` chooses the setting per task (the VTAB-1k practice) by that task's validation
+accuracy (mean over seeds), the same tie-breaks; the mean column then averages, per seed, the chosen
+settings' test accuracies (seeds present for every task), and the chosen settings are listed per task.
+A method without any val run is not selected on: each of its settings gets its own row, marked
+``no val runs``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+SCHEMA_VERSION = 1
+# overrides that never distinguish a configuration (the split and its size are how val/test runs pair up)
+NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark.eval_split=", "benchmark.n_val=",
+                       "benchmark.n_test=", "hydra", "resume=", "threads=", "progress=", "num_workers=", "device=",
+                       "checkpoint_every=", "eval_batch_size=", "allow_config_change=")
+
+
+# ------------------------------------------------------------------------------------------- reading runs
+def find_runs(paths: list[str]) -> list[Path]:
+    runs = []
+    for p in map(Path, paths):
+        runs += [r.parent for r in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json"))]
+    return sorted(set(runs))
+
+
+def load(run: Path) -> dict:
+    res = json.loads((run / "results.json").read_text())
+    if res.get("schema_version") != SCHEMA_VERSION:
+        raise SystemExit(f"{run}/results.json: schema_version {res.get('schema_version')!r}, this tool reads "
+                         f"{SCHEMA_VERSION}")
+    return res
+
+
+def plugins_of(overrides: list[str]) -> list[str]:
+    names = []
+    for o in overrides:
+        if o.startswith(("+plugin=", "plugin=")):
+            value = o.split("=", 1)[1].strip()
+            names += [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    return sorted(set(names))
+
+
+def method_of(res: dict) -> str:
+    return "+".join([res["strategy"], *plugins_of(res.get("overrides", []))])
+
+
+def split_of(res: dict) -> str:
+    splits = {(t.get("info") or {}).get("eval_split", "test") for t in res["tasks"]}
+    if len(splits) != 1:
+        raise SystemExit(f"a run mixes evaluation splits {sorted(splits)}")
+    return splits.pop()
+
+
+def hyperparameters_of(res: dict) -> tuple[str, ...]:
+    return tuple(sorted(o for o in res.get("overrides", []) if not o.startswith(NOT_HYPERPARAMETERS)))
+
+
+def describe(hp: tuple[str, ...]) -> str:
+    return " ".join(hp) if hp else "(defaults)"
+
+
+class Run:
+    def __init__(self, res: dict, path: Optional[Path] = None):
+        self.res, self.path = res, path
+        self.method, self.split, self.hp, self.seed = method_of(res), split_of(res), hyperparameters_of(res), res["seed"]
+        self.tasks = [t["name"] for t in res["tasks"]]
+        self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
+        self.average = float(res["average_accuracy"])
+        params = res["params"]
+        per_task = params["per_task"]
+        self.params = sum(per_task.values()) / len(per_task) if per_task else None
+        excl = params.get("per_task_excl_classifier") or {}
+        self.params_excl = sum(excl.values()) / len(excl) if excl else None
+        self.backbone = params.get("backbone")
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt(m: Optional[float], s: Optional[float], scale: float = 100.0) -> str:
+    if m is None:
+        return ""
+    return f"{scale * m:.1f}" if s is None else f"{scale * m:.1f} ± {scale * s:.1f}"
+
+
+def _by_seed(runs: list[Run]) -> dict:
+    """One run per seed (the newest path wins if a seed was run twice)."""
+    out = {}
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        out[r.seed] = r
+    return out
+
+
+# ------------------------------------------------------------------------------------------- selection
+def _choose(scores: dict[tuple, float], params: dict[tuple, Optional[float]]) -> tuple:
+    return min(scores, key=lambda hp: (-scores[hp], params.get(hp) if params.get(hp) is not None else math.inf,
+                                       describe(hp)))
+
+
+def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict]]:
+    """The table: task names (columns) and one row per method (dicts of column -> value)."""
+    if select not in ("mean", "per-task"):
+        raise ValueError(f"select must be 'mean' or 'per-task', got {select!r}")
+    tasks: list[str] = []
+    for r in runs:
+        tasks += [t for t in r.tasks if t not in tasks]
+    grouped: dict[str, dict[str, dict[tuple, list[Run]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in runs:
+        grouped[r.method][r.split][r.hp].append(r)
+    rows = []
+    for method in sorted(grouped):
+        val, test = grouped[method].get("val", {}), grouped[method].get("test", {})
+        params = {hp: _by_seed(rs)[min(_by_seed(rs))].params for hp, rs in {**test, **val}.items()}
+        if not val:
+            for hp in sorted(test, key=describe):
+                rows.append(_row(method, tasks, {t: hp for t in tasks}, test, "no val runs"))
+            continue
+        if select == "mean":
+            scores = {hp: mean_std([r.average for r in _by_seed(rs).values()])[0] for hp, rs in val.items()}
+            best = _choose(scores, params)
+            rows.append(_row(method, tasks, {t: best for t in tasks}, test, f"val {100 * scores[best]:.1f}"))
+        else:
+            chosen = {}
+            for t in tasks:
+                scores = {hp: mean_std([r.acc[t] for r in _by_seed(rs).values() if t in r.acc])[0]
+                          for hp, rs in val.items()}
+                scores = {hp: s for hp, s in scores.items() if s is not None}
+                if scores:
+                    chosen[t] = _choose(scores, params)
+            rows.append(_row(method, tasks, chosen, test, "val per task"))
+    return tasks, rows
+
+
+def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tuple, list[Run]], how: str) -> dict:
+    row = {"method": method}
+    per_seed: dict = defaultdict(dict)  # seed -> task -> accuracy, from the chosen settings' test runs
+    missing = []
+    for t in tasks:
+        hp = chosen.get(t)
+        runs = _by_seed(test.get(hp, [])) if hp is not None else {}
+        accs = {seed: r.acc[t] for seed, r in runs.items() if t in r.acc}
+        if hp is not None and not accs:
+            missing.append(t)
+        for seed, a in accs.items():
+            per_seed[seed][t] = a
+        row[t] = fmt(*mean_std(list(accs.values())))
+    present = [t for t in tasks if any(t in d for d in per_seed.values())]
+    complete = [s for s, d in per_seed.items() if all(t in d for t in present)]
+    m, s = mean_std([sum(per_seed[seed][t] for t in present) / len(present) for seed in complete] if present else [])
+    row["mean"] = fmt(m, s)
+    row["seeds"] = len(complete)
+    hps = sorted(set(chosen.values()), key=describe)
+    sample = next((r for hp in hps for r in test.get(hp, [])), None)
+    if sample is not None and sample.params is not None:
+        row["params"] = round(sample.params)
+        row["params_excl_head"] = round(sample.params_excl) if sample.params_excl is not None else ""
+        row["params_%"] = f"{100 * sample.params / sample.backbone:.3f}" if sample.backbone else ""
+    else:
+        row["params"] = row["params_excl_head"] = row["params_%"] = ""
+    if len(hps) == 1:
+        row["hyperparameters"] = describe(hps[0])
+    else:
+        row["hyperparameters"] = "; ".join(f"{t}: {describe(chosen[t])}" for t in tasks if t in chosen)
+    row["selection"] = how + (f"; no test runs for the chosen setting on {', '.join(missing)}" if missing else "")
+    return row
+
+
+# ------------------------------------------------------------------------------------------- output
+def columns(tasks: list[str]) -> list[str]:
+    return ["method", *tasks, "mean", "seeds", "params", "params_excl_head", "params_%", "hyperparameters", "selection"]
+
+
+def to_markdown(tasks: list[str], rows: list[dict]) -> str:
+    cols = columns(tasks)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(tasks: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(tasks))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in columns(tasks)})
+    return buf.getvalue()
+
+
+def main(argv: Optional[list[str]] = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", help="run or sweep folders (searched for results.json)")
+    ap.add_argument("--csv", help="also write the table as CSV")
+    ap.add_argument("--md", help="also write the markdown table to a file")
+    ap.add_argument("--select", choices=("mean", "per-task"), default="mean",
+                    help="choose one setting per method (mean val accuracy) or one per task")
+    ap.add_argument("--all", action="store_true", help="include unfinished runs")
+    args = ap.parse_args(argv)
+    runs = []
+    for path in find_runs(args.paths):
+        res = load(path)
+        if res.get("finished") or args.all:
+            runs.append(Run(res, path))
+    if not runs:
+        raise SystemExit(f"no finished results.json under {args.paths}")
+    tasks, rows = compare(runs, args.select)
+    md = to_markdown(tasks, rows)
+    if args.md:
+        Path(args.md).write_text(md)
+    if args.csv:
+        Path(args.csv).write_text(to_csv(tasks, rows))
+    print(md, end="")
+    return md
+
+
+if __name__ == "__main__":
+    main()
