@@ -88,3 +88,51 @@ def test_replay_state_is_tensors_and_plain_containers(tmp_path):
     (state,) = [s for s in checkpoint["plugins"] if isinstance(s, dict) and "groups" in s]
     assert state["num_exps"] == 2 and [g["experience"] for g in state["groups"]] == [0, 1]
     assert [len(g["indices"]) for g in state["groups"]] == [10, 10]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_replay_killed_mid_experience_resumes_exactly(tmp_path):
+    """Killed after the first epoch of the second experience (the buffer is in use): the resumed run
+    rebuilds the buffer from the checkpoint and ends with the uninterrupted numbers."""
+    overrides = ["strategy=replay", "strategy.plugins.0.mem_size=30", "optim.epochs=2", "checkpoint_every=1"]
+
+    def run(run_dir):
+        cfg = compose_cfg(*overrides, "optim.batch_size=16", "benchmark.domains=[digits,pedestrians,signs]",
+                          "benchmark.n_train=48", "benchmark.n_test=24")
+        return Run(cfg, run_dir)
+
+    full = run(tmp_path / "full")
+    full.train_and_evaluate()
+    expected = full.write_results(final=True)
+
+    stopped = run(tmp_path / "stopped")
+    saver = next(p for p in stopped.strategy.plugins if type(p).__name__ == "EpochCheckpointPlugin")
+    save = saver.save
+
+    def save_then_die(strategy, epochs_done):
+        save(strategy, epochs_done=epochs_done)
+        if stopped.progress["position"] == 1:
+            raise _Killed
+
+    saver.save = save_then_die
+    with pytest.raises(_Killed):
+        stopped.train_and_evaluate()
+    resumed = run(tmp_path / "stopped")
+    resumed.restore(tmp_path / "stopped" / CHECKPOINT)
+    assert resumed.progress["position"] == 1
+    resumed.train_and_evaluate()
+    got = resumed.write_results(final=True)
+    for key in ("accuracy_matrix", "final_accuracy", "task_id_accuracy", "forgetting"):
+        assert got[key] == expected[key], key
+
+
+def test_plugin_in_the_joint_protocol(tmp_path):
+    cfg = compose_cfg("strategy=lora", "strategy.protocol=joint", "+plugin=[gist,coeff]",
+                      "benchmark.domains=[digits,pedestrians]", *TINY)
+    res = run_in_process(cfg, tmp_path)
+    assert res["finished"] and len(res["accuracy_matrix"]) == 1 and len(res["accuracy_matrix"][0]) == 2
+    lora = 2 * (8 * 64 + 64 * 8)
+    assert set(res["params"]["per_task_excl_classifier"].values()) == {lora + 64 + 2 * 2 * 2}
