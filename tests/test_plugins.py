@@ -57,7 +57,8 @@ def _stop_and_resume(tmp_path, overrides, stop_after: int) -> tuple[dict, dict, 
 @pytest.mark.parametrize("overrides", [
     ["strategy=adapter", "strategy.protocol=sequential", "+plugin=gist"],
     ["strategy=lora_qkv", "strategy.protocol=sequential", "+plugin=coeff"],
-], ids=["gist+adapter", "coeff+lora_qkv"])
+    ["strategy=vpt", "strategy.protocol=sequential", "strategy.method.length=4", "+plugin=[gist,coeff]"],
+], ids=["gist+adapter", "coeff+lora_qkv", "gist+coeff+vpt"])
 def test_plugin_in_the_sequential_protocol_resumes_exactly(tmp_path, overrides):
     expected, got, full = _stop_and_resume(tmp_path, overrides, stop_after=1)
     for key in ("accuracy_matrix", "final_accuracy", "task_id_accuracy", "params", "forgetting"):
