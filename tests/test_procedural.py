@@ -272,3 +272,14 @@ def test_eval_split_val_needs_a_validation_split():
         P.load_procedural(["textures"], n_train=20, n_test=20, n_val=10, eval_split="train")
     with pytest.raises(DataError, match="n_val"):
         P.load_procedural(["textures"], n_train=20, n_test=20, n_val=-1)
+
+
+def test_a_run_evaluated_on_val_records_it(tmp_path):
+    from runs import compose_cfg, run_in_process
+
+    cfg = compose_cfg("strategy=linear", "benchmark.domains=[pedestrians]", "benchmark.n_train=32",
+                      "benchmark.n_test=16", "benchmark.n_val=24", "benchmark.eval_split=val", "optim.epochs=1",
+                      "checkpoint_every=0")
+    res = run_in_process(cfg, tmp_path / "run")
+    (task,) = res["tasks"]
+    assert task["info"]["eval_split"] == "val" and task["n_test"] == 24 and task["info"]["n_val"] == 24
