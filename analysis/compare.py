@@ -12,12 +12,15 @@ What a run is
 - split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
   ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
 - hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
-  configuration (seed, split size and choice, threads, progress, resume, checkpointing, hydra.*);
+  configuration (seed, split size and choice, threads, progress, resume, checkpointing, hydra.*) and the
+  ones that choose *what* is evaluated (``benchmark=``, ``benchmark.domains=``): runs of one method, split
+  and setting are merged across benchmarks, so a VTAB sweep with one dataset per run makes one row;
 - seed: ``results["seed"]``.
 
 Selection rule (``--select mean``, the default)
 1. For each method and hyperparameter setting, the *validation score* is the mean over seeds of the
-   run's average accuracy over tasks, using val runs only. Test runs are never used for selection.
+   average accuracy over the setting's tasks (seeds that have every task), using val runs only. Test runs
+   are never used for selection.
 2. The chosen setting has the highest validation score; ties go to fewer trainable parameters per task,
    then to the lexicographically smallest setting (deterministic).
 3. The row reports the *test* runs with exactly that setting: per task and for the mean, mean ± std
@@ -41,9 +44,10 @@ from typing import Optional
 
 SCHEMA_VERSION = 1
 # overrides that never distinguish a configuration (the split and its size are how val/test runs pair up)
-NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark.eval_split=", "benchmark.n_val=",
-                       "benchmark.n_test=", "hydra", "resume=", "threads=", "progress=", "num_workers=", "device=",
-                       "checkpoint_every=", "eval_batch_size=", "allow_config_change=")
+NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark=", "benchmark.domains=",
+                       "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
+                       "progress=", "num_workers=", "device=", "checkpoint_every=", "eval_batch_size=",
+                       "allow_config_change=")
 
 
 # ------------------------------------------------------------------------------------------- reading runs
@@ -96,13 +100,40 @@ class Run:
         self.method, self.split, self.hp, self.seed = method_of(res), split_of(res), hyperparameters_of(res), res["seed"]
         self.tasks = [t["name"] for t in res["tasks"]]
         self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
-        self.average = float(res["average_accuracy"])
         params = res["params"]
-        per_task = params["per_task"]
-        self.params = sum(per_task.values()) / len(per_task) if per_task else None
-        excl = params.get("per_task_excl_classifier") or {}
-        self.params_excl = sum(excl.values()) / len(excl) if excl else None
+        self.params = dict(params.get("per_task") or {})
+        self.params_excl = dict(params.get("per_task_excl_classifier") or {})
         self.backbone = params.get("backbone")
+
+
+class Cell:
+    """Every run of one method, split and hyperparameter setting, merged across benchmarks: per seed, each
+    task's accuracy (a VTAB sweep runs one dataset per run; a multi-task run holds several tasks)."""
+
+    def __init__(self):
+        self.acc: dict = defaultdict(dict)  # seed -> task -> accuracy
+        self.params: dict[str, float] = {}
+        self.params_excl: dict[str, float] = {}
+        self.backbone: Optional[int] = None
+
+    def add(self, run: Run) -> None:
+        for t, a in run.acc.items():
+            self.acc[run.seed][t] = a  # a task run twice under one seed: the later path wins (runs come sorted)
+        self.params.update(run.params)
+        self.params_excl.update(run.params_excl)
+        self.backbone = self.backbone or run.backbone
+
+    def task_values(self, task: str) -> list[float]:
+        return [accs[task] for _, accs in sorted(self.acc.items()) if task in accs]
+
+    def average_values(self, tasks: Optional[list[str]] = None) -> list[float]:
+        """Per seed, the average over ``tasks`` (default: every task of the cell) where the seed has all."""
+        tasks = tasks or sorted({t for accs in self.acc.values() for t in accs})
+        return [sum(accs[t] for t in tasks) / len(tasks) for _, accs in sorted(self.acc.items())
+                if all(t in accs for t in tasks)]
+
+    def mean_params(self) -> Optional[float]:
+        return sum(self.params.values()) / len(self.params) if self.params else None
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -121,18 +152,13 @@ def fmt(m: Optional[float], s: Optional[float], scale: float = 100.0) -> str:
     return f"{scale * m:.1f}" if s is None else f"{scale * m:.1f} ± {scale * s:.1f}"
 
 
-def _by_seed(runs: list[Run]) -> dict:
-    """One run per seed (the newest path wins if a seed was run twice)."""
-    out = {}
-    for r in sorted(runs, key=lambda r: str(r.path)):
-        out[r.seed] = r
-    return out
-
-
 # ------------------------------------------------------------------------------------------- selection
-def _choose(scores: dict[tuple, float], params: dict[tuple, Optional[float]]) -> tuple:
-    return min(scores, key=lambda hp: (-scores[hp], params.get(hp) if params.get(hp) is not None else math.inf,
-                                       describe(hp)))
+def _choose(scores: dict[tuple, float], cells: dict[tuple, Cell]) -> tuple:
+    def fewer_params(hp):
+        n = cells[hp].mean_params()
+        return math.inf if n is None else n
+
+    return min(scores, key=lambda hp: (-scores[hp], fewer_params(hp), describe(hp)))
 
 
 def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict]]:
@@ -142,59 +168,58 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
     tasks: list[str] = []
     for r in runs:
         tasks += [t for t in r.tasks if t not in tasks]
-    grouped: dict[str, dict[str, dict[tuple, list[Run]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in runs:
-        grouped[r.method][r.split][r.hp].append(r)
+    cells: dict[str, dict[str, dict[tuple, Cell]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(Cell)))
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        cells[r.method][r.split][r.hp].add(r)
     rows = []
-    for method in sorted(grouped):
-        val, test = grouped[method].get("val", {}), grouped[method].get("test", {})
-        params = {hp: _by_seed(rs)[min(_by_seed(rs))].params for hp, rs in {**test, **val}.items()}
+    for method in sorted(cells):
+        val, test = cells[method].get("val", {}), cells[method].get("test", {})
         if not val:
             for hp in sorted(test, key=describe):
                 rows.append(_row(method, tasks, {t: hp for t in tasks}, test, "no val runs"))
             continue
         if select == "mean":
-            scores = {hp: mean_std([r.average for r in _by_seed(rs).values()])[0] for hp, rs in val.items()}
-            best = _choose(scores, params)
+            scores = {hp: mean_std(c.average_values())[0] for hp, c in val.items()}
+            scores = {hp: v for hp, v in scores.items() if v is not None}
+            best = _choose(scores, val)
             rows.append(_row(method, tasks, {t: best for t in tasks}, test, f"val {100 * scores[best]:.1f}"))
         else:
             chosen = {}
             for t in tasks:
-                scores = {hp: mean_std([r.acc[t] for r in _by_seed(rs).values() if t in r.acc])[0]
-                          for hp, rs in val.items()}
-                scores = {hp: s for hp, s in scores.items() if s is not None}
+                scores = {hp: mean_std(c.task_values(t))[0] for hp, c in val.items()}
+                scores = {hp: v for hp, v in scores.items() if v is not None}
                 if scores:
-                    chosen[t] = _choose(scores, params)
+                    chosen[t] = _choose(scores, val)
             rows.append(_row(method, tasks, chosen, test, "val per task"))
     return tasks, rows
 
 
-def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tuple, list[Run]], how: str) -> dict:
+def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tuple, Cell], how: str) -> dict:
     row = {"method": method}
     per_seed: dict = defaultdict(dict)  # seed -> task -> accuracy, from the chosen settings' test runs
-    missing = []
+    params, params_excl, backbone, missing = {}, {}, None, []
     for t in tasks:
         hp = chosen.get(t)
-        runs = _by_seed(test.get(hp, [])) if hp is not None else {}
-        accs = {seed: r.acc[t] for seed, r in runs.items() if t in r.acc}
+        cell = test.get(hp) if hp is not None else None
+        accs = {seed: a[t] for seed, a in cell.acc.items() if t in a} if cell is not None else {}
         if hp is not None and not accs:
             missing.append(t)
         for seed, a in accs.items():
             per_seed[seed][t] = a
-        row[t] = fmt(*mean_std(list(accs.values())))
+        row[t] = fmt(*mean_std([accs[s] for s in sorted(accs)]))
+        if accs:
+            params[t], backbone = cell.params.get(t), backbone or cell.backbone
+            params_excl[t] = cell.params_excl.get(t)
     present = [t for t in tasks if any(t in d for d in per_seed.values())]
-    complete = [s for s, d in per_seed.items() if all(t in d for t in present)]
-    m, s = mean_std([sum(per_seed[seed][t] for t in present) / len(present) for seed in complete] if present else [])
-    row["mean"] = fmt(m, s)
+    complete = sorted(s for s, d in per_seed.items() if present and all(t in d for t in present))
+    row["mean"] = fmt(*mean_std([sum(per_seed[s][t] for t in present) / len(present) for s in complete]))
     row["seeds"] = len(complete)
+    n = [v for v in params.values() if v is not None]
+    n_excl = [v for v in params_excl.values() if v is not None]
+    row["params"] = round(sum(n) / len(n)) if n else ""
+    row["params_excl_head"] = round(sum(n_excl) / len(n_excl)) if n_excl else ""
+    row["params_%"] = f"{100 * (sum(n) / len(n)) / backbone:.3f}" if n and backbone else ""
     hps = sorted(set(chosen.values()), key=describe)
-    sample = next((r for hp in hps for r in test.get(hp, [])), None)
-    if sample is not None and sample.params is not None:
-        row["params"] = round(sample.params)
-        row["params_excl_head"] = round(sample.params_excl) if sample.params_excl is not None else ""
-        row["params_%"] = f"{100 * sample.params / sample.backbone:.3f}" if sample.backbone else ""
-    else:
-        row["params"] = row["params_excl_head"] = row["params_%"] = ""
     if len(hps) == 1:
         row["hyperparameters"] = describe(hps[0])
     else:

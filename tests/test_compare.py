@@ -124,3 +124,18 @@ def test_plugins_are_part_of_the_method_and_schema_is_checked(tmp_path):
     (run / "results.json").write_text(json.dumps(data))
     with pytest.raises(SystemExit, match="schema_version"):
         compare.load(run)
+
+
+def test_one_dataset_per_run_sweeps_merge_into_one_row(tmp_path):
+    """VTAB style: every run holds one dataset (benchmark=vtab/<name>); a setting's runs merge across them."""
+    for seed in (0, 1):
+        for lr, shift in (("1e-2", 0.0), ("1e-3", -0.2)):
+            for name, acc in (("cifar", 0.6), ("dtd", 0.4)):
+                for split in ("val", "test"):
+                    fake(tmp_path, "gift", seed, split, {name: acc + shift + 0.02 * seed},
+                         [f"benchmark=vtab/{name}", f"optim.lr={lr}"], params={"cifar": 1100, "dtd": 1500}[name])
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    tasks, (row,) = compare.compare(runs)
+    assert tasks == ["cifar", "dtd"] and row["hyperparameters"] == "optim.lr=1e-2"
+    assert row["cifar"] == "61.0 ± 1.4" and row["dtd"] == "41.0 ± 1.4" and row["mean"] == "51.0 ± 1.4"
+    assert row["seeds"] == 2 and row["params"] == 1300
