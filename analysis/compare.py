@@ -7,8 +7,8 @@ numbers reported from the matching test runs, mean ± std over seeds. Markdown a
 Reads only the results schema (``results.json``, ``schema_version`` 1) below the given folders.
 
 What a run is
-- method: ``results["strategy"]`` plus its model plug-ins from the ``+plugin=...`` override
-  (``gift+gist``, ``lora+coeff``);
+- method: ``results["strategy"]`` plus its model plug-ins (``gift+gist``, ``lora+coeff``), read from the
+  run's ``config_resolved.yaml`` (``strategy.method.plugins``), else from the ``+plugin=...`` override;
 - split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
   ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
 - hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
@@ -75,8 +75,27 @@ def plugins_of(overrides: list[str]) -> list[str]:
     return sorted(set(names))
 
 
-def method_of(res: dict) -> str:
-    return "+".join([res["strategy"], *plugins_of(res.get("overrides", []))])
+def resolved_plugins(run: Optional[Path]) -> Optional[list[str]]:
+    """Plug-in names from the run's ``config_resolved.yaml`` (``strategy.method.plugins``), if it is there."""
+    path = None if run is None else Path(run) / "config_resolved.yaml"
+    if path is None or not path.is_file():
+        return None
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text()) or {}
+    plugins = ((cfg.get("strategy") or {}).get("method") or {}).get("plugins") or {}
+    return sorted(plugins)
+
+
+def method_of(res: dict, run: Optional[Path] = None) -> str:
+    """The strategy and its model plug-ins: ``results["plugins"]`` if the schema has it, else the run's
+    resolved configuration, else the ``+plugin=`` override."""
+    plugins = res.get("plugins")
+    if plugins is None:
+        plugins = resolved_plugins(run)
+    if plugins is None:
+        plugins = plugins_of(res.get("overrides", []))
+    return "+".join([res["strategy"], *sorted(plugins)])
 
 
 def split_of(res: dict) -> str:
@@ -97,7 +116,7 @@ def describe(hp: tuple[str, ...]) -> str:
 class Run:
     def __init__(self, res: dict, path: Optional[Path] = None):
         self.res, self.path = res, path
-        self.method, self.split, self.hp, self.seed = method_of(res), split_of(res), hyperparameters_of(res), res["seed"]
+        self.method, self.split, self.hp, self.seed = method_of(res, path), split_of(res), hyperparameters_of(res), res["seed"]
         self.tasks = [t["name"] for t in res["tasks"]]
         self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
         params = res["params"]

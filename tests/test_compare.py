@@ -139,3 +139,9 @@ def test_one_dataset_per_run_sweeps_merge_into_one_row(tmp_path):
     assert tasks == ["cifar", "dtd"] and row["hyperparameters"] == "optim.lr=1e-2"
     assert row["cifar"] == "61.0 ± 1.4" and row["dtd"] == "41.0 ± 1.4" and row["mean"] == "51.0 ± 1.4"
     assert row["seeds"] == 2 and row["params"] == 1300
+
+
+def test_plugins_are_read_from_the_resolved_config(tmp_path):
+    run = fake(tmp_path, "adapter", 0, "test", {"digits": 0.5})
+    (run / "config_resolved.yaml").write_text("strategy:\n  method:\n    plugins:\n      gist: {}\n      coeff: {}\n")
+    assert compare.Run(compare.load(run), run).method == "adapter+coeff+gist"
