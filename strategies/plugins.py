@@ -1,5 +1,5 @@
 """Plugins of our strategy: the timm LR schedule, progress bars, checkpoints inside an experience, and
-Avalanche's EWC and LwF with state that survives a checkpoint.
+Avalanche's EWC, LwF and Replay with state that survives a checkpoint.
 
 A plugin whose state must survive a checkpoint provides ``state_dict()`` / ``load_state_dict(state)``
 returning and taking tensors and plain containers only (checkpoints load with ``weights_only=True``); the
@@ -11,7 +11,9 @@ import copy
 from typing import Callable, Optional
 
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EWCPlugin, LwFPlugin
+import torch
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData
 from tqdm.auto import tqdm
 
@@ -160,3 +162,86 @@ class LwF(LwFPlugin):
             prev.load_state_dict(self._pending, strict=False)
             self.lwf.prev_model, self._pending = prev, None
         super().before_training_exp(strategy, **kwargs)
+
+
+class _IndexedReservoir(ReservoirSamplingBuffer):
+    """One experience's share of the replay buffer (Avalanche's reservoir sampling, same random draws),
+    remembering which samples of the experience's dataset it holds."""
+
+    def __init__(self, max_size: int, experience: int):
+        super().__init__(max_size)
+        self.experience = experience
+        self.indices = torch.zeros(0, dtype=torch.long)
+
+    def update_from_dataset(self, new_data):
+        # a group only ever receives its own experience, once: Avalanche's cat with an empty buffer reduces to this
+        if len(self.buffer):
+            raise RuntimeError("an experience's replay group is filled once")
+        weights, order = torch.rand(len(new_data)).sort(descending=True)
+        self.indices, self._buffer_weights = order[: self.max_size], weights[: self.max_size]
+        self.buffer = new_data.subset(self.indices)
+
+    def resize(self, strategy, new_size: int):
+        super().resize(strategy, new_size)
+        self.indices = self.indices[: self.max_size]
+
+    def rebuild(self, dataset) -> None:
+        self.buffer = dataset.subset(self.indices)
+
+
+class _IndexedBalancedBuffer(ExperienceBalancedBuffer):
+    """Avalanche's experience-balanced buffer over :class:`_IndexedReservoir` groups."""
+
+    def post_adapt(self, agent, exp):
+        self._num_exps += 1
+        lens = self.get_group_lengths(self._num_exps)
+        group = _IndexedReservoir(lens[-1], int(exp.current_experience))
+        group.update_from_dataset(exp.dataset)
+        self.buffer_groups[self._num_exps - 1] = group
+        for size, g in zip(lens, self.buffer_groups.values()):
+            g.resize(agent, size)
+
+
+class Replay(ReplayPlugin):
+    """Avalanche's experience replay (experience-balanced reservoir buffer of ``mem_size`` samples) whose
+    buffer survives a checkpoint: each group is saved as its experience id, the dataset indices it holds
+    and its reservoir weights, and rebuilt from the training stream when training resumes."""
+
+    _pending: Optional[dict] = None
+
+    def __init__(self, mem_size: int = 200, batch_size: Optional[int] = None, batch_size_mem: Optional[int] = None,
+                 task_balanced_dataloader: bool = False):
+        if mem_size < 1:
+            raise ValueError(f"replay mem_size must be >= 1, got {mem_size}")
+        super().__init__(mem_size=mem_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
+                         task_balanced_dataloader=task_balanced_dataloader,
+                         storage_policy=_IndexedBalancedBuffer(max_size=mem_size, adaptive_size=True))
+
+    def state_dict(self) -> dict:
+        policy = self.storage_policy
+        if self._pending is not None:  # restored but not yet rebuilt: pass it on unchanged
+            return self._pending
+        return {"num_exps": policy._num_exps,
+                "groups": [{"key": int(k), "experience": g.experience, "max_size": g.max_size,
+                            "indices": g.indices.clone(), "weights": g._buffer_weights.clone()}
+                           for k, g in policy.buffer_groups.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state
+
+    def _rebuild(self, strategy) -> None:
+        state, self._pending = self._pending, None
+        stream = strategy.experience.origin_stream
+        policy = self.storage_policy
+        policy._num_exps = state["num_exps"]
+        policy.buffer_groups = {}
+        for g in state["groups"]:
+            group = _IndexedReservoir(g["max_size"], g["experience"])
+            group.indices, group._buffer_weights = g["indices"].long(), g["weights"]
+            group.rebuild(stream[g["experience"]].dataset)
+            policy.buffer_groups[g["key"]] = group
+
+    def before_training_exp(self, strategy, *args, **kwargs):
+        if self._pending is not None:
+            self._rebuild(strategy)
+        super().before_training_exp(strategy, *args, **kwargs)

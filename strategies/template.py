@@ -4,7 +4,8 @@ It adds to Avalanche's ``SupervisedTemplate`` what the project needs and 0.6 get
 - a fresh optimizer per experience over exactly the parameters that train for it, in the official two
   groups (the template's ``make_optimizer`` would register the frozen backbone and guess groups;
   avalanche-0.6-notes §2.4), and the timm cosine schedule;
-- the model's regulariser (e.g. the anchored GIFT trunk's penalty) added to the loss;
+- the model's regulariser (e.g. the anchored GIFT trunk's penalty) and its plug-ins' auxiliary losses
+  (GIST) added to the loss;
 - a stop on a non-finite loss, naming the task, epoch, step and learning rate;
 - ``end_task`` after the plugins' ``after_training_exp`` (EWC needs live gradients there), storing the
   task's mean frozen [CLS] feature for task-id inference;
@@ -74,7 +75,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def criterion(self):
-        return self._criterion(self.mb_output, self.mb_y) + self.model.penalty()
+        # penalty: the method's regulariser; auxiliary_loss: model plug-ins' terms (GIST), 0 without any
+        aux = self.model.auxiliary_loss(self.mb_y) if self.is_training else 0.0
+        return self._criterion(self.mb_output, self.mb_y) + self.model.penalty() + aux
 
     def backward(self):
         # after every plugin's before_backward, so their loss terms (EWC, LwF) are checked too

@@ -28,6 +28,11 @@ def linear_probe(tmp_path_factory):
     ("lora", []),
     ("finetune", []),
     ("bitfit", []),
+    ("vpt", []),
+    ("adapter", []),
+    ("lora_qkv", []),
+    ("gift", ["generator=paca", "+plugin=gist"]),
+    ("lora", ["+plugin=coeff"]),
 ])
 def test_single_task_methods_learn(tmp_path, strategy, overrides, linear_probe):
     acc = single_task_accuracy(tmp_path, strategy, "optim.epochs=6", *overrides)
@@ -41,7 +46,8 @@ def test_linear_probe_learns(linear_probe):
 
 
 @pytest.mark.parametrize("strategy", ["gift_multitask", "lora_multitask", "linear_multitask", "finetune_multitask",
-                                      "naive", "ewc", "lwf", "bitfit strategy.protocol=sequential"])
+                                      "naive", "ewc", "lwf", "bitfit strategy.protocol=sequential",
+                                      "replay"])
 def test_continual_methods_learn_every_task(tmp_path, strategy):
     cfg = compose_cfg(*f"strategy={strategy}".split(), "benchmark.domains=[textures,pedestrians]", "optim.epochs=3",
                       "benchmark.n_train=300", "benchmark.n_test=200", "checkpoint_every=0", model="vit_procedural")

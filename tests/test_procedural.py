@@ -231,3 +231,55 @@ def test_hydra_configs_instantiate(config):
     expected = P.DECATHLON if bench.domains is None else list(bench.domains)
     assert [t.name for t in tasks] == expected
     assert all(t.train[0][0].shape == (3, 32, 32) for t in tasks)
+
+
+# ------------------------------------------------------------------------------ validation split
+def _hashes(images: np.ndarray) -> set[bytes]:
+    return {img.tobytes() for img in images}
+
+
+@pytest.mark.parametrize("domain", ["textures", "pedestrians"])
+def test_validation_split_is_disjoint_and_deterministic(domain, cache_dir):
+    xs, _ = P.generate(domain, 60, split="train", seed=0)
+    xt, _ = P.generate(domain, 40, split="test", seed=0)
+    xv, yv = P.generate(domain, 40, split="val", seed=0)
+    assert not _hashes(xv) & _hashes(xs) and not _hashes(xv) & _hashes(xt)
+    # determinism: regenerated without the cache, in a different order, it is the same
+    for f in cache_dir.glob("*.npz"):
+        f.unlink()
+    P.generate(domain, 40, split="test", seed=0)
+    xv2, yv2 = P.generate(domain, 40, split="val", seed=0)
+    assert np.array_equal(xv, xv2) and np.array_equal(yv, yv2)
+
+
+def test_n_val_default_changes_nothing_and_eval_split_val_swaps_the_evaluated_split():
+    base = P.load_procedural(["textures"], n_train=20, n_test=20)[0]
+    with_val = P.load_procedural(["textures"], n_train=20, n_test=20, n_val=40)[0]
+    on_val = P.load_procedural(["textures"], n_train=20, n_test=20, n_val=40, eval_split="val")[0]
+    assert base.info["eval_split"] == "test" and base.info["n_val"] == 0
+    for t in (with_val, on_val):  # the training split never depends on the validation split
+        assert np.array_equal(t.train.images, base.train.images)
+    assert np.array_equal(with_val.test.images, base.test.images)
+    assert on_val.info["eval_split"] == "val" and len(on_val.test) == 40 and on_val.info["n_test"] == 40
+    val_images, _ = P.generate("textures", 40, split="val", seed=0)
+    assert np.array_equal(on_val.test.images, val_images)
+
+
+def test_eval_split_val_needs_a_validation_split():
+    with pytest.raises(DataError, match="n_val"):
+        P.load_procedural(["textures"], n_train=20, n_test=20, eval_split="val")
+    with pytest.raises(DataError, match="eval_split"):
+        P.load_procedural(["textures"], n_train=20, n_test=20, n_val=10, eval_split="train")
+    with pytest.raises(DataError, match="n_val"):
+        P.load_procedural(["textures"], n_train=20, n_test=20, n_val=-1)
+
+
+def test_a_run_evaluated_on_val_records_it(tmp_path):
+    from runs import compose_cfg, run_in_process
+
+    cfg = compose_cfg("strategy=linear", "benchmark.domains=[pedestrians]", "benchmark.n_train=32",
+                      "benchmark.n_test=16", "benchmark.n_val=24", "benchmark.eval_split=val", "optim.epochs=1",
+                      "checkpoint_every=0")
+    res = run_in_process(cfg, tmp_path / "run")
+    (task,) = res["tasks"]
+    assert task["info"]["eval_split"] == "val" and task["n_test"] == 24 and task["info"]["n_val"] == 24

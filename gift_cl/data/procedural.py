@@ -1134,6 +1134,17 @@ def _per_domain(value, domains: list[str], what: str, default: int) -> dict[str,
     return {d: v for d in domains}
 
 
+def _per_domain_or_zero(value, domains: list[str]) -> dict[str, int]:
+    """Like `_per_domain`, but 0 (no split) is allowed and is the default for unnamed domains."""
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in DOMAINS]
+        if unknown:
+            raise DataError(f"procedural: n_val names unknown domains {unknown}; known domains: {', '.join(DOMAINS)}")
+        return {d: _check_int(f"n_val[{d!r}]", value.get(d, 0), 0) for d in domains}
+    v = _check_int("n_val", value, 0)
+    return {d: v for d in domains}
+
+
 def _transform(size: int, resize_to: int | None, mean, std, augment: bool, hflip: bool):
     from torchvision import transforms as T
 
@@ -1149,13 +1160,22 @@ def _transform(size: int, resize_to: int | None, mean, std, augment: bool, hflip
     return T.Compose(steps)
 
 
+_EVAL_SPLITS = ("test", "val")
+
+
 def load_procedural(domains: list[str] | None = None, *, n_train=500, n_test=200, image_size: int = 32,
                     resize_to: int | None = None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed: int = 0,
-                    augment: bool = False) -> list[TaskData]:
+                    augment: bool = False, n_val=0, eval_split: str = "test") -> list[TaskData]:
     """One TaskData per domain (default: the DECATHLON, in stream order).
 
-    `n_train` / `n_test` are ints or {domain: int} overrides (domains not named keep 500 / 200).
+    `n_train` / `n_test` / `n_val` are ints or {domain: int} overrides (domains not named keep 500 / 200 / 0).
     Flip augmentation is applied only to domains whose spec says mirroring keeps the class.
+
+    Validation split: `n_val` images per domain drawn from their own seed stream (split "val" enters the
+    SHA-256 seed, like "train" and "test"), so val is deterministic and independent of train and test, and
+    adding it changes no train/test image. `n_val=0` (default) generates none. With `eval_split="val"` each
+    task's evaluation split (`TaskData.test`) is the validation split, for hyperparameter selection;
+    `info["eval_split"]` records which split the run evaluated on.
     """
     names = list(DECATHLON if domains is None else [domains] if isinstance(domains, str) else domains)
     if not names:
@@ -1172,14 +1192,25 @@ def load_procedural(domains: list[str] | None = None, *, n_train=500, n_test=200
         raise DataError(f"procedural: mean/std need 3 entries and std > 0, got {mean} / {std}")
     sizes_train = _per_domain(n_train, names, "n_train", 500)
     sizes_test = _per_domain(n_test, names, "n_test", 200)
+    if eval_split not in _EVAL_SPLITS:
+        raise DataError(f"procedural: eval_split must be one of {_EVAL_SPLITS}, got {eval_split!r}")
+    sizes_val = _per_domain_or_zero(n_val, names)
+    if eval_split == "val":
+        empty = [d for d in names if sizes_val[d] == 0]
+        if empty:
+            raise DataError(f"procedural: eval_split=val needs n_val > 0; domains without a validation split: {empty}")
 
     tasks = []
     for name in names:
         spec = DOMAINS[name]
         xs, ys = generate(name, sizes_train[name], split="train", seed=seed, image_size=image_size)
-        xt, yt = generate(name, sizes_test[name], split="test", seed=seed, image_size=image_size)
+        if eval_split == "val":
+            xt, yt = generate(name, sizes_val[name], split="val", seed=seed, image_size=image_size)
+        else:
+            xt, yt = generate(name, sizes_test[name], split="test", seed=seed, image_size=image_size)
         info = dict(source="procedural", version=VERSION, seed=seed, mimics=spec.mimics, grey=spec.grey,
-                    native_size=image_size, resize_to=resize_to, n_train=len(ys), n_test=len(yt), augment=augment)
+                    native_size=image_size, resize_to=resize_to, n_train=len(ys), n_test=len(yt), augment=augment,
+                    eval_split=eval_split, n_val=sizes_val[name])
         tasks.append(TaskData(
             name=name,
             train=ArrayDataset(xs, ys, _transform(image_size, resize_to, mean, std, augment, spec.hflip_ok)),

@@ -1,11 +1,16 @@
 """Task-aware models, one file per method; every protocol (independent, sequential, joint) uses them."""
+from .adapter import AdapterMethod
 from .base import PAD_LOGIT, TaskAwareModel
 from .bitfit import BitFit
+from .coeff import CoeffTuning
 from .finetune import FullFinetune
 from .gift import GiftMethod
+from .gist import Gist
 from .linear import LinearProbe
 from .lora import LoraMethod
+from .plugin import ModelPlugin
 from .shared import SharedBackbone
+from .vpt import VptDeep
 
-__all__ = ["PAD_LOGIT", "TaskAwareModel", "BitFit", "FullFinetune", "GiftMethod", "LinearProbe", "LoraMethod",
-           "SharedBackbone"]
+__all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "BitFit", "CoeffTuning", "FullFinetune", "GiftMethod",
+           "Gist", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]

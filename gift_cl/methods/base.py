@@ -12,11 +12,15 @@ feature for task-id inference).
 Adding a method: subclass :class:`TaskAwareModel` in a file of its own, implement ``features``,
 ``frozen_features`` and ``frozen_state_keys``, and say which parameters train (``add_task_parts``,
 ``task_parameters``, ``shared_parameters``). See ``bitfit.py`` for a short worked example.
+
+Model plug-ins (GIST, Coeff-Tuning; ``plugin.py``) attach to the ViT(s) a method runs: every method
+accepts ``plugins={name: ModelPlugin}`` and says which ViT a task runs through (``vit(task)``).
 """
 from __future__ import annotations
 
 import abc
-from typing import Optional, Sequence
+import contextlib
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +59,7 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         self.backbone_params = backbone_parameter_count(backbone)
         self.classifiers = nn.ModuleDict()
         self.prototypes: dict[int, torch.Tensor] = {}
+        self.model_plugins = nn.ModuleDict()  # name -> ModelPlugin (GIST, Coeff-Tuning, ...)
 
     # --------------------------------------------------------------- what a method provides
     @abc.abstractmethod
@@ -74,7 +79,8 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """Parameters that belong to ``task`` only (trained during its experience, then frozen)."""
-        return list(self.classifiers[str(task)].parameters())
+        own = list(self.classifiers[str(task)].parameters())
+        return own + [p for plugin in self.model_plugins.values() for p in plugin.task_parameters(task)]
 
     def shared_parameters(self, task: int) -> list[nn.Parameter]:
         """Shared parameters that train during ``task`` (e.g. a GIFT trunk under a trunk policy)."""
@@ -83,6 +89,36 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
     def penalty(self) -> torch.Tensor | float:
         """A regulariser added to the task loss (0 unless the method needs one)."""
         return 0.0
+
+    def vit(self, task: int) -> nn.Module:
+        """The timm ViT that task ``task``'s forward pass runs through (where plug-ins attach)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which ViT a task runs (vit(task)): "
+                                  "it cannot take model plug-ins")
+
+    # --------------------------------------------------------------- model plug-ins (plugin.py)
+    def use_plugins(self, plugins: Optional[Mapping[str, nn.Module]]) -> None:
+        """Take the plug-ins a method was constructed with (call at the end of ``__init__``)."""
+        for name, plugin in (plugins or {}).items():
+            if plugin is None:
+                continue
+            if not hasattr(plugin, "attach"):
+                raise TypeError(f"plug-in {name!r} is a {type(plugin).__name__}, not a ModelPlugin")
+            self.model_plugins[name] = plugin
+
+    def auxiliary_loss(self, targets: torch.Tensor) -> torch.Tensor | float:
+        """The plug-ins' loss terms for the last forward pass (e.g. GIST's Gist-token losses)."""
+        return sum((p.auxiliary_loss(targets) for p in self.model_plugins.values()), 0.0)
+
+    @contextlib.contextmanager
+    def plugin_task(self, task: Optional[int]):
+        """Switch the plug-ins to ``task``'s parts for the enclosed forward pass (None: off)."""
+        for p in self.model_plugins.values():
+            p.active = None if task is None else str(task)
+        try:
+            yield
+        finally:
+            for p in self.model_plugins.values():
+                p.active = None
 
     # --------------------------------------------------------------- Avalanche integration
     @property
@@ -99,6 +135,12 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         device = next(self.parameters()).device
         self.classifiers[str(task)] = nn.Linear(self.feature_dim, num_classes).to(device)
         self.add_task_parts(task)
+        if self.model_plugins:
+            vit = self.vit(task)
+            for plugin in self.model_plugins.values():
+                plugin.attach(vit)  # once per ViT; a plug-in marks the ViTs it hooked
+                plugin.add_task(task)
+            self.model_plugins.to(device)
         self.requires_grad_(False)  # nothing trains until begin_task says so
 
     def begin_task(self, tasks: Sequence[int]) -> None:
@@ -113,12 +155,23 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         self.requires_grad_(False)
 
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
-        return self.classifiers[str(task_label)](self.features(x, int(task_label)))
+        return self._forward_task(x, int(task_label), None)
+
+    def _forward_task(self, x: torch.Tensor, task: int, index: Optional[torch.Tensor]) -> torch.Tensor:
+        if not self.model_plugins:
+            return self.classifiers[str(task)](self.features(x, task))
+        with self.plugin_task(task):
+            feats = self.features(x, task)
+        head = self.classifiers[str(task)]
+        logits = head(feats)
+        for plugin in self.model_plugins.values():
+            plugin.after_head(task, head, logits, index)
+        return logits
 
     def forward_all_tasks(self, x: torch.Tensor) -> dict:
         """Every known head's logits (LwF asks for them each step). Avalanche runs one backbone forward
         per head; with task-independent features one forward serves all heads."""
-        if not self.shared_features:
+        if not self.shared_features or self.model_plugins:  # plug-ins make features task-dependent
             return super().forward_all_tasks(x)
         feats = self.features(x, None)
         return {t: self.classifiers[str(t)](feats) for t in sorted(self.known_train_tasks_labels)}
@@ -131,11 +184,13 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         out = x.new_full((x.shape[0], width), PAD_LOGIT)
         for t in unique:
             idx = (task_labels == t).nonzero(as_tuple=True)[0]
-            logits = self.forward_single_task(x[idx], int(t))
+            logits = self._forward_task(x[idx], int(t), idx)
             out[idx, : logits.shape[1]] = logits.to(out.dtype)
         return out
 
     def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
+        for plugin in self.model_plugins.values():
+            plugin.begin_forward()
         if task_labels is None:  # LwF asks every known head at once
             return self.forward_all_tasks(x)
         if isinstance(task_labels, int):
@@ -144,6 +199,8 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         unique = task_labels.unique()
         if len(unique) == 1:
             return self.forward_single_task(x, int(unique))
+        if self.model_plugins:  # one pass per task: plug-in parts are per task
+            return TaskAwareModel.forward_mixed(self, x, task_labels)
         return self.forward_mixed(x, task_labels)
 
     # --------------------------------------------------------------- task-id inference (ArtiHippo)
@@ -195,7 +252,10 @@ class FrozenBackboneModel(TaskAwareModel):
         self._frozen_keys: set[str] = set()
 
     def record_pretrained_keys(self) -> None:
-        self._frozen_keys = set(self.state_dict()) - {"_extra_state"}
+        self._frozen_keys = {k for k in self.state_dict() if not k.startswith("model_plugins.")} - {"_extra_state"}
+
+    def vit(self, task: int) -> nn.Module:
+        return self.backbone
 
     def frozen_state_keys(self) -> set[str]:
         return self._frozen_keys

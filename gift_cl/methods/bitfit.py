@@ -6,6 +6,8 @@ The worked example of "adding a method" (README): one file, one config (``config
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -18,13 +20,14 @@ def _key(name: str) -> str:
 
 
 class BitFit(FrozenBackboneModel):
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
         super().__init__(backbone)
         self.bias_names = [n for n, _ in self.backbone.named_parameters() if n.endswith(".bias")]
         if not self.bias_names:
             raise ValueError("BitFit needs a backbone with bias terms; this one has none")
         self.biases = nn.ModuleDict()  # task -> ParameterDict of that task's biases
         self.record_pretrained_keys()
+        self.use_plugins(plugins)
 
     def add_task_parts(self, task: int) -> None:
         pretrained = dict(self.backbone.named_parameters())

@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import copy
 
+from typing import Optional
+
 from torch import nn
 
 from .base import TaskAwareModel, headless
 
 
 class FullFinetune(TaskAwareModel):
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
         backbone = headless(backbone).requires_grad_(False)
         super().__init__(backbone)
         self.pretrained = backbone
         self.backbones = nn.ModuleDict()
         self._frozen_keys = {"pretrained." + k for k in backbone.state_dict()}
+        self.use_plugins(plugins)
+
+    def vit(self, task):
+        return self.backbones[str(task)]  # plug-ins hook each task's copy, never the pretrained one
 
     def add_task_parts(self, task):
         self.backbones[str(task)] = copy.deepcopy(self.pretrained)

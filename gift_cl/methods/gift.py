@@ -31,6 +31,7 @@ class GiftMethod(TaskAwareModel):
         anchor_weight: float = 1000.0,
         per_task_clusters: bool = True,
         per_task_recovery: bool = True,
+        plugins: Optional[dict] = None,
     ):
         if trunk not in TRUNK_POLICIES:
             raise ValueError(f"unknown trunk policy {trunk!r}; expected one of {TRUNK_POLICIES}")
@@ -44,6 +45,10 @@ class GiftMethod(TaskAwareModel):
         self.anchors: dict[int, dict[str, torch.Tensor]] = {}
         self.first_task: Optional[int] = None
         self._frozen_keys = {"gift." + k for k in self.gift.state_dict() if not k.startswith("generators.")}
+        self.use_plugins(plugins)
+
+    def vit(self, task: int) -> nn.Module:
+        return self.gift.model
 
     def add_task_parts(self, task: int) -> None:
         self.gift.add_head(str(task))

@@ -1,6 +1,8 @@
 """Linear probe: per-task classifiers on the frozen pretrained backbone."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 
 from .base import FrozenBackboneModel
@@ -9,9 +11,10 @@ from .base import FrozenBackboneModel
 class LinearProbe(FrozenBackboneModel):
     shared_features = True
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
         super().__init__(backbone)
         self.record_pretrained_keys()
+        self.use_plugins(plugins)
 
     def features(self, x, task):
         return self.backbone(x)

@@ -33,12 +33,13 @@ class MultiLoraLinear(nn.Module):
 
 class LoraMethod(FrozenBackboneModel):
     def __init__(self, backbone: nn.Module, rank: int = 8, alpha: float = 1.0,
-                 target_modules: Sequence[str] = ("attn.proj",)):
+                 target_modules: Sequence[str] = ("attn.proj",), plugins: Optional[dict] = None):
         super().__init__(backbone)
         self.targets = [n for n, _ in find_linear_targets(self.backbone, target_modules)]
         for n in self.targets:
             set_submodule(self.backbone, n, MultiLoraLinear(self.backbone.get_submodule(n), rank, alpha))
         self.record_pretrained_keys()
+        self.use_plugins(plugins)
 
     def _layers(self) -> list[MultiLoraLinear]:
         return [self.backbone.get_submodule(n) for n in self.targets]

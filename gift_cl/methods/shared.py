@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from typing import Optional
+
 from torch import nn
 
 from .base import TaskAwareModel, headless
@@ -12,12 +14,16 @@ from .base import TaskAwareModel, headless
 class SharedBackbone(TaskAwareModel):
     shared_features = True
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
         backbone = headless(backbone)
         super().__init__(backbone)
         self.backbone = backbone
         self.reference = copy.deepcopy(backbone).requires_grad_(False)
         self._frozen_keys = {"reference." + k for k in self.reference.state_dict()}
+        self.use_plugins(plugins)
+
+    def vit(self, task):
+        return self.backbone
 
     def shared_parameters(self, task):
         return list(self.backbone.parameters())

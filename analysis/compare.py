@@ -1,0 +1,299 @@
+"""Compare methods across a sweep: one row per method, hyperparameters chosen on validation runs and
+numbers reported from the matching test runs, mean ± std over seeds. Markdown and CSV.
+
+    python analysis/compare.py multirun/2026-11-23_10-00-00 [more dirs ...] [--csv table.csv] [--md table.md]
+           [--select mean|per-task]
+
+Reads only the results schema (``results.json``, ``schema_version`` 1) below the given folders.
+
+What a run is
+- method: ``results["strategy"]`` plus its model plug-ins (``gift+gist``, ``lora+coeff``), read from the
+  run's ``config_resolved.yaml`` (``strategy.method.plugins``), else from the ``+plugin=...`` override;
+- split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
+  ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
+- hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
+  configuration (seed, split size and choice, threads, progress, resume, checkpointing, hydra.*) and the
+  ones that choose *what* is evaluated (``benchmark=``, ``benchmark.domains=``): runs of one method, split
+  and setting are merged across benchmarks, so a VTAB sweep with one dataset per run makes one row;
+- seed: ``results["seed"]``.
+
+Selection rule (``--select mean``, the default)
+1. For each method and hyperparameter setting, the *validation score* is the mean over seeds of the
+   average accuracy over the setting's tasks (seeds that have every task), using val runs only. Test runs
+   are never used for selection.
+2. The chosen setting has the highest validation score; ties go to fewer trainable parameters per task,
+   then to the lexicographically smallest setting (deterministic).
+3. The row reports the *test* runs with exactly that setting: per task and for the mean, mean ± std
+   (sample std, n-1) over their seeds. Missing test runs leave the numbers empty and say so.
+``--select per-task`` chooses the setting per task (the VTAB-1k practice) by that task's validation
+accuracy (mean over seeds), the same tie-breaks; the mean column then averages, per seed, the chosen
+settings' test accuracies (seeds present for every task), and the chosen settings are listed per task.
+A method without any val run is not selected on: each of its settings gets its own row, marked
+``no val runs``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+SCHEMA_VERSION = 1
+# overrides that never distinguish a configuration (the split and its size are how val/test runs pair up)
+NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark=", "benchmark.domains=",
+                       "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
+                       "progress=", "num_workers=", "device=", "checkpoint_every=", "eval_batch_size=",
+                       "allow_config_change=")
+
+
+# ------------------------------------------------------------------------------------------- reading runs
+def find_runs(paths: list[str]) -> list[Path]:
+    runs = []
+    for p in map(Path, paths):
+        runs += [r.parent for r in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json"))]
+    return sorted(set(runs))
+
+
+def load(run: Path) -> dict:
+    res = json.loads((run / "results.json").read_text())
+    if res.get("schema_version") != SCHEMA_VERSION:
+        raise SystemExit(f"{run}/results.json: schema_version {res.get('schema_version')!r}, this tool reads "
+                         f"{SCHEMA_VERSION}")
+    return res
+
+
+def plugins_of(overrides: list[str]) -> list[str]:
+    names = []
+    for o in overrides:
+        if o.startswith(("+plugin=", "plugin=")):
+            value = o.split("=", 1)[1].strip()
+            names += [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    return sorted(set(names))
+
+
+def resolved_plugins(run: Optional[Path]) -> Optional[list[str]]:
+    """Plug-in names from the run's ``config_resolved.yaml`` (``strategy.method.plugins``), if it is there."""
+    path = None if run is None else Path(run) / "config_resolved.yaml"
+    if path is None or not path.is_file():
+        return None
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text()) or {}
+    plugins = ((cfg.get("strategy") or {}).get("method") or {}).get("plugins") or {}
+    return sorted(plugins)
+
+
+def method_of(res: dict, run: Optional[Path] = None) -> str:
+    """The strategy and its model plug-ins: ``results["plugins"]`` if the schema has it, else the run's
+    resolved configuration, else the ``+plugin=`` override."""
+    plugins = res.get("plugins")
+    if plugins is None:
+        plugins = resolved_plugins(run)
+    if plugins is None:
+        plugins = plugins_of(res.get("overrides", []))
+    return "+".join([res["strategy"], *sorted(plugins)])
+
+
+def split_of(res: dict) -> str:
+    splits = {(t.get("info") or {}).get("eval_split", "test") for t in res["tasks"]}
+    if len(splits) != 1:
+        raise SystemExit(f"a run mixes evaluation splits {sorted(splits)}")
+    return splits.pop()
+
+
+def hyperparameters_of(res: dict) -> tuple[str, ...]:
+    return tuple(sorted(o for o in res.get("overrides", []) if not o.startswith(NOT_HYPERPARAMETERS)))
+
+
+def describe(hp: tuple[str, ...]) -> str:
+    return " ".join(hp) if hp else "(defaults)"
+
+
+class Run:
+    def __init__(self, res: dict, path: Optional[Path] = None):
+        self.res, self.path = res, path
+        self.method, self.split, self.hp, self.seed = method_of(res, path), split_of(res), hyperparameters_of(res), res["seed"]
+        self.tasks = [t["name"] for t in res["tasks"]]
+        self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
+        params = res["params"]
+        self.params = dict(params.get("per_task") or {})
+        self.params_excl = dict(params.get("per_task_excl_classifier") or {})
+        self.backbone = params.get("backbone")
+
+
+class Cell:
+    """Every run of one method, split and hyperparameter setting, merged across benchmarks: per seed, each
+    task's accuracy (a VTAB sweep runs one dataset per run; a multi-task run holds several tasks)."""
+
+    def __init__(self):
+        self.acc: dict = defaultdict(dict)  # seed -> task -> accuracy
+        self.params: dict[str, float] = {}
+        self.params_excl: dict[str, float] = {}
+        self.backbone: Optional[int] = None
+
+    def add(self, run: Run) -> None:
+        for t, a in run.acc.items():
+            self.acc[run.seed][t] = a  # a task run twice under one seed: the later path wins (runs come sorted)
+        self.params.update(run.params)
+        self.params_excl.update(run.params_excl)
+        self.backbone = self.backbone or run.backbone
+
+    def task_values(self, task: str) -> list[float]:
+        return [accs[task] for _, accs in sorted(self.acc.items()) if task in accs]
+
+    def average_values(self, tasks: Optional[list[str]] = None) -> list[float]:
+        """Per seed, the average over ``tasks`` (default: every task of the cell) where the seed has all."""
+        tasks = tasks or sorted({t for accs in self.acc.values() for t in accs})
+        return [sum(accs[t] for t in tasks) / len(tasks) for _, accs in sorted(self.acc.items())
+                if all(t in accs for t in tasks)]
+
+    def mean_params(self) -> Optional[float]:
+        return sum(self.params.values()) / len(self.params) if self.params else None
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt(m: Optional[float], s: Optional[float], scale: float = 100.0) -> str:
+    if m is None:
+        return ""
+    return f"{scale * m:.1f}" if s is None else f"{scale * m:.1f} ± {scale * s:.1f}"
+
+
+# ------------------------------------------------------------------------------------------- selection
+def _choose(scores: dict[tuple, float], cells: dict[tuple, Cell]) -> tuple:
+    def fewer_params(hp):
+        n = cells[hp].mean_params()
+        return math.inf if n is None else n
+
+    return min(scores, key=lambda hp: (-scores[hp], fewer_params(hp), describe(hp)))
+
+
+def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict]]:
+    """The table: task names (columns) and one row per method (dicts of column -> value)."""
+    if select not in ("mean", "per-task"):
+        raise ValueError(f"select must be 'mean' or 'per-task', got {select!r}")
+    tasks: list[str] = []
+    for r in runs:
+        tasks += [t for t in r.tasks if t not in tasks]
+    cells: dict[str, dict[str, dict[tuple, Cell]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(Cell)))
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        cells[r.method][r.split][r.hp].add(r)
+    rows = []
+    for method in sorted(cells):
+        val, test = cells[method].get("val", {}), cells[method].get("test", {})
+        if not val:
+            for hp in sorted(test, key=describe):
+                rows.append(_row(method, tasks, {t: hp for t in tasks}, test, "no val runs"))
+            continue
+        if select == "mean":
+            scores = {hp: mean_std(c.average_values())[0] for hp, c in val.items()}
+            scores = {hp: v for hp, v in scores.items() if v is not None}
+            best = _choose(scores, val)
+            rows.append(_row(method, tasks, {t: best for t in tasks}, test, f"val {100 * scores[best]:.1f}"))
+        else:
+            chosen = {}
+            for t in tasks:
+                scores = {hp: mean_std(c.task_values(t))[0] for hp, c in val.items()}
+                scores = {hp: v for hp, v in scores.items() if v is not None}
+                if scores:
+                    chosen[t] = _choose(scores, val)
+            rows.append(_row(method, tasks, chosen, test, "val per task"))
+    return tasks, rows
+
+
+def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tuple, Cell], how: str) -> dict:
+    row = {"method": method}
+    per_seed: dict = defaultdict(dict)  # seed -> task -> accuracy, from the chosen settings' test runs
+    params, params_excl, backbone, missing = {}, {}, None, []
+    for t in tasks:
+        hp = chosen.get(t)
+        cell = test.get(hp) if hp is not None else None
+        accs = {seed: a[t] for seed, a in cell.acc.items() if t in a} if cell is not None else {}
+        if hp is not None and not accs:
+            missing.append(t)
+        for seed, a in accs.items():
+            per_seed[seed][t] = a
+        row[t] = fmt(*mean_std([accs[s] for s in sorted(accs)]))
+        if accs:
+            params[t], backbone = cell.params.get(t), backbone or cell.backbone
+            params_excl[t] = cell.params_excl.get(t)
+    present = [t for t in tasks if any(t in d for d in per_seed.values())]
+    complete = sorted(s for s, d in per_seed.items() if present and all(t in d for t in present))
+    row["mean"] = fmt(*mean_std([sum(per_seed[s][t] for t in present) / len(present) for s in complete]))
+    row["seeds"] = len(complete)
+    n = [v for v in params.values() if v is not None]
+    n_excl = [v for v in params_excl.values() if v is not None]
+    row["params"] = round(sum(n) / len(n)) if n else ""
+    row["params_excl_head"] = round(sum(n_excl) / len(n_excl)) if n_excl else ""
+    row["params_%"] = f"{100 * (sum(n) / len(n)) / backbone:.3f}" if n and backbone else ""
+    hps = sorted(set(chosen.values()), key=describe)
+    if len(hps) == 1:
+        row["hyperparameters"] = describe(hps[0])
+    else:
+        row["hyperparameters"] = "; ".join(f"{t}: {describe(chosen[t])}" for t in tasks if t in chosen)
+    row["selection"] = how + (f"; no test runs for the chosen setting on {', '.join(missing)}" if missing else "")
+    return row
+
+
+# ------------------------------------------------------------------------------------------- output
+def columns(tasks: list[str]) -> list[str]:
+    return ["method", *tasks, "mean", "seeds", "params", "params_excl_head", "params_%", "hyperparameters", "selection"]
+
+
+def to_markdown(tasks: list[str], rows: list[dict]) -> str:
+    cols = columns(tasks)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(tasks: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(tasks))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in columns(tasks)})
+    return buf.getvalue()
+
+
+def main(argv: Optional[list[str]] = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", help="run or sweep folders (searched for results.json)")
+    ap.add_argument("--csv", help="also write the table as CSV")
+    ap.add_argument("--md", help="also write the markdown table to a file")
+    ap.add_argument("--select", choices=("mean", "per-task"), default="mean",
+                    help="choose one setting per method (mean val accuracy) or one per task")
+    ap.add_argument("--all", action="store_true", help="include unfinished runs")
+    args = ap.parse_args(argv)
+    runs = []
+    for path in find_runs(args.paths):
+        res = load(path)
+        if res.get("finished") or args.all:
+            runs.append(Run(res, path))
+    if not runs:
+        raise SystemExit(f"no finished results.json under {args.paths}")
+    tasks, rows = compare(runs, args.select)
+    md = to_markdown(tasks, rows)
+    if args.md:
+        Path(args.md).write_text(md)
+    if args.csv:
+        Path(args.csv).write_text(to_csv(tasks, rows))
+    print(md, end="")
+    return md
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Coeff-Tuning (learning combination coefficients of the attention maps) as a model plug-in for any
+method (GIFT, LoRA, Adapter, VPT, ...).
+
+Per attention layer ℓ and task t a coefficient matrix α (heads × heads) recombines the heads' attention
+maps: ``A'_h = Σ_i (α + I)_{h,i} A_i`` (after the softmax, before dropout and ``@ v``). α starts at 0, so
+the model starts at the pretrained one; dropout (``dropout``, default 0.1) is applied to α during training.
+Per task: ``depth × heads²`` parameters.
+
+The recombination needs the attention maps, so a layer runs timm's explicit (non-fused) attention only
+while a task with α is active; everything else (``frozen_features``, methods' other tasks, a model
+without the plug-in) keeps timm's ``F.scaled_dot_product_attention``.
+
+Exactness at α = 0: ``Σ_i (0 + I)_{h,i} A_i`` adds exact zeros to ``1·A_h``, so the patched layer equals
+timm's *explicit* attention path bit for bit. timm's default *fused* path (SDPA) computes the same
+function with another kernel; the two agree to ~1e-6, not bitwise (tests check both).
+"""
+from __future__ import annotations
+
+import types
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .plugin import ModelPlugin
+
+
+def _coeff_attention_forward(attn: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                             is_causal: bool = False) -> torch.Tensor:
+    """timm ``Attention.forward`` with the heads' maps recombined by the active task's α."""
+    plugin: "CoeffTuning" = attn.__dict__["_coeff_plugin"]
+    alpha = plugin.alpha_for(attn.__dict__["_coeff_layer"])
+    if alpha is None:
+        return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
+    if attn_mask is not None or is_causal:
+        raise NotImplementedError("Coeff-Tuning: attention masks are not supported")
+    B, N, C = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    q = q * attn.scale
+    maps = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+    mix = alpha + torch.eye(attn.num_heads, dtype=alpha.dtype, device=alpha.device)
+    maps = torch.einsum("hi,binm->bhnm", mix.to(maps.dtype), maps)
+    maps = attn.attn_drop(maps)
+    x = maps @ v
+    x = x.transpose(1, 2).reshape(B, N, getattr(attn, "attn_dim", C))
+    x = attn.norm(x)
+    if gate is not None:
+        x = x * gate
+    x = attn.proj(x)
+    return attn.proj_drop(x)
+
+
+class CoeffTuning(ModelPlugin):
+    def __init__(self, dropout: float = 0.1):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Coeff-Tuning dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
+        self.alphas = nn.ParameterDict()  # task -> (depth, heads, heads)
+        self.depth: Optional[int] = None
+        self.heads: Optional[int] = None
+
+    def attach(self, vit: nn.Module) -> None:
+        attns = [blk.attn for blk in vit.blocks]
+        heads = {a.num_heads for a in attns}
+        if len(heads) != 1:
+            raise ValueError(f"Coeff-Tuning needs the same number of heads in every layer, got {sorted(heads)}")
+        self.depth, self.heads = len(attns), heads.pop()
+        if not self.mark_attached(vit, "coeff"):
+            return
+        for i, attn in enumerate(attns):
+            # instance-level forward and __dict__ entries: no new submodules, state-dict keys unchanged
+            attn.__dict__["_coeff_plugin"] = self
+            attn.__dict__["_coeff_layer"] = i
+            attn.forward = types.MethodType(_coeff_attention_forward, attn)
+
+    def add_task(self, task: int) -> None:
+        self.alphas[str(task)] = nn.Parameter(torch.zeros(self.depth, self.heads, self.heads))
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        return [self.alphas[str(task)]] if str(task) in self.alphas else []
+
+    def alpha_for(self, layer: int) -> Optional[torch.Tensor]:
+        """The active task's α of ``layer`` (dropout in training), or None (fused path)."""
+        if self.active is None or self.active not in self.alphas:
+            return None
+        return F.dropout(self.alphas[self.active][layer], self.dropout, self.training)

@@ -1,0 +1,78 @@
+"""VPT-deep (Jia et al., "Visual Prompt Tuning"): per task, ``length`` learnable prompt tokens at the
+input of every transformer block, on the frozen backbone.
+
+Block 0 appends its prompts to the sequence; every later block replaces the previous block's prompt
+outputs with its own prompts (the deep variant). Prompts go *after* the patch tokens,
+``[CLS, (GIST,) patches, prompts]``: self-attention is permutation-equivariant and prompts get no
+positional embedding, so this equals VPT's ``[CLS, prompts, patches]`` and leaves index 1 free for a
+GIST token. Init: uniform ±sqrt(6 / (3·patch_area + D)) as in the VPT release. Per task: ``depth × length × D``
+parameters (+ the classifier).
+
+Not a zero-initialised method: extra tokens change every attention softmax from step 0 on.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .base import FrozenBackboneModel
+from .plugin import check_token_pooling
+
+
+class VptDeep(FrozenBackboneModel):
+    def __init__(self, backbone: nn.Module, length: int = 10, plugins: Optional[dict] = None):
+        super().__init__(backbone)
+        if length < 1:
+            raise ValueError(f"VPT prompt length must be >= 1, got {length}")
+        check_token_pooling(self.backbone, "VPT")
+        self.length = length
+        self.depth = len(self.backbone.blocks)
+        patch = self.backbone.patch_embed.patch_size
+        self.init_range = math.sqrt(6.0 / (3 * patch[0] * patch[1] + self.feature_dim))
+        self.prompts = nn.ParameterDict()  # task -> (depth, length, D)
+        self.active: Optional[str] = None
+        for i, blk in enumerate(self.backbone.blocks):
+            blk.register_forward_pre_hook(self._prompt_hook(i))
+        self.record_pretrained_keys()
+        self.use_plugins(plugins)
+
+    def _prompt_hook(self, layer: int):
+        return _PromptHook(self, layer)
+
+    def add_task_parts(self, task: int) -> None:
+        device = self.backbone.cls_token.device
+        prompts = torch.empty(self.depth, self.length, self.feature_dim, device=device)
+        self.prompts[str(task)] = nn.Parameter(prompts.uniform_(-self.init_range, self.init_range))
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        return super().task_parameters(task) + [self.prompts[str(task)]]
+
+    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        self.active = str(task)
+        try:
+            return self.backbone(x)
+        finally:
+            self.active = None
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+class _PromptHook:
+    """Forward pre-hook of block ``layer``: add (layer 0) or replace (later layers) the prompt tokens.
+    A plain object holding the model, so ``copy.deepcopy`` of the model copies it consistently."""
+
+    def __init__(self, model: VptDeep, layer: int):
+        self.model, self.layer = model, layer
+
+    def __call__(self, module, args):
+        model = self.model
+        if model.active is None:
+            return None
+        x = args[0]
+        prompts = model.prompts[model.active][self.layer].to(x.dtype).expand(x.shape[0], -1, -1)
+        x = torch.cat([x if self.layer == 0 else x[:, :-model.length], prompts], dim=1)
+        return (x, *args[1:])

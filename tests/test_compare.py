@@ -1,0 +1,147 @@
+"""analysis/compare.py on fake sweeps: hyperparameters chosen on val runs, numbers from matching test runs."""
+import csv
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("compare", REPO / "analysis" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare)
+
+TASKS = ("digits", "signs")
+
+
+def fake(root: Path, strategy: str, seed: int, split: str, acc: dict, overrides=(), params=1000, backbone=100000,
+         finished=True) -> Path:
+    """A results.json as the run loop writes it (schema_version 1, independent protocol)."""
+    run = root / f"{len(list(root.glob('*')))}_{strategy}"
+    run.mkdir(parents=True)
+    over = [f"strategy={strategy}", f"seed={seed}", *overrides]
+    if split == "val":
+        over += ["benchmark.eval_split=val", "benchmark.n_val=100"]
+    res = {
+        "schema_version": 1, "strategy": strategy.split("+")[0], "method": "X", "protocol": "independent",
+        "benchmark": "procedural", "seed": seed, "overrides": over,
+        "tasks": [{"name": t, "num_classes": 10, "n_train": 10, "n_test": 10,
+                   "info": {"eval_split": split}} for t in acc],
+        "accuracy_matrix": [[a] for a in acc.values()],
+        "final_accuracy": dict(acc), "average_accuracy": sum(acc.values()) / len(acc),
+        "params": {"per_task": {t: params for t in acc}, "per_task_excl_classifier": {t: params - 100 for t in acc},
+                   "shared": 0, "total": params * len(acc), "backbone": backbone},
+        "finished": finished,
+    }
+    (run / "results.json").write_text(json.dumps(res))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "multirun"
+    # lora: lr 1e-2 is best on val, lr 1e-3 would be best on test: the test numbers must not decide
+    for seed, (va, vb, ta, tb) in enumerate([(0.80, 0.60, 0.70, 0.50), (0.82, 0.62, 0.74, 0.54)]):
+        fake(root, "lora", seed, "val", {"digits": va, "signs": vb}, ["optim.lr=1e-2"])
+        fake(root, "lora", seed, "test", {"digits": ta, "signs": tb}, ["optim.lr=1e-2"])
+        fake(root, "lora", seed, "val", {"digits": va - 0.1, "signs": vb - 0.1}, ["optim.lr=1e-3"])
+        fake(root, "lora", seed, "test", {"digits": 0.99, "signs": 0.99}, ["optim.lr=1e-3"])
+    # gift + gist plug-in: lr 1e-3 wins on digits, 1e-2 on signs (matters for --select per-task)
+    for seed in (0, 1, 2):
+        fake(root, "gift", seed, "val", {"digits": 0.9, "signs": 0.5}, ["optim.lr=1e-3", "+plugin=gist"], params=500)
+        fake(root, "gift", seed, "val", {"digits": 0.7, "signs": 0.6}, ["optim.lr=1e-2", "+plugin=gist"], params=500)
+        fake(root, "gift", seed, "test", {"digits": 0.8 + 0.01 * seed, "signs": 0.4}, ["optim.lr=1e-3", "+plugin=gist"],
+             params=500)
+        fake(root, "gift", seed, "test", {"digits": 0.6, "signs": 0.55}, ["optim.lr=1e-2", "+plugin=gist"], params=500)
+    # linear: no val runs, one setting
+    fake(root, "linear", 0, "test", {"digits": 0.3, "signs": 0.2}, params=200)
+    fake(root, "linear", 1, "test", {"digits": 0.3, "signs": 0.2}, params=200, finished=False)  # ignored
+    return root
+
+
+def _rows(sweep, select="mean"):
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(sweep)])
+            if compare.load(p)["finished"]]
+    tasks, rows = compare.compare(runs, select)
+    return tasks, {r["method"]: r for r in rows}
+
+
+def test_selection_on_val_reports_matching_test_runs(sweep):
+    tasks, rows = _rows(sweep)
+    assert tasks == list(TASKS) and sorted(rows) == ["gift+gist", "linear", "lora"]
+    lora = rows["lora"]
+    assert lora["hyperparameters"] == "optim.lr=1e-2"  # chosen on val although 1e-3 is better on test
+    assert lora["digits"] == "72.0 ± 2.8" and lora["signs"] == "52.0 ± 2.8"
+    assert lora["mean"] == "62.0 ± 2.8" and lora["seeds"] == 2
+    assert lora["selection"] == "val 71.0"
+    assert lora["params"] == 1000 and lora["params_excl_head"] == 900 and lora["params_%"] == "1.000"
+    gift = rows["gift+gist"]  # mean val: 1e-3 -> 0.70, 1e-2 -> 0.65
+    assert gift["hyperparameters"] == "optim.lr=1e-3"
+    assert gift["digits"] == "81.0 ± 1.0" and gift["signs"] == "40.0 ± 0.0" and gift["seeds"] == 3
+    linear = rows["linear"]
+    assert linear["selection"] == "no val runs" and linear["digits"] == "30.0" and linear["seeds"] == 1
+
+
+def test_per_task_selection(sweep):
+    _, rows = _rows(sweep, "per-task")
+    gift = rows["gift+gist"]
+    assert gift["hyperparameters"] == "digits: optim.lr=1e-3; signs: optim.lr=1e-2"
+    assert gift["digits"] == "81.0 ± 1.0" and gift["signs"] == "55.0 ± 0.0"
+    assert gift["mean"] == "68.0 ± 0.5"
+
+
+def test_ties_prefer_fewer_parameters_and_missing_test_runs_are_reported(tmp_path):
+    fake(tmp_path, "vpt", 0, "val", {"digits": 0.5}, ["strategy.method.length=50"], params=5000)
+    fake(tmp_path, "vpt", 0, "val", {"digits": 0.5}, ["strategy.method.length=10"], params=1000)
+    fake(tmp_path, "vpt", 0, "test", {"digits": 0.4}, ["strategy.method.length=50"], params=5000)
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    _, (row,) = compare.compare(runs)
+    assert row["hyperparameters"] == "strategy.method.length=10"
+    assert row["digits"] == "" and "no test runs for the chosen setting on digits" in row["selection"]
+
+
+def test_cli_writes_markdown_and_csv(sweep, tmp_path):
+    out_csv, out_md = tmp_path / "t.csv", tmp_path / "t.md"
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "compare.py"), str(sweep), "--csv", str(out_csv),
+                           "--md", str(out_md)], capture_output=True, text=True, check=True)
+    assert proc.stdout == out_md.read_text()
+    header = proc.stdout.splitlines()[0]
+    assert header.startswith("| method | digits | signs | mean | seeds | params |")
+    table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert [r["method"] for r in table] == ["gift+gist", "linear", "lora"]
+    assert table[2]["hyperparameters"] == "optim.lr=1e-2"
+
+
+def test_plugins_are_part_of_the_method_and_schema_is_checked(tmp_path):
+    assert compare.plugins_of(["+plugin=[gist,coeff]"]) == ["coeff", "gist"]
+    run = fake(tmp_path, "lora", 0, "test", {"digits": 0.5}, ["+plugin=coeff"])
+    assert compare.Run(compare.load(run)).method == "lora+coeff"
+    data = json.loads((run / "results.json").read_text())
+    data["schema_version"] = 2
+    (run / "results.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="schema_version"):
+        compare.load(run)
+
+
+def test_one_dataset_per_run_sweeps_merge_into_one_row(tmp_path):
+    """VTAB style: every run holds one dataset (benchmark=vtab/<name>); a setting's runs merge across them."""
+    for seed in (0, 1):
+        for lr, shift in (("1e-2", 0.0), ("1e-3", -0.2)):
+            for name, acc in (("cifar", 0.6), ("dtd", 0.4)):
+                for split in ("val", "test"):
+                    fake(tmp_path, "gift", seed, split, {name: acc + shift + 0.02 * seed},
+                         [f"benchmark=vtab/{name}", f"optim.lr={lr}"], params={"cifar": 1100, "dtd": 1500}[name])
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    tasks, (row,) = compare.compare(runs)
+    assert tasks == ["cifar", "dtd"] and row["hyperparameters"] == "optim.lr=1e-2"
+    assert row["cifar"] == "61.0 ± 1.4" and row["dtd"] == "41.0 ± 1.4" and row["mean"] == "51.0 ± 1.4"
+    assert row["seeds"] == 2 and row["params"] == 1300
+
+
+def test_plugins_are_read_from_the_resolved_config(tmp_path):
+    run = fake(tmp_path, "adapter", 0, "test", {"digits": 0.5})
+    (run / "config_resolved.yaml").write_text("strategy:\n  method:\n    plugins:\n      gist: {}\n      coeff: {}\n")
+    assert compare.Run(compare.load(run), run).method == "adapter+coeff+gist"

@@ -1,0 +1,348 @@
+"""PEFT methods and model plug-ins beside GIFT: VPT-deep, Adapter, LoRA-qkv, GIST, Coeff-Tuning.
+
+Zero-initialised methods equal the frozen model bit for bit at step 0; trainable parameters per task match
+hand-computed counts; the plug-ins' mechanics (token position, loss, attention recombination, per-task
+parts, fused attention where unused, checkpoints, deepcopy) are checked on a tiny random ViT.
+"""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from gift_cl import GiftConfig
+from gift_cl.methods import (
+    AdapterMethod,
+    BitFit,
+    CoeffTuning,
+    FullFinetune,
+    GiftMethod,
+    Gist,
+    LinearProbe,
+    LoraMethod,
+    SharedBackbone,
+    VptDeep,
+)
+from gift_cl.methods.gist import symmetric_kl
+
+D, DEPTH, HEADS, PATCHES = 64, 2, 2, 16  # the tiny ViT below: 32 px images, 8 px patches
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                             embed_dim=D, depth=DEPTH, num_heads=HEADS, num_classes=0).eval()
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(1)
+    return torch.randn(5, 3, 32, 32)
+
+
+def task_features(model, x, task):
+    """The [CLS] feature as the task's head sees it (plug-ins switched on)."""
+    with torch.no_grad(), model.plugin_task(task):
+        return model.features(x, task)
+
+
+def gift(**kw):
+    return GiftMethod(tiny_vit(), GiftConfig.paca(rank=16, depth=2, num_clusters=4), **kw)
+
+
+ZERO_INIT = {
+    "adapter": lambda: AdapterMethod(tiny_vit()),
+    "lora_proj": lambda: LoraMethod(tiny_vit(), rank=8),
+    "lora_qkv": lambda: LoraMethod(tiny_vit(), rank=4, target_modules=["attn.qkv"]),
+    "bitfit": lambda: BitFit(tiny_vit()),
+    "linear": lambda: LinearProbe(tiny_vit()),
+    "adapter_hidden4": lambda: AdapterMethod(tiny_vit(), hidden=4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_INIT))
+def test_zero_initialised_methods_equal_the_frozen_model_bitwise(name, x):
+    with torch.no_grad():
+        frozen = tiny_vit()(x)
+    model = ZERO_INIT[name]()
+    model.add_task(0, 3)
+    model.add_task(1, 4)
+    for task in (0, 1):
+        assert torch.equal(task_features(model, x, task), frozen)
+    model.train()  # dropout-free ViT: still exact in training mode
+    with torch.no_grad(), model.plugin_task(0):
+        assert torch.equal(model.features(x, 0), frozen)
+
+
+def _explicit_attention(vit):
+    for blk in vit.blocks:
+        blk.attn.fused_attn = False
+    return vit
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "linear"])
+def test_coeff_tuning_starts_at_the_pretrained_model(method, x):
+    """α = 0: bitwise equal to timm's explicit attention (the same operations plus exact zeros); timm's
+    default fused SDPA kernel computes the same function differently, so there only a tight tolerance."""
+    build = {"lora": LoraMethod, "adapter": AdapterMethod, "linear": LinearProbe}[method]
+    with torch.no_grad():
+        fused = tiny_vit()(x)
+        explicit = _explicit_attention(tiny_vit())(x)
+    model = build(tiny_vit(), plugins={"coeff": CoeffTuning(dropout=0.5)})
+    model.add_task(0, 3)
+    assert torch.equal(task_features(model, x, 0), explicit)
+    torch.testing.assert_close(task_features(model, x, 0), fused, rtol=0, atol=1e-5)
+    model.train()  # dropout on α = 0 is still 0
+    with torch.no_grad(), model.plugin_task(0):
+        assert torch.equal(model.features(x, 0), explicit)
+
+
+def test_coeff_tuning_recombines_the_heads_attention_maps(x):
+    model = LinearProbe(tiny_vit(), plugins={"coeff": CoeffTuning(dropout=0.0)})
+    model.add_task(0, 3)
+    alpha = torch.randn(DEPTH, HEADS, HEADS)
+    with torch.no_grad():
+        model.model_plugins["coeff"].alphas["0"].copy_(alpha)
+    # reference: a plain timm ViT whose explicit attention softmax output is recombined by (α + I)
+    ref = _explicit_attention(tiny_vit())
+    for layer, blk in enumerate(ref.blocks):
+        attn = blk.attn
+
+        def forward(inp, attn=attn, mix=alpha[layer] + torch.eye(HEADS), **_):
+            B, N, C = inp.shape
+            q, k, v = attn.qkv(inp).reshape(B, N, 3, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
+            maps = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)
+            maps = sum(mix[:, i].view(1, HEADS, 1, 1) * maps[:, i:i + 1] for i in range(HEADS))
+            return attn.proj((maps @ v).transpose(1, 2).reshape(B, N, C))
+
+        attn.forward = forward
+    with torch.no_grad():
+        torch.testing.assert_close(task_features(model, x, 0), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_coeff_tuning_keeps_fused_attention_where_alpha_is_unused(x, monkeypatch):
+    model = LoraMethod(tiny_vit(), plugins={"coeff": CoeffTuning()})
+    model.add_task(0, 3)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    with torch.no_grad():
+        model.frozen_features(x)
+    assert len(calls) == DEPTH  # task-id path: fused in every layer
+    calls.clear()
+    task_features(model, x, 0)
+    assert calls == []  # the task with α: explicit maps
+
+
+def test_gist_token_sits_after_cls_and_after_the_positional_embedding(x):
+    model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
+    model.add_task(0, 3)
+    token = model.model_plugins["gist"].tokens["0"]
+    assert token.shape == (1, 1, D) and token.abs().max() <= 0.5
+    seen = {}
+    vit = model.backbone
+    vit.blocks[0].register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach().clone()))
+    with torch.no_grad():
+        plain = vit.patch_drop(vit._pos_embed(vit.patch_embed(x)))
+        task_features(model, x, 0)
+    seq = seen["x"]
+    assert seq.shape == (5, 1 + 1 + PATCHES, D)  # [CLS, GIST, patches]
+    assert torch.equal(seq[:, 0], plain[:, 0]) and torch.equal(seq[:, 2:], plain[:, 1:])
+    assert torch.equal(seq[:, 1], token[0].expand(5, -1))  # no positional embedding added to it
+
+
+def test_gist_is_not_zero_initialised_and_leaves_the_frozen_path_alone(x):
+    with torch.no_grad():
+        frozen = tiny_vit()(x)
+    model = LoraMethod(tiny_vit(), plugins={"gist": Gist()})
+    model.add_task(0, 3)
+    assert not torch.allclose(task_features(model, x, 0), frozen, atol=1e-4)  # one more token to attend to
+    with torch.no_grad():
+        assert torch.equal(model.frozen_features(x), frozen)
+
+
+def test_gist_loss_matches_the_formula_and_detaches_nothing(x):
+    model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
+    model.add_task(0, 4)
+    model.begin_task([0])
+    model.train()
+    y = torch.tensor([0, 1, 2, 3, 1])
+    logits = model(x, 0)
+    # by hand: the same head on the normed Gist token
+    captured = {}
+    model.backbone.norm.register_forward_hook(lambda m, a, out: captured.setdefault("normed", out))
+    with model.plugin_task(0):
+        model.features(x, 0)
+    gist_logits = model.classifiers["0"](captured["normed"][:, 1])
+    p_c, p_g = F.softmax(logits / 3, -1), F.softmax(gist_logits / 3, -1)
+    kl = lambda p, q: (p * (p.log() - q.log())).sum(-1).mean()  # noqa: E731
+    expected = 0.5 * F.cross_entropy(gist_logits, y) + 0.75 * (kl(p_c, p_g) + kl(p_g, p_c))
+    aux = model.auxiliary_loss(y)
+    torch.testing.assert_close(aux, expected, rtol=1e-5, atol=1e-6)
+    # nothing detached: the loss reaches the [CLS] logits themselves (through the KL terms)
+    assert torch.autograd.grad(aux, logits, retain_graph=True)[0].abs().sum() > 0
+    (F.cross_entropy(logits, y) + aux).backward()
+    plugin = model.model_plugins["gist"]
+    assert plugin.tokens["0"].grad is not None and plugin.tokens["0"].grad.abs().sum() > 0
+    assert model.auxiliary_loss(y) == 0.0  # consumed; and eval forwards record nothing
+    model.eval()
+    model(x, 0)
+    assert model.auxiliary_loss(y) == 0.0
+
+
+def test_symmetric_kl_is_zero_for_equal_logits_and_symmetric():
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    assert symmetric_kl(a, a, 3.0).abs() < 1e-6
+    torch.testing.assert_close(symmetric_kl(a, b, 3.0), symmetric_kl(b, a, 3.0))
+
+
+def test_gist_mixed_batch_uses_each_tasks_token_and_head(x):
+    model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
+    model.add_task(0, 3)
+    model.add_task(1, 2)
+    model.begin_task([0, 1])
+    model.train()
+    tasks = torch.tensor([0, 1, 1, 0, 1])
+    y = torch.tensor([2, 1, 0, 0, 1])
+    model(x, tasks)
+    mixed = model.auxiliary_loss(y)
+    parts = []
+    for t in (0, 1):
+        idx = (tasks == t).nonzero(as_tuple=True)[0]
+        model(x[idx], t)
+        parts.append(model.auxiliary_loss(y[idx]) * len(idx))
+    torch.testing.assert_close(mixed, sum(parts) / len(y))
+
+
+def test_vpt_deep_prompts_every_layer(x):
+    model = VptDeep(tiny_vit(), length=3)
+    model.add_task(0, 3)
+    lengths = []
+    for blk in model.backbone.blocks:
+        blk.register_forward_hook(lambda m, a, out: lengths.append(out.shape[1]))
+    task_features(model, x, 0)
+    assert lengths == [1 + PATCHES + 3] * DEPTH
+    # deep: every layer's prompts matter
+    for layer in range(DEPTH):
+        before = task_features(model, x, 0)
+        with torch.no_grad():
+            model.prompts["0"][layer].add_(1.0)
+        assert not torch.equal(task_features(model, x, 0), before), layer
+    with torch.no_grad():
+        assert torch.equal(model.frozen_features(x), tiny_vit()(x))
+
+
+# hand-computed trainable parameters per task, excluding the classifier (D=64, depth 2, 2 heads, MLP 256)
+EXPECTED_COUNTS = {
+    "vpt": (lambda: VptDeep(tiny_vit()), DEPTH * 10 * D),  # 1280
+    "adapter": (lambda: AdapterMethod(tiny_vit()), DEPTH * 2 * (D * 8 + 8 + 8 * D + D)),  # 4384
+    "lora_qkv": (lambda: LoraMethod(tiny_vit(), rank=4, target_modules=["attn.qkv"]),
+                 DEPTH * (4 * D + 3 * D * 4)),  # 2048
+    "lora_proj": (lambda: LoraMethod(tiny_vit(), rank=8), DEPTH * (8 * D + D * 8)),  # 2048
+    "lora+coeff": (lambda: LoraMethod(tiny_vit(), rank=8, plugins={"coeff": CoeffTuning()}),
+                   DEPTH * (8 * D + D * 8) + DEPTH * HEADS * HEADS),  # 2056
+    "vpt+gist": (lambda: VptDeep(tiny_vit(), plugins={"gist": Gist()}), DEPTH * 10 * D + D),  # 1344
+    "adapter+gist+coeff": (lambda: AdapterMethod(tiny_vit(), plugins={"gist": Gist(), "coeff": CoeffTuning()}),
+                           DEPTH * 2 * (D * 8 + 8 + 8 * D + D) + D + DEPTH * HEADS * HEADS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
+def test_trainable_parameters_per_task_match_hand_counts(name):
+    build, per_task = EXPECTED_COUNTS[name]
+    model = build()
+    model.add_task(0, 3)
+    model.add_task(1, 5)
+    counts = model.trainable_parameter_count()
+    assert counts["per_task_excl_classifier"] == {0: per_task, 1: per_task}
+    assert counts["per_task"] == {0: per_task + D * 3 + 3, 1: per_task + D * 5 + 5}
+    assert counts["shared"] == 0
+    assert counts["backbone"] == sum(p.numel() for p in tiny_vit().parameters())
+    model.begin_task([1])  # exactly the task's parameters train
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trained == {id(p) for p in model.task_parameters(1)}
+
+
+def test_gift_with_gist_counts_the_token_per_task():
+    plain, with_gist = gift(), gift(plugins={"gist": Gist()})
+    for m in (plain, with_gist):
+        m.add_task(0, 3)
+    assert (with_gist.trainable_parameter_count()["per_task_excl_classifier"][0]
+            == plain.trainable_parameter_count()["per_task_excl_classifier"][0] + D)
+
+
+PLUGGED = {
+    "gift": lambda p: gift(plugins=p),
+    "lora": lambda p: LoraMethod(tiny_vit(), plugins=p),
+    "adapter": lambda p: AdapterMethod(tiny_vit(), plugins=p),
+    "vpt": lambda p: VptDeep(tiny_vit(), length=2, plugins=p),
+    "bitfit": lambda p: BitFit(tiny_vit(), plugins=p),
+    "finetune": lambda p: FullFinetune(tiny_vit(), plugins=p),
+    "shared": lambda p: SharedBackbone(tiny_vit(), plugins=p),
+}
+
+
+@pytest.mark.parametrize("plugins", ["gist", "coeff", "gist+coeff"])
+@pytest.mark.parametrize("method", sorted(PLUGGED))
+def test_plugins_train_per_task_and_survive_checkpoints(method, plugins, x):
+    make = lambda: {n: {"gist": Gist, "coeff": CoeffTuning}[n]() for n in plugins.split("+")}  # noqa: E731
+    model = PLUGGED[method](make())
+    model.add_task(0, 3)
+    model.add_task(1, 4)
+    with torch.no_grad():
+        frozen = model.frozen_features(x).clone()
+    model.eval()
+    with torch.no_grad():
+        before0 = model(x, 0).clone()
+    model.begin_task([1])
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    for _ in range(2):
+        loss = F.cross_entropy(model(x, 1), y) + model.auxiliary_loss(y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name in model.model_plugins:  # the task's plug-in parts trained
+        plugin = model.model_plugins[name]
+        params = plugin.task_parameters(1)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+    model.eval()
+    with torch.no_grad():
+        if method != "shared":  # the shared backbone trains for every task
+            assert torch.equal(model(x, 0), before0)  # task 0's parts untouched
+        assert torch.equal(model.frozen_features(x), frozen)
+        after1 = model(x, 1).clone()
+    # checkpoint: plug-in parts are trainable state, pretrained weights are not
+    state = model.trainable_state_dict()
+    assert any(k.startswith("model_plugins.") for k in state)
+    assert not set(state) & model.frozen_state_keys()
+    fresh = PLUGGED[method](make())
+    fresh.add_task(0, 3)
+    fresh.add_task(1, 4)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    assert not unexpected and not set(missing) - fresh.frozen_state_keys()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x, 1), after1)
+        # LwF deep-copies the model: the copy's hooks use the copy's plug-in parts
+        clone = copy.deepcopy(fresh)
+        for p in clone.model_plugins.parameters():
+            p.add_(1.0)
+        assert torch.equal(fresh(x, 1), after1)
+        assert not torch.equal(clone(x, 1), after1)
+
+
+def test_plugins_make_features_task_dependent(x):
+    """SharedBackbone serves every head from one forward; with a GIST token per task it cannot."""
+    model = SharedBackbone(tiny_vit(), plugins={"gist": Gist()})
+    model.add_task(0, 3)
+    model.add_task(1, 3)
+    model.known_train_tasks_labels = {0, 1}
+    model.eval()
+    with torch.no_grad():
+        everything = model(x, None)
+        for t in (0, 1):
+            assert torch.equal(everything[t], model(x, t))
+        assert not torch.equal(everything[0], model.classifiers["0"](model.features(x, None)))
