@@ -1,7 +1,7 @@
 """The ``logger`` group: Avalanche's loggers beside the run's own JSON/CSV/plots."""
 import pytest
 
-from runs import compose_cfg, run_in_process
+from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, run_py
 
 
 def tiny(*overrides):
@@ -24,12 +24,9 @@ def test_tensorboard_event_files_hold_the_accuracy_scalars(tmp_path):
     assert (tmp_path / "results.json").is_file()
 
 
-def test_wandb_logs_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    run_in_process(tiny("logger=wandb"), tmp_path)
-    import wandb
-
-    wandb.finish()
+def test_wandb_logs_offline(tmp_path):
+    run_py(*TINY, *PROCEDURAL, "strategy=linear_multitask", "benchmark.domains=[digits,pedestrians]",
+           "optim.epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path}")
     runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
     log = next(p for p in runs[0].iterdir() if p.suffix == ".wandb")  # the offline run's record, synced later
