@@ -28,8 +28,9 @@ class AppendingCSVLogger(CSVLogger):
                 f.flush()
 
 
-def make_evaluator(log_dir: Path, stream_metrics: bool):
-    """Accuracy and loss per epoch and experience; ``stream_metrics`` adds stream accuracy, forgetting, BWT."""
+def make_evaluator(log_dir: Path, stream_metrics: bool, log: bool = True):
+    """Accuracy and loss per epoch and experience; ``stream_metrics`` adds stream accuracy, forgetting, BWT;
+    ``log=False`` (ranks other than 0 of a distributed run) writes no files."""
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -38,5 +39,5 @@ def make_evaluator(log_dir: Path, stream_metrics: bool):
         accuracy_metrics(epoch=True, experience=True, stream=stream_metrics),
         loss_metrics(epoch=True, experience=True),
         *(extra if stream_metrics else []),
-        loggers=[AppendingCSVLogger(str(log_dir))],
+        loggers=[AppendingCSVLogger(str(log_dir))] if log else [],
     )
