@@ -103,9 +103,14 @@ def _torchrun(nproc: int, run_dir, *args):
 
 
 def test_two_ranks_train_what_one_process_trains(tmp_path):
-    """Joint multi-task GIFT, 2 tasks x 48 images, global batch 16, 2 epochs: 2 gloo ranks (8 images each
-    per step) end with the parameters of 1 process with batch 16, to float tolerance."""
-    args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", "strategy.protocol=joint",
+    """Joint multi-task training (2 tasks x 48 images, global batch 16, 2 epochs, 6 AdamW steps): 2 gloo
+    ranks (8 images each per step) end with the parameters of 1 process with batch 16, to float tolerance.
+
+    A linear probe, because every one of its gradients is far from zero: with GIFT (whose zero-initialised
+    recovery makes some trunk gradients zero up to rounding) AdamW's normalised step turns rounding-level
+    differences of such a gradient into visible ones (seen: all tensors within ~1e-3 relative in norm but one
+    trunk bias at 15%), which says nothing about the data split or the all-reduce."""
+    args = [*TINY, *PROCEDURAL, "strategy=linear_multitask", "strategy.protocol=joint",
             "benchmark.domains=[digits,signs]", "optim.batch_size=16"]
     one, two = tmp_path / "one", tmp_path / "two"
     _torchrun(1, one, *args)
@@ -113,12 +118,10 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
     a = torch.load(one / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(two / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
-    trained = [k for k in a if torch.is_tensor(a[k]) and k.startswith(("classifiers", "gift.generators"))]
-    assert trained
-    for k in trained:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
-    # the parameters moved (the comparison is not between two untouched initialisations)
-    assert any(float(a[k].abs().sum()) > 0 for k in trained if "recovery" in k)
+    trained = [k for k in a if torch.is_tensor(a[k]) and k.startswith("classifiers")]
+    assert len(trained) == 4  # two tasks' heads
+    for k in trained:  # the all-reduce sums in another order: float tolerance
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
     ra, rb = results(one), results(two)
     assert ra["finished"] and rb["finished"] and len(rb["accuracy_matrix"][0]) == 2
     assert proc.stdout.count("run directory:") == 1  # rank 0 alone reports
