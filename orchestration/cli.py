@@ -2,6 +2,7 @@
 protocol, print the summary. ``main`` is also the ``gift-cl`` console script."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gift_cl.data.base import DataError
 from gift_cl.reporting import format_summary
 from strategies import DivergenceError
 
+from . import distributed
 from .loop import CHECKPOINT, run_protocol
 from .rundir import CONFIG_FILE, OVERRIDES_FILE, RunDirError, RunLock, resolve_run_dir
 from .validation import validate
@@ -41,17 +43,29 @@ def run(cfg: DictConfig, hydra_dir: Path, overrides: tuple = ()) -> dict:
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    run_dir, resuming = resolve_run_dir(cfg, Path(hydra_dir))
-    with RunLock(run_dir):
+    # under torchrun (distributed=true) every rank trains; rank 0 alone picks, locks and writes the run dir
+    ctx = distributed.init_from_env(cfg.device) if cfg.get("distributed", False) else None
+    try:
+        return _run(cfg, Path(hydra_dir), overrides, is_main=ctx is None or ctx.is_main)
+    finally:
+        if ctx is not None:
+            distributed.shutdown()
+
+
+def _run(cfg: DictConfig, hydra_dir: Path, overrides: tuple, is_main: bool) -> dict:
+    run_dir, resuming = distributed.on_main(lambda: resolve_run_dir(cfg, hydra_dir))  # errors reach every rank
+    with RunLock(run_dir) if is_main else contextlib.nullcontext():
         ckpt = run_dir / CHECKPOINT
-        if not resuming:
+        if is_main and not resuming:
             write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / CONFIG_FILE)
             write_text(OmegaConf.to_yaml(list(overrides)), run_dir / OVERRIDES_FILE)
-        elif not ckpt.is_file():
+        elif is_main and not ckpt.is_file():
             log.warning("%s has no checkpoint yet: starting it from the beginning", run_dir)
-        results = run_protocol(cfg, run_dir, ckpt if resuming and ckpt.is_file() else None)
-    print(format_summary(results))
-    print(f"run directory: {run_dir}")
+        resume_from = distributed.broadcast_object(ckpt if resuming and ckpt.is_file() else None)
+        results = run_protocol(cfg, run_dir, resume_from)
+    if is_main:
+        print(format_summary(results))
+        print(f"run directory: {run_dir}")
     return results
 
 

@@ -30,9 +30,12 @@ from gift_cl.data.stream import build_stream
 from gift_cl.optim import OptimConfig
 from gift_cl.rng import rng_state, seed_everything, set_rng_state
 from strategies import TaskAwareStrategy
+from strategies.distributed import DataParallel
 from strategies.evaluation import make_evaluator
 from strategies.plugins import EpochCheckpointPlugin
 
+from .device import runtime
+from .distributed import broadcast_object
 from .results import task_inference_accuracy, write_results
 
 log = logging.getLogger("gift_cl")
@@ -69,6 +72,7 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.env = runtime(cfg)  # device, precision, loaders, rank (orchestration/device.py)
         self.protocol = cfg.strategy.protocol
         self.optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
         self.tasks = instantiate(cfg.benchmark)
@@ -98,12 +102,16 @@ class Run:
         self.strategy = TaskAwareStrategy(
             model=self.model,
             optim=self.optim,
-            device=cfg.device,
+            device=self.env.device,
             eval_mb_size=cfg.eval_batch_size,
-            evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent", loggers=cfg.logger,
+            evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent",
+                                     loggers=cfg.logger if self.env.is_main else (),
                                      run_name=f"{cfg.strategy.name}/{cfg.benchmark_name}/{log_dir.name}"),
             plugins=[*self.plugins, EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)],
-            progress=cfg.progress,
+            progress=cfg.progress and self.env.is_main,
+            precision=self.env.precision,
+            compile=self.env.compile,
+            distributed=DataParallel.from_process_group(cfg.seed) if self.env.distributed else None,
         )
 
     def _model_for(self, i: int) -> None:
@@ -132,14 +140,18 @@ class Run:
         }
 
     def _save_mid_experience(self, strategy, epochs_done: int) -> None:
+        if not self.env.is_main:  # rank 0 alone writes
+            return
         save_run_checkpoint(self._state(strategy.training_state(epochs_done)), self.run_dir / CHECKPOINT)
 
     def _save_boundary(self) -> None:
+        if not self.env.is_main:
+            return
         save_run_checkpoint(self._state(None), self.run_dir / CHECKPOINT)
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint; raises before anything of this run directory is rewritten."""
-        state = load_run_checkpoint(path, self.cfg.device)
+        state = load_run_checkpoint(path, self.env.device)
         progress = state["progress"]
         if progress["position"] > len(self.experiences) or any(
                 len(row) > len(self.test) for row in progress["matrix"]):
@@ -181,9 +193,12 @@ class Run:
         for i in range(self.progress["position"], len(self.experiences)):
             self._model_for(i)
             t0 = time.time()
-            self.strategy.train(self.experiences[i], num_workers=self.cfg.num_workers)
+            self.strategy.train(self.experiences[i], **self.env.loader)
             seen = self._eval_experiences(i)
-            row = experience_accuracies(self.strategy.eval(seen, num_workers=self.cfg.num_workers), seen)
+            row = None
+            if self.env.is_main:  # distributed: rank 0 evaluates, the other ranks receive its row
+                row = experience_accuracies(self.strategy.eval(seen, **self.env.loader), seen)
+            row = broadcast_object(row)
             self.progress["matrix"].append(row)
             self.progress["time_s"].append(time.time() - t0)
             if self.protocol == "independent":
@@ -194,16 +209,18 @@ class Run:
                         p.numel() for p in self.model.classifiers.parameters()),
                     "backbone": counts["backbone"]})
                 tensors = {k: v for k, v in self.model.trainable_state_dict().items() if torch.is_tensor(v)}
-                save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
+                if self.env.is_main:
+                    save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
             self.progress["position"] = i + 1
             self._save_boundary()
-            self.write_results(final=False)
+            if self.env.is_main:
+                self.write_results(final=False)
             log.info("after %s: %s", self.experiences[i].name, " ".join(f"{100 * a:.1f}" for a in row))
 
     def write_results(self, final: bool) -> dict:
         inference = None
         if final and self.protocol != "independent" and len(self.tasks) > 1 and self.cfg.strategy.task_inference:
-            inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.cfg.device)
+            inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.env.device)
         counts = None if self.protocol == "independent" else self.model.trainable_parameter_count()
         return write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)
 
@@ -213,4 +230,4 @@ def run_protocol(cfg: DictConfig, run_dir: Path, resume_from: Optional[Path]) ->
     if resume_from is not None:
         run.restore(resume_from)
     run.train_and_evaluate()
-    return run.write_results(final=True)
+    return broadcast_object(run.write_results(final=True) if run.env.is_main else None)

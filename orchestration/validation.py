@@ -18,6 +18,8 @@ from gift_cl.config import ConfigError, resolve_target
 from gift_cl.optim import OptimConfig
 from strategies.evaluation import LOGGERS
 
+from .device import PRECISIONS, check_device
+
 PROTOCOLS = ("independent", "sequential", "joint")
 STRATEGY_KEYS = {"name", "protocol", "task_inference", "method", "plugins"}
 
@@ -92,12 +94,15 @@ def validate(cfg: DictConfig) -> None:
     # ----------------------------------------------------------- run
     _number(cfg.seed, "seed", 0, integer=True)
     _number(cfg.eval_batch_size, "eval_batch_size", 1, integer=True)
-    _number(cfg.num_workers, "num_workers", 0, integer=True)
+    if cfg.num_workers is not None:
+        _number(cfg.num_workers, "num_workers", 0, integer=True)
     _number(cfg.checkpoint_every, "checkpoint_every", 0, integer=True)
     if cfg.threads is not None:
         _number(cfg.threads, "threads", 1, integer=True)
-    if not (cfg.device in ("cpu", "cuda") or str(cfg.device).startswith("cuda:")):
-        raise ConfigError(f"device={cfg.device!r}: must be cpu, cuda or cuda:N")
+    check_device(cfg.device)
+    _choice(cfg.get("precision", "fp32"), "precision", PRECISIONS)
+    for key in ("tf32", "compile", "distributed"):
+        _choice(cfg.get(key, False), key, (True, False))
     _choice(cfg.progress, "progress", (True, False))
     for name in cfg.logger:
         _choice(name, "logger", sorted(LOGGERS))

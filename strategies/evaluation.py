@@ -70,7 +70,8 @@ LOGGERS = {"csv": csv_logger, "tensorboard": tensorboard_logger, "wandb": wandb_
 
 def make_evaluator(log_dir: Path, stream_metrics: bool, loggers=("csv",), run_name: str = "gift_cl"):
     """Accuracy and loss per epoch and experience; ``stream_metrics`` adds stream accuracy, forgetting, BWT.
-    ``loggers`` names Avalanche loggers from :data:`LOGGERS` (the run's own JSON/CSV/plots are written anyway)."""
+    ``loggers`` names Avalanche loggers from :data:`LOGGERS` (the run's own JSON/CSV/plots are written anyway);
+    none on the ranks other than 0 of a distributed run."""
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics
     from avalanche.training.plugins import EvaluationPlugin
 

@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader
 from gift_cl.optim import OptimConfig, build_optimizer
 from gift_cl.rng import rng_state, set_rng_state
 
+from .distributed import DataParallel, optimizer_params
 from .plugins import ProgressBarPlugin, TimmSchedulerPlugin
+from .precision import Precision, compile_backbones
 
 
 class DivergenceError(FloatingPointError):
@@ -45,7 +47,13 @@ class TaskAwareStrategy(SupervisedTemplate):
         evaluator=None,
         plugins: Optional[Sequence[SupervisedPlugin]] = None,
         progress: bool = True,
+        precision: str = "fp32",
+        compile: bool = False,
+        distributed: Optional[DataParallel] = None,
     ):
+        # GPU / scale (strategies/precision.py, strategies/distributed.py); defaults change nothing
+        self.amp = Precision(precision, torch.device(device).type)
+        self.compile, self.distributed = compile, distributed
         self.optim_cfg = optim
         self.scheduler_plugin = TimmSchedulerPlugin(optim)
         self._resume: Optional[dict] = None  # training state to continue from at the next train() call
@@ -73,6 +81,11 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.model.begin_task(self.current_tasks)
         self.optimizer = build_optimizer(self.model, self.optim_cfg)
         self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.amp.reset()
+        if self.distributed is not None:
+            self.distributed.broadcast_parameters(optimizer_params(self.optimizer))
+        if self.compile:
+            compile_backbones(self.model)
 
     def criterion(self):
         # penalty: the method's regulariser; auxiliary_loss: model plug-ins' terms (GIST), 0 without any
@@ -88,7 +101,23 @@ class TaskAwareStrategy(SupervisedTemplate):
                 f"step {self.clock.train_epoch_iterations + 1}/{len(self.dataloader)}, "
                 f"lr {self.optimizer.param_groups[0]['lr']:.3g}. The run stopped; nothing of this experience "
                 f"was saved. Lower optim.lr or check the data.")
-        super().backward()
+        self.amp.backward(self.loss, retain_graph=self.retain_graph)
+
+    # ------------------------------------------------------------------ precision and data parallelism
+    def forward(self):
+        with self.amp.autocast():
+            out = super().forward()
+        return self.amp.output(out)
+
+    def optimizer_step(self):
+        if self.distributed is not None:
+            self.distributed.sync_gradients(optimizer_params(self.optimizer), len(self.mb_y))
+        self.amp.step(self.optimizer)
+
+    def make_train_dataloader(self, **kwargs):
+        if self.distributed is None:
+            return super().make_train_dataloader(**kwargs)
+        self.dataloader = self.distributed.train_loader(self, **kwargs)
 
     # ------------------------------------------------------------------ resume inside an experience
     def resume_from(self, state: dict) -> None:
@@ -103,13 +132,17 @@ class TaskAwareStrategy(SupervisedTemplate):
             self.optimizer.load_state_dict(state["optimizer"])
             start = self.clock.train_exp_epochs = state["epochs_done"]
             set_rng_state(state["rng"])
+            self.amp.load_state_dict(state.get("scaler"))
         for _ in range(start, self.train_epochs):
             self._before_training_epoch(**kwargs)
             self.training_epoch(**kwargs)
             self._after_training_epoch(**kwargs)
 
     def training_state(self, epochs_done: int) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "epochs_done": epochs_done, "rng": rng_state()}
+        state = {"optimizer": self.optimizer.state_dict(), "epochs_done": epochs_done, "rng": rng_state()}
+        if self.amp.scaler is not None:
+            state["scaler"] = self.amp.state_dict()
+        return state
 
     # ------------------------------------------------------------------ task boundary
     def _after_training_exp(self, **kwargs):
