@@ -36,13 +36,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
+
 from typing import Optional
 
-SCHEMA_VERSION = 1
+from gift_cl.reporting import find_result_dirs, read_results
+
 # overrides that never distinguish a configuration (the split and its size are how val/test runs pair up)
 NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark=", "benchmark.domains=",
                        "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
@@ -52,18 +53,11 @@ NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark="
 
 # ------------------------------------------------------------------------------------------- reading runs
 def find_runs(paths: list[str]) -> list[Path]:
-    runs = []
-    for p in map(Path, paths):
-        runs += [r.parent for r in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json"))]
-    return sorted(set(runs))
+    return find_result_dirs(paths)
 
 
 def load(run: Path) -> dict:
-    res = json.loads((run / "results.json").read_text())
-    if res.get("schema_version") != SCHEMA_VERSION:
-        raise SystemExit(f"{run}/results.json: schema_version {res.get('schema_version')!r}, this tool reads "
-                         f"{SCHEMA_VERSION}")
-    return res
+    return read_results(run)
 
 
 def plugins_of(overrides: list[str]) -> list[str]:

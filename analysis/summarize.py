@@ -11,27 +11,20 @@ parameters per task. Runs that differ only in ``seed`` form one row.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from gift_cl.reporting import find_result_dirs, read_results
+
 
 
 def find_runs(paths: list[str]) -> list[Path]:
-    runs = []
-    for p in map(Path, paths):
-        runs += [r.parent for r in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json"))]
-    return sorted(set(runs))
+    return find_result_dirs(paths)
 
 
 def load(run: Path) -> dict:
-    res = json.loads((run / "results.json").read_text())
-    if res.get("schema_version") != SCHEMA_VERSION:
-        raise SystemExit(f"{run}/results.json: schema_version {res.get('schema_version')!r}, this tool reads "
-                         f"{SCHEMA_VERSION}")
-    return res
+    return read_results(run)
 
 
 def group_key(res: dict) -> tuple[str, str]:

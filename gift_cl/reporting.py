@@ -19,6 +19,27 @@ def read_json(path: str | os.PathLike) -> Optional[dict]:
         return json.load(f)
 
 
+RESULTS_SCHEMA_VERSION = 1  # orchestration/results.py writes it; the analysis tools read only this version
+
+
+def find_result_dirs(paths) -> list[Path]:
+    """Every run directory (a folder with ``results.json``) at or below the given paths."""
+    runs = []
+    for p in map(Path, paths):
+        runs += [r.parent for r in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json"))]
+    return sorted(set(runs))
+
+
+def read_results(run_dir: str | os.PathLike) -> dict:
+    """A run's ``results.json``; a file of another schema version stops with a message saying so."""
+    path = Path(run_dir) / "results.json"
+    res = json.loads(path.read_text())
+    if res.get("schema_version") != RESULTS_SCHEMA_VERSION:
+        raise SystemExit(f"{path}: schema_version {res.get('schema_version')!r}, this tool reads "
+                         f"{RESULTS_SCHEMA_VERSION}")
+    return res
+
+
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     buf = io.StringIO()
     if rows:

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from gift_cl.checkpoint import write_json, write_text
 from gift_cl.metrics import backward_transfer, benchmark_scores, forgetting
-from gift_cl.reporting import format_summary, plot_accuracy_matrix, plot_task_accuracies, write_csv
+from gift_cl.reporting import RESULTS_SCHEMA_VERSION, format_summary, plot_accuracy_matrix, plot_task_accuracies, write_csv
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = RESULTS_SCHEMA_VERSION
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FrozenBackboneModel
+from .base import HookedBackboneModel
 
 
 class Bottleneck(nn.Module):
@@ -34,7 +34,7 @@ class Bottleneck(nn.Module):
         return self.up(F.gelu(self.down(x)))
 
 
-class AdapterMethod(FrozenBackboneModel):
+class AdapterMethod(HookedBackboneModel):
     BRANCHES = ("attn", "mlp")
 
     def __init__(self, backbone: nn.Module, hidden: int = 8, scale: float = 0.1, plugins: Optional[dict] = None):
@@ -44,7 +44,6 @@ class AdapterMethod(FrozenBackboneModel):
         self.hidden, self.scale = hidden, scale
         self.depth = len(self.backbone.blocks)
         self.adapters = nn.ModuleDict()  # task -> ModuleDict("<block>:<branch>" -> Bottleneck)
-        self.active: Optional[str] = None
         for i, blk in enumerate(self.backbone.blocks):
             for branch in self.BRANCHES:
                 getattr(blk, branch).register_forward_hook(_AdapterHook(self, f"{i}:{branch}"))
@@ -59,16 +58,6 @@ class AdapterMethod(FrozenBackboneModel):
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         return super().task_parameters(task) + list(self.adapters[str(task)].parameters())
-
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        self.active = str(task)
-        try:
-            return self.backbone(x)
-        finally:
-            self.active = None
-
-    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
 
 
 class _AdapterHook:

@@ -259,3 +259,22 @@ class FrozenBackboneModel(TaskAwareModel):
 
     def frozen_state_keys(self) -> set[str]:
         return self._frozen_keys
+
+
+class HookedBackboneModel(FrozenBackboneModel):
+    """A frozen backbone whose hooks (adapters, prompts) read ``self.active``: the task whose parts apply
+    during the current forward pass, ``None`` for the pretrained backbone."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__(backbone)
+        self.active: Optional[str] = None
+
+    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        self.active = str(task)
+        try:
+            return self.backbone(x)
+        finally:
+            self.active = None
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)

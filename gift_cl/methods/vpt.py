@@ -18,11 +18,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .base import FrozenBackboneModel
+from .base import HookedBackboneModel
 from .plugin import check_token_pooling
 
 
-class VptDeep(FrozenBackboneModel):
+class VptDeep(HookedBackboneModel):
     def __init__(self, backbone: nn.Module, length: int = 10, plugins: Optional[dict] = None):
         super().__init__(backbone)
         if length < 1:
@@ -33,7 +33,6 @@ class VptDeep(FrozenBackboneModel):
         patch = self.backbone.patch_embed.patch_size
         self.init_range = math.sqrt(6.0 / (3 * patch[0] * patch[1] + self.feature_dim))
         self.prompts = nn.ParameterDict()  # task -> (depth, length, D)
-        self.active: Optional[str] = None
         for i, blk in enumerate(self.backbone.blocks):
             blk.register_forward_pre_hook(self._prompt_hook(i))
         self.record_pretrained_keys()
@@ -49,16 +48,6 @@ class VptDeep(FrozenBackboneModel):
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         return super().task_parameters(task) + [self.prompts[str(task)]]
-
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        self.active = str(task)
-        try:
-            return self.backbone(x)
-        finally:
-            self.active = None
-
-    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
 
 
 class _PromptHook:
