@@ -18,6 +18,7 @@ import logging
 import torch
 from avalanche.core import SupervisedPlugin
 
+from gift_cl.config import ConfigError
 from gift_cl.artihippo.search import SearchConfig, search_task
 from gift_cl.methods.base import classes_per_task
 
@@ -40,8 +41,8 @@ class ArtiHippoSearch(SupervisedPlugin):
         model = strategy.model
         counts = classes_per_task(strategy.experience.dataset)
         if len(counts) != 1:
-            raise ValueError(f"ArtiHippo learns one task per experience (sequential protocol); this experience "
-                             f"holds tasks {sorted(counts)}")
+            raise ConfigError(f"ArtiHippo learns one task per experience (sequential protocol); this experience "
+                             f"holds tasks {sorted(counts)}: use strategy.protocol=sequential")
         (task, num_classes), = counts.items()
         if model.has_architecture(task):  # resumed inside the experience: the architecture is already fixed
             return

@@ -96,6 +96,8 @@ class ArtiHippo(FrozenBackboneModel):
             blk.attn.proj = ExpertPool(blk.attn.proj)
             self.pools.append(blk.attn.proj)
         self.generators = nn.ModuleDict()  # str(task) -> GiftGenerator (adapt: gift)
+        with torch.random.fork_rng(devices=[]):  # counting a generator's parameters draws no random numbers
+            self._generator_params = sum(p.numel() for p in self._new_generator().parameters())
         self.arch: dict[int, Arch] = {}
         self.search_log: dict[int, dict] = {}  # what the search saw and chose, per task (for the report)
         self.record_pretrained_keys()
@@ -336,7 +338,7 @@ class ArtiHippo(FrozenBackboneModel):
         """Parameters an architecture adds (classifier excluded): new experts, adapters, the GIFT generator."""
         n = sum(self.op_parameters(op) for op, _ in arch)
         if self.adapt == "gift" and any(op == "adapt" for op, _ in arch):
-            n += sum(p.numel() for p in self._new_generator().parameters())
+            n += self._generator_params
         return n
 
     def added_flops(self, arch: Arch) -> int:
