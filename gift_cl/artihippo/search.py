@@ -39,6 +39,7 @@ class SearchConfig:
     pretrained_similarity: float = 0.0
     tolerance: float = 0.02
     eval_batch_size: int = 256
+    probe_steps: int = 200
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
@@ -46,7 +47,7 @@ class SearchConfig:
         for name in ("supernet_epochs", "population", "parents", "batch_size", "max_val"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.generations < 0 or not 0 <= self.mutation_prob <= 1 or self.temperature <= 0:
+        if self.generations < 0 or self.probe_steps < 0 or not 0 <= self.mutation_prob <= 1 or self.temperature <= 0:
             raise ValueError("generations >= 0, mutation_prob in [0, 1] and temperature > 0 are required")
         for name in ("eps_train", "eps_search"):
             if not 0 <= getattr(self, name) <= 1:
@@ -61,12 +62,28 @@ def split_indices(n: int, val_fraction: float, max_val: int, task: int) -> tuple
 
 
 @torch.no_grad()
-def mean_frozen_feature(model, dataset, batch_size: int, device) -> torch.Tensor:
-    total, count = 0, 0
-    for x, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        f = model.frozen_features(x.to(device))
-        total, count = total + f.sum(0), count + len(f)
-    return total / count
+def frozen_features(model, dataset, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen [CLS] features and labels of every sample, in order (un-augmented)."""
+    feats, labels = [], []
+    for x, y, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        feats.append(model.frozen_features(x.to(device)))
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def linear_probe(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+                 weight_decay: float) -> None:
+    """Warm-start the supernet's head as a linear probe on frozen features (full batch; milliseconds): the
+    supernet's paths then start from a classifier that already reads the features, so two short supernet
+    epochs are enough to rank them."""
+    if steps <= 0:
+        return
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = F.cross_entropy(head(feats), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 def similarities(model, prototype: torch.Tensor) -> dict[int, float]:
@@ -156,7 +173,8 @@ def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, 
     t0 = time.time()
     gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
     train_idx, val_idx = split_indices(len(dataset), cfg.val_fraction, cfg.max_val, task)
-    prototype = mean_frozen_feature(model, dataset.eval(), cfg.eval_batch_size, device)
+    feats, labels = frozen_features(model, dataset.eval(), cfg.eval_batch_size, device)
+    prototype = feats.mean(0)
     sims = similarities(model, prototype)
     sampler = HierarchicalSampler(model, sims, cfg.temperature, cfg.pretrained_similarity, generator=gen)
     old = sorted(sims)
@@ -164,6 +182,7 @@ def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, 
     was_training = model.training
     model.add_search_modules(lora_sources)
     head = nn.Linear(model.feature_dim, num_classes).to(device)
+    linear_probe(head, feats[train_idx], labels[train_idx], cfg.probe_steps, cfg.lr, cfg.weight_decay)
     try:
         loader = DataLoader(dataset.train().subset(train_idx), batch_size=cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=gen))))
