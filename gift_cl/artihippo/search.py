@@ -1,6 +1,7 @@
 """The ArtiHippo architecture search for one new task: SPOS supernet training with hierarchical
 similarity-guided sampling, then an evolutionary search over the supernet's validation accuracy that picks,
-among candidates within ``tolerance`` of the best, the one that adds the fewest parameters (then FLOPs).
+among candidates within ``tolerance`` of the best, the one that adds the fewest parameters (then the most
+accurate, then the fewest FLOPs).
 
 Everything here is deterministic given torch's RNG when :func:`search_task` starts (the plugin forks the RNG
 and seeds it from one draw of the run's RNG), so a run killed during a search redoes the same search.
@@ -120,7 +121,8 @@ def train_supernet(model, head: nn.Module, loader, sampler: HierarchicalSampler,
 def evolutionary_search(evaluate: Callable[[Arch], float], sampler: HierarchicalSampler, cost: Callable,
                         cfg: SearchConfig, generator: Optional[torch.Generator] = None) -> tuple[Arch, dict]:
     """SPOS's evolution (population, top-k parents, mutation and crossover, every path evaluated once), then
-    the computation-aware choice: the cheapest of the candidates within ``tolerance`` of the best."""
+    the computation-aware choice among the candidates within ``tolerance`` of the best: the fewest added
+    parameters, then the best accuracy, then the fewest FLOPs."""
     scores: dict[tuple, float] = {}
 
     def score(arch: Arch) -> None:
@@ -154,7 +156,9 @@ def evolutionary_search(evaluate: Callable[[Arch], float], sampler: Hierarchical
             score(child)
     best = max(scores.values())
     near = [k for k, v in scores.items() if v >= best - cfg.tolerance]
-    chosen = min(near, key=lambda k: (*cost(list(k)), -scores[k], k.__repr__()))
+    # fewest added parameters first; among equally many, the most accurate; FLOPs break exact ties
+    # (ranking FLOPs before accuracy would let skip win every noisy tie against reuse)
+    chosen = min(near, key=lambda k: (cost(list(k))[0], -scores[k], cost(list(k))[1], k.__repr__()))
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     return list(chosen), {
         "evaluated": len(scores),
