@@ -32,7 +32,7 @@ class ArtiHippoSearch(SupervisedPlugin):
                  val_fraction: float = 0.2, max_val: int = 100, population: int = 8, generations: int = 3,
                  parents: int = 4, mutation_prob: float = 0.25, eps_train: float = 0.3, eps_search: float = 0.5,
                  temperature: float = 0.2, pretrained_similarity: float = 0.0, tolerance: float = 0.02,
-                 eval_batch_size: int = 256, probe_steps: int = 200):
+                 eval_batch_size: int = 256, probe_steps: int = 200, new_lr_scale: float = 0.1):
         super().__init__()
         args = dict(locals())
         self.cfg = SearchConfig(**{k: v for k, v in args.items() if k not in ("self", "__class__")})

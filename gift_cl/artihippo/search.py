@@ -41,6 +41,7 @@ class SearchConfig:
     tolerance: float = 0.02
     eval_batch_size: int = 256
     probe_steps: int = 200
+    new_lr_scale: float = 0.1
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
@@ -96,10 +97,16 @@ def similarities(model, prototype: torch.Tensor) -> dict[int, float]:
 def train_supernet(model, head: nn.Module, loader, sampler: HierarchicalSampler, cfg: SearchConfig,
                    device) -> list[float]:
     """SPOS: one sampled path per step, trained with AdamW over the supernet's own parts and a head."""
-    params = model.search_parameters() + list(head.parameters())
+    new = [p for pool in model.pools for k, m in pool.experts.items() if k.startswith("search") for p in m.parameters()]
+    new_ids = {id(p) for p in new}
+    rest = [p for p in model.search_parameters() if id(p) not in new_ids] + list(head.parameters())
+    params = new + rest
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # full-rank new experts at a fine-tuning learning rate; adapters, generator and head at the PEFT one
+    groups = [g for g in ({"params": new, "lr": cfg.lr * cfg.new_lr_scale}, {"params": rest, "lr": cfg.lr})
+              if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     losses = []
     for _ in range(cfg.supernet_epochs):
