@@ -222,7 +222,12 @@ class Run:
         if final and self.protocol != "independent" and len(self.tasks) > 1 and self.cfg.strategy.task_inference:
             inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.env.device)
         counts = None if self.protocol == "independent" else self.model.trainable_parameter_count()
-        return write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)
+        results = write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)
+        # a method's own outputs beside results.json (ArtiHippo: artihippo.json, and artihippo.png at the end)
+        artifacts = getattr(self.model, "write_artifacts", None)
+        if artifacts is not None:
+            artifacts(self.run_dir, self.names, final)
+        return results
 
 
 def run_protocol(cfg: DictConfig, run_dir: Path, resume_from: Optional[Path]) -> dict:

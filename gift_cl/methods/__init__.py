@@ -1,5 +1,6 @@
 """Task-aware models, one file per method; every protocol (independent, sequential, joint) uses them."""
 from .adapter import AdapterMethod
+from .artihippo import ArtiHippo
 from .base import PAD_LOGIT, TaskAwareModel
 from .bitfit import BitFit
 from .coeff import CoeffTuning
@@ -12,5 +13,5 @@ from .plugin import ModelPlugin
 from .shared import SharedBackbone
 from .vpt import VptDeep
 
-__all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "BitFit", "CoeffTuning", "FullFinetune", "GiftMethod",
-           "Gist", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]
+__all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CoeffTuning", "FullFinetune",
+           "GiftMethod", "Gist", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]

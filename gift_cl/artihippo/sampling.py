@@ -1,0 +1,101 @@
+"""Hierarchical, task-similarity-guided exploration-exploitation sampling of ArtiHippo architectures.
+
+Per block ``l`` of the new task:
+
+- **Level 1**, a categorical over the distinct old experts at ``l`` (the pretrained projection and every old
+  task's expert there; a reuse names the expert it reuses) and ``Aux = {new, skip}``. Exploitation weights come
+  from task similarity: the normalised similarity of an expert is ``ŝ = (1 + cos) / 2`` with ``cos`` the
+  cosine between the new task's mean frozen [CLS] feature and the mean [CLS] of the most similar old task
+  that runs this expert (the pretrained projection, which has no task of its own, counts at least
+  ``pretrained_similarity``); ``Aux`` weighs ``1 − max ŝ`` (the less the new task resembles any old one, the
+  more it tries new/skip). ``p = (1 − ε)·softmax(w / τ) + ε·uniform``.
+- **Level 2**: for an old expert, Bernoulli(ρ) reuse vs adapt with ``ρ = (1 − ε)·ŝ + ε/2`` (similar experts are
+  reused more, dissimilar ones adapted); for Aux, new vs skip with equal probability.
+
+ε is ``eps_train`` (0.3, the reference's ε₁) while training the supernet and ``eps_search`` (0.5, ε₂) in the
+evolutionary search. Operations left out of the model's search space (``ops``) get no probability.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..methods.artihippo import PRETRAINED
+
+
+def normalised(cos: float) -> float:
+    return (1.0 + float(cos)) / 2.0
+
+
+class HierarchicalSampler:
+    """Samples one (op, source) per block for the task being searched, given its cosine similarity to
+    each old task (``similarity``: {old task: cos})."""
+
+    def __init__(self, model, similarity: dict[int, float], temperature: float = 0.2,
+                 pretrained_similarity: float = 0.0, generator: Optional[torch.Generator] = None):
+        self.model = model
+        self.ops = set(model.ops)
+        self.temperature = temperature
+        self.generator = generator
+        old = sorted(similarity)
+        self.experts: list[dict[int, float]] = []  # per block: {expert owner: normalised similarity}
+        for l in range(model.depth):
+            experts = {}
+            if self.ops & {"reuse", "adapt"}:
+                for owner, users in model.candidates(l, old).items():
+                    sims = [similarity[t] for t in users]
+                    if owner == PRETRAINED:
+                        sims.append(pretrained_similarity)
+                    experts[owner] = normalised(max(sims))
+            self.experts.append(experts)
+        self.aux = [op for op in ("new", "skip") if op in self.ops]
+
+    def level1(self, block: int, eps: float) -> list[tuple[object, float]]:
+        """[(expert owner or "aux", probability)] at ``block``."""
+        experts = self.experts[block]
+        items: list[object] = list(experts)
+        weights = [experts[o] for o in experts]
+        if self.aux:
+            items.append("aux")
+            weights.append(1.0 - max(experts.values(), default=0.0))
+        exploit = torch.softmax(torch.tensor(weights, dtype=torch.float64) / self.temperature, 0)
+        probs = (1 - eps) * exploit + eps / len(items)
+        return list(zip(items, probs.tolist()))
+
+    def reuse_probability(self, block: int, owner: int, eps: float) -> float:
+        if "adapt" not in self.ops:
+            return 1.0
+        if "reuse" not in self.ops:
+            return 0.0
+        return (1 - eps) * self.experts[block][owner] + eps / 2
+
+    def distribution(self, block: int, eps: float) -> dict[tuple[str, Optional[int]], float]:
+        """The exact probability of every (op, source) at ``block`` (tests and reports)."""
+        out = {}
+        for item, p in self.level1(block, eps):
+            if item == "aux":
+                for op in self.aux:
+                    out[(op, None)] = p / len(self.aux)
+            else:
+                rho = self.reuse_probability(block, item, eps)
+                if rho > 0:
+                    out[("reuse", item)] = p * rho
+                if rho < 1:
+                    out[("adapt", item)] = p * (1 - rho)
+        return out
+
+    def _draw(self, probs: list[float]) -> int:
+        return int(torch.multinomial(torch.tensor(probs, dtype=torch.float64), 1, generator=self.generator))
+
+    def sample_block(self, block: int, eps: float) -> tuple[str, Optional[int]]:
+        level1 = self.level1(block, eps)
+        item = level1[self._draw([p for _, p in level1])][0]
+        if item == "aux":
+            return self.aux[self._draw([1.0] * len(self.aux))], None
+        rho = self.reuse_probability(block, item, eps)
+        reuse = bool(torch.rand((), generator=self.generator, dtype=torch.float64) < rho)
+        return ("reuse" if reuse else "adapt"), item
+
+    def sample(self, eps: float) -> list[tuple[str, Optional[int]]]:
+        return [self.sample_block(l, eps) for l in range(self.model.depth)]

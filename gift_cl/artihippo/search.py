@@ -1,0 +1,228 @@
+"""The ArtiHippo architecture search for one new task: SPOS supernet training with hierarchical
+similarity-guided sampling, then an evolutionary search over the supernet's validation accuracy that picks,
+among candidates within ``tolerance`` of the best, the one that adds the fewest parameters (then the most
+accurate, then the fewest FLOPs).
+
+Everything here is deterministic given torch's RNG when :func:`search_task` starts (the plugin forks the RNG
+and seeds it from one draw of the run's RNG), so a run killed during a search redoes the same search.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .sampling import HierarchicalSampler
+
+Arch = list[tuple[str, Optional[int]]]
+
+
+@dataclass
+class SearchConfig:
+    supernet_epochs: int = 2
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    max_val: int = 100
+    population: int = 8
+    generations: int = 3
+    parents: int = 4
+    mutation_prob: float = 0.25
+    eps_train: float = 0.3
+    eps_search: float = 0.5
+    temperature: float = 0.2
+    pretrained_similarity: float = 0.0
+    tolerance: float = 0.02
+    eval_batch_size: int = 256
+    probe_steps: int = 200
+    new_lr_scale: float = 0.1
+
+    def __post_init__(self):
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction={self.val_fraction}: must be in (0, 1)")
+        for name in ("supernet_epochs", "population", "parents", "batch_size", "max_val"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.generations < 0 or self.probe_steps < 0 or not 0 <= self.mutation_prob <= 1 or self.temperature <= 0:
+            raise ValueError("generations >= 0, mutation_prob in [0, 1] and temperature > 0 are required")
+        for name in ("eps_train", "eps_search"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+
+
+def split_indices(n: int, val_fraction: float, max_val: int, task: int) -> tuple[list[int], list[int]]:
+    """A validation split carved from a task's training data, the same for every run and seed."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1_000_003 + task)).tolist()
+    n_val = max(1, min(max_val, int(round(val_fraction * n)), n - 1))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+@torch.no_grad()
+def frozen_features(model, dataset, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen [CLS] features and labels of every sample, in order (un-augmented)."""
+    feats, labels = [], []
+    for x, y, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        feats.append(model.frozen_features(x.to(device)))
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def linear_probe(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+                 weight_decay: float) -> None:
+    """Warm-start the supernet's head as a linear probe on frozen features (full batch; milliseconds): the
+    supernet's paths then start from a classifier that already reads the features, so two short supernet
+    epochs are enough to rank them."""
+    if steps <= 0:
+        return
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = F.cross_entropy(head(feats), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def similarities(model, prototype: torch.Tensor) -> dict[int, float]:
+    """Cosine similarity of the new task's mean frozen [CLS] feature to each old task's."""
+    return {t: float(F.cosine_similarity(prototype, p.to(prototype.device), dim=0))
+            for t, p in sorted(model.prototypes.items()) if t in model.arch}
+
+
+def train_supernet(model, head: nn.Module, loader, sampler: HierarchicalSampler, cfg: SearchConfig,
+                   device) -> list[float]:
+    """SPOS: one sampled path per step, trained with AdamW over the supernet's own parts and a head."""
+    new = [p for pool in model.pools for k, m in pool.experts.items() if k.startswith("search") for p in m.parameters()]
+    new_ids = {id(p) for p in new}
+    rest = [p for p in model.search_parameters() if id(p) not in new_ids] + list(head.parameters())
+    params = new + rest
+    for p in params:
+        p.requires_grad_(True)
+    # full-rank new experts at a fine-tuning learning rate; adapters, generator and head at the PEFT one
+    groups = [g for g in ({"params": new, "lr": cfg.lr * cfg.new_lr_scale}, {"params": rest, "lr": cfg.lr})
+              if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    losses = []
+    for _ in range(cfg.supernet_epochs):
+        total, n = 0.0, 0
+        for x, y, _ in loader:
+            x, y = x.to(device), y.to(device)
+            path = model.search_path(sampler.sample(cfg.eps_train))
+            loss = F.cross_entropy(head(model.run_path(x, path)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(y), n + len(y)
+        losses.append(total / max(n, 1))
+    for p in params:
+        p.requires_grad_(False)
+    return losses
+
+
+def evolutionary_search(evaluate: Callable[[Arch], float], sampler: HierarchicalSampler, cost: Callable,
+                        cfg: SearchConfig, generator: Optional[torch.Generator] = None) -> tuple[Arch, dict]:
+    """SPOS's evolution (population, top-k parents, mutation and crossover, every path evaluated once), then
+    the computation-aware choice among the candidates within ``tolerance`` of the best: the fewest added
+    parameters, then the best accuracy, then the fewest FLOPs."""
+    scores: dict[tuple, float] = {}
+
+    def score(arch: Arch) -> None:
+        key = tuple(arch)
+        if key not in scores:
+            scores[key] = evaluate(list(arch))
+
+    def rand() -> float:
+        return float(torch.rand((), generator=generator))
+
+    depth = sampler.model.depth
+    tries = 0
+    while len(scores) < cfg.population and tries < 20 * cfg.population:
+        score(sampler.sample(cfg.eps_search))
+        tries += 1
+    for _ in range(cfg.generations):
+        ranked = sorted(scores, key=lambda k: -scores[k])[: cfg.parents]
+        children, tries = [], 0
+        while len(children) < cfg.population and tries < 20 * cfg.population:
+            tries += 1
+            a = list(ranked[int(torch.randint(len(ranked), (1,), generator=generator))])
+            if len(children) % 2 == 0 or len(ranked) == 1:  # mutation
+                child = [sampler.sample_block(l, cfg.eps_search) if rand() < cfg.mutation_prob else a[l]
+                         for l in range(depth)]
+            else:  # uniform crossover
+                b = ranked[int(torch.randint(len(ranked), (1,), generator=generator))]
+                child = [a[l] if rand() < 0.5 else b[l] for l in range(depth)]
+            if tuple(child) not in scores and child not in children:
+                children.append(child)
+        for child in children:
+            score(child)
+    best = max(scores.values())
+    near = [k for k, v in scores.items() if v >= best - cfg.tolerance]
+    # fewest added parameters first; among equally many, the most accurate; FLOPs break exact ties
+    # (ranking FLOPs before accuracy would let skip win every noisy tie against reuse)
+    chosen = min(near, key=lambda k: (cost(list(k))[0], -scores[k], cost(list(k))[1], k.__repr__()))
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    return list(chosen), {
+        "evaluated": len(scores),
+        "best_val_accuracy": best,
+        "chosen_val_accuracy": scores[chosen],
+        "best_arch": [list(op) for op in ranked[0][0]],
+        "top": [{"arch": [list(op) for op in k], "val_accuracy": v, "added_parameters": cost(list(k))[0]}
+                for k, v in ranked[:5]],
+    }
+
+
+def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, device) -> tuple[Arch, dict]:
+    """Supernet training and evolutionary search for ``task`` on a validation split of its training data.
+    Leaves the model as it found it (the supernet's parts are dropped); returns the chosen architecture and
+    a log of the search (plain containers)."""
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+    train_idx, val_idx = split_indices(len(dataset), cfg.val_fraction, cfg.max_val, task)
+    feats, labels = frozen_features(model, dataset.eval(), cfg.eval_batch_size, device)
+    prototype = feats.mean(0)
+    sims = similarities(model, prototype)
+    sampler = HierarchicalSampler(model, sims, cfg.temperature, cfg.pretrained_similarity, generator=gen)
+    old = sorted(sims)
+    lora_sources = [list(model.candidates(l, old)) for l in range(model.depth)]
+    was_training = model.training
+    model.add_search_modules(lora_sources)
+    head = nn.Linear(model.feature_dim, num_classes).to(device)
+    linear_probe(head, feats[train_idx], labels[train_idx], cfg.probe_steps, cfg.lr, cfg.weight_decay)
+    try:
+        loader = DataLoader(dataset.train().subset(train_idx), batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=gen))))
+        losses = train_supernet(model, head, loader, sampler, cfg, device)
+        t1 = time.time()
+        val = [(x.to(device), y.to(device)) for x, y, _ in
+               DataLoader(dataset.eval().subset(val_idx), batch_size=cfg.eval_batch_size, shuffle=False)]
+        model.eval()
+
+        @torch.no_grad()
+        def evaluate(arch: Arch) -> float:
+            path = model.search_path(arch)
+            correct = sum((head(model.run_path(x, path)).argmax(-1) == y).sum().item() for x, y in val)
+            return correct / sum(len(y) for _, y in val)
+
+        cost = lambda arch: (model.added_parameters(arch), model.added_flops(arch))  # noqa: E731
+        arch, evo = evolutionary_search(evaluate, sampler, cost, cfg, generator=gen)
+    finally:
+        model.drop_search_modules()
+        model.train(was_training)
+    t2 = time.time()
+    level1 = {str(l): {("aux" if o == "aux" else str(o)): round(p, 4) for o, p in sampler.level1(l, cfg.eps_train)}
+              for l in range(model.depth)}
+    return arch, {
+        "similarity": {str(t): s for t, s in sims.items()},
+        "level1_probabilities_supernet": level1,
+        "n_train": len(train_idx), "n_val": len(val_idx),
+        "supernet_loss": losses,
+        **evo,
+        "chosen_added_parameters": model.added_parameters(arch),
+        "supernet_time_s": t1 - t0, "search_time_s": t2 - t1,
+    }

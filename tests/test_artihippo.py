@@ -1,0 +1,298 @@
+"""ArtiHippo (strategy=artihippo): the search space does what each operation says, the sampling follows task
+similarity, old tasks never change (bitwise), runs resume exactly, and the method learns."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from gift_cl.artihippo.sampling import HierarchicalSampler
+from gift_cl.backbones import create_backbone
+from gift_cl.methods.artihippo import PRETRAINED, ArtiHippo
+from orchestration.loop import CHECKPOINT, Run
+from strategies.plugins import EpochCheckpointPlugin
+from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_in_process, run_py
+
+
+def make_model(**kwargs) -> ArtiHippo:
+    torch.manual_seed(0)
+    cfg = compose_cfg()
+    backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
+    return ArtiHippo(backbone, **kwargs).eval()
+
+
+def add(model: ArtiHippo, task: int, arch, perturb: bool = True) -> None:
+    """Give ``task`` an architecture and a head; ``perturb`` moves its own parameters off their init, so that
+    an operation that reads them shows it."""
+    model.set_architecture(task, arch)
+    model.add_task(task, 3)
+    if perturb:
+        with torch.no_grad():
+            for p in model.task_parameters(task):
+                p.add_(0.05 * torch.randn_like(p))
+
+
+def block_input(model, x, block):
+    """The input of ``block``'s attention sub-block on the frozen path, and the block's output there."""
+    bb = model.backbone
+    h = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
+    for blk in bb.blocks[:block]:
+        h = blk(h)
+    return h
+
+
+X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+# ---------------------------------------------------------------------------------------------- search space
+@pytest.mark.parametrize("adapt", ["lora", "gift"])
+def test_reuse_runs_the_old_expert_exactly_and_adapt_starts_at_reuse(adapt):
+    model = make_model(adapt=adapt)
+    add(model, 0, [("new", None), ("adapt", PRETRAINED)])
+    add(model, 1, [("reuse", 0), ("reuse", 0)])  # reuses task 0's new expert and its adapted pretrained expert
+    add(model, 2, [("adapt", 0), ("adapt", 0)], perturb=False)  # fresh adapters: exactly reuse
+    add(model, 3, [("reuse", 1), ("adapt", 1)], perturb=False)  # a reuse of a reuse is task 0's expert
+    with torch.no_grad():
+        ref = model.features(X, 0)
+        assert not torch.equal(ref, model.frozen_features(X))  # task 0's experts are not the pretrained ones
+        for task in (1, 2, 3):
+            assert torch.equal(model.features(X, task), ref), task
+        # at the level of one layer: the pool's output for the reusing task is the old expert's output
+        pool = model.pools[0]
+        h = torch.randn(2, 5, pool.base.in_features)
+        assert torch.equal(model._expert_out(pool, model.expert_id(0, 1), h), pool.experts["0"](h))
+    assert model.architecture_report()["tasks"][3]["blocks"][0]["expert_owner"] == 0
+    # once the adapter moves, adapt differs from reuse (it does something)
+    with torch.no_grad():
+        for p in model.task_parameters(2):
+            p.add_(0.05 * torch.randn_like(p))
+        assert not torch.equal(model.features(X, 2), ref)
+
+
+def test_gift_adapt_reads_the_old_experts_weights():
+    model = make_model(adapt="gift")
+    add(model, 0, [("new", None), ("new", None)])
+    add(model, 1, [("adapt", 0), ("adapt", PRETRAINED)])
+    pool = model.pools[0]
+    gen = model.generators["1"]
+    with torch.no_grad():
+        delta = model._delta(pool, "1", ("new", "0"))
+        assert torch.allclose(delta, gen(pool.experts["0"].weight.unsqueeze(0))[0])
+        assert not torch.allclose(delta, gen(pool.base.weight.unsqueeze(0))[0])
+    assert len(model.generators) == 1  # one generator per adapting task, shared by its blocks
+
+
+def test_new_from_pretrained_init_is_the_frozen_model_and_random_init_is_not():
+    model = make_model(new_init="pretrained")
+    add(model, 0, [("new", None)] * 2, perturb=False)
+    with torch.no_grad():
+        assert torch.equal(model.features(X, 0), model.frozen_features(X))
+    model = make_model(new_init="random")
+    add(model, 0, [("new", None)] * 2, perturb=False)
+    with torch.no_grad():
+        assert not torch.allclose(model.features(X, 0), model.frozen_features(X))
+    d_out, d_in = model.proj_shape
+    assert model.added_parameters(model.arch[0]) == 2 * (d_out * d_in + d_out)
+
+
+def test_skip_is_the_block_without_its_attention_branch():
+    model = make_model()
+    add(model, 0, [("reuse", PRETRAINED), ("skip", None)])
+    bb = model.backbone
+    with torch.no_grad():
+        h = block_input(model, X, 1)
+        blk = bb.blocks[1]
+        h = h + blk.mlp(blk.norm2(h))  # no attention, the MLP sub-block only
+        expected = bb.forward_head(bb.norm(h), pre_logits=True)
+        assert torch.allclose(model.features(X, 0), expected, atol=0, rtol=0)
+        # reuse of the pretrained projection everywhere is the frozen model
+        add(model, 1, [("reuse", PRETRAINED)] * 2, perturb=False)
+        assert torch.equal(model.features(X, 1), model.frozen_features(X))
+    assert model.added_flops(model.arch[0]) < 0 and model.added_parameters(model.arch[0]) == 0
+    assert PRETRAINED in model.sources(1) and 0 not in model.sources(1)  # a skipped block has no expert of 0
+
+
+def test_search_space_rejects_what_it_does_not_hold():
+    model = make_model(ops=["reuse", "adapt", "new"])
+    with pytest.raises(ValueError, match="skip"):
+        model.set_architecture(0, [("skip", None), ("new", None)])
+    with pytest.raises(ValueError, match="no expert"):
+        model.set_architecture(0, [("reuse", 5), ("new", None)])
+    with pytest.raises(RuntimeError, match="no architecture"):
+        model.add_task(7, 3)
+        model.begin_task([7])
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_similar_old_tasks_expert_is_sampled_more_often():
+    model = make_model()
+    model.pretrained_expert = False  # two old experts only: one similar, one dissimilar
+    add(model, 0, [("new", None)] * 2)
+    add(model, 1, [("new", None)] * 2)
+    g = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(64, generator=g), dim=0)
+    other = F.normalize(torch.randn(64, generator=g), dim=0)
+    other = F.normalize(other - (other @ base) * base, dim=0)  # orthogonal to base
+    new_task = F.normalize(base + 0.3 * other, dim=0)
+    model.prototypes = {0: base, 1: -base + 0.2 * other}  # 0 similar to the new task, 1 dissimilar
+    sims = {t: float(F.cosine_similarity(new_task, p, dim=0)) for t, p in model.prototypes.items()}
+    assert sims[0] > 0.9 and sims[1] < -0.5
+    sampler = HierarchicalSampler(model, sims, temperature=0.2, generator=torch.Generator().manual_seed(123))
+    n = 4000
+    for eps in (0.3, 0.5):
+        draws = [sampler.sample_block(0, eps) for _ in range(n)]
+        count = {src: sum(1 for op, s in draws if s == src and op in ("reuse", "adapt")) for src in (0, 1)}
+        # exact probabilities, and the empirical counts agree with them (5 sigma)
+        dist = sampler.distribution(0, eps)
+        assert abs(sum(dist.values()) - 1) < 1e-9
+        for key, p in dist.items():
+            got = sum(1 for d in draws if d == key)
+            assert abs(got - n * p) < 5 * (n * p * (1 - p)) ** 0.5 + 1, (key, got, n * p)
+        # the similar task's expert wins by a wide margin (binomial: far beyond chance at n=4000)
+        assert count[0] > 2 * count[1] and count[0] > 0.5 * n, (eps, count)
+        # the similar expert is reused more than adapted, the dissimilar one adapted more than reused
+        assert dist[("reuse", 0)] > dist[("adapt", 0)] and dist[("adapt", 1)] > dist[("reuse", 1)]
+    # more exploration flattens the distribution
+    assert sampler.distribution(0, 0.5)[("reuse", 0)] < sampler.distribution(0, 0.3)[("reuse", 0)]
+    uniform = sampler.level1(0, 1.0)
+    assert all(abs(p - 1 / 3) < 1e-12 for _, p in uniform)
+
+
+def test_candidates_dedupe_reused_experts():
+    model = make_model()
+    add(model, 0, [("new", None), ("skip", None)])
+    add(model, 1, [("reuse", 0), ("reuse", PRETRAINED)])
+    assert model.candidates(0) == {PRETRAINED: [], 0: [0, 1]}
+    assert model.candidates(1) == {PRETRAINED: [1]}
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def tiny_run(run_dir, *overrides, domains="[digits,pedestrians,signs]", epochs=2, checkpoint_every=0):
+    cfg = compose_cfg("strategy=artihippo", f"optim.epochs={epochs}", "optim.batch_size=16",
+                      f"benchmark.domains={domains}", "benchmark.n_train=48", "benchmark.n_test=24",
+                      f"checkpoint_every={checkpoint_every}", "strategy.plugins.0.population=4",
+                      "strategy.plugins.0.generations=2", *overrides)
+    return Run(cfg, run_dir)
+
+
+def test_old_tasks_never_change_bitwise(tmp_path):
+    run = tiny_run(tmp_path, "strategy.method.adapt=gift", "strategy.method.new_init=pretrained",
+                   "strategy.plugins.0.tolerance=1.0", "strategy.method.ops=[reuse,adapt,new]")
+    experiences = run.experiences
+    run.experiences = experiences[:1]
+    run.train_and_evaluate()
+    model = run.model.eval()
+    with torch.no_grad():
+        before = model(X, 0).clone()
+        state = {k: v.clone() for k, v in model.trainable_state_dict().items() if torch.is_tensor(v)}
+    run.experiences = experiences
+    run.train_and_evaluate()
+    res = run.write_results(final=True)
+    model = run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(X, 0), before)
+        after = model.trainable_state_dict()
+        assert all(torch.equal(after[k], v) for k, v in state.items())
+    assert res["forgetting"] == 0.0 and res["bwt"] == 0.0
+    assert res["accuracy_matrix"][2][0] == res["accuracy_matrix"][0][0]
+    # with tolerance 1 the cheapest candidate wins: no new experts when reuse is possible
+    report = json.loads((tmp_path / "artihippo.json").read_text())
+    assert [t["name"] for t in report["tasks"]] == ["digits", "pedestrians", "signs"]
+    assert all(b["op"] == "reuse" for t in report["tasks"] for b in t["blocks"])
+    assert (tmp_path / "artihippo.png").is_file()
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "artihippo_figure.py"), str(tmp_path), "--out",
+                           str(tmp_path / "fig.png")], env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / "fig.png").is_file(), proc.stderr[-2000:]
+    assert "signs" in proc.stdout
+
+
+def compare(a: dict, b: dict) -> None:
+    for key in ("accuracy_matrix", "final_accuracy", "task_id_accuracy", "params", "forgetting"):
+        assert a[key] == b[key], key
+
+
+def arches(run_dir) -> list:
+    return [[(b["op"], b["source"]) for b in t["blocks"]]
+            for t in json.loads((run_dir / "artihippo.json").read_text())["tasks"]]
+
+
+@pytest.mark.parametrize("overrides", [[], ["strategy.method.adapt=gift"]], ids=["lora", "gift"])
+def test_stopped_after_an_experience_or_inside_one_resumes_exactly(tmp_path, overrides):
+    full = tiny_run(tmp_path / "full", *overrides, checkpoint_every=1)
+    full.train_and_evaluate()
+    expected = full.write_results(final=True)
+
+    # stopped at an experience boundary
+    stopped = tiny_run(tmp_path / "boundary", *overrides, checkpoint_every=1)
+    stopped.experiences = stopped.experiences[:1]
+    stopped.train_and_evaluate()
+    resumed = tiny_run(tmp_path / "boundary", *overrides, checkpoint_every=1)
+    resumed.restore(tmp_path / "boundary" / CHECKPOINT)
+    resumed.train_and_evaluate()
+    compare(resumed.write_results(final=True), expected)
+    assert arches(tmp_path / "boundary") == arches(tmp_path / "full")
+
+    # stopped inside the second experience, after its search and its first epoch
+    class Killed(Exception):
+        pass
+
+    stopped = tiny_run(tmp_path / "mid", *overrides, checkpoint_every=1)
+    save = stopped._save_mid_experience
+
+    def save_then_die(strategy, epochs_done):
+        save(strategy, epochs_done)
+        if stopped.progress["position"] == 1:
+            raise Killed
+
+    [checkpointer] = [p for p in stopped.strategy.plugins if isinstance(p, EpochCheckpointPlugin)]
+    checkpointer.save = save_then_die
+    with pytest.raises(Killed):
+        stopped.train_and_evaluate()
+    resumed = tiny_run(tmp_path / "mid", *overrides, checkpoint_every=1)
+    resumed.restore(tmp_path / "mid" / CHECKPOINT)
+    assert resumed.model.has_architecture(1)  # the search is not redone
+    resumed.train_and_evaluate()
+    compare(resumed.write_results(final=True), expected)
+    assert arches(tmp_path / "mid") == arches(tmp_path / "full")
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    args = [*TINY, *PROCEDURAL, "strategy=artihippo", "optim.epochs=3", "checkpoint_every=1",
+            "benchmark.domains=[digits,pedestrians,signs]", "benchmark.n_train=96"]
+    reference = tmp_path / "uninterrupted"
+    run_py(*args, f"hydra.run.dir={reference}")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=REPO,
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file()
+    assert not (killed / "results.json").is_file() or not results(killed)["finished"]
+    run_py(*args, f"resume={killed}")
+    a, b = results(reference), results(killed)
+    assert b["finished"]
+    for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "params"):
+        assert a[key] == b[key], key
+    assert arches(reference) == arches(killed)
+
+
+# ---------------------------------------------------------------------------------------------- learning
+def test_artihippo_learns_every_task(tmp_path):
+    cfg = compose_cfg("strategy=artihippo", "benchmark.domains=[textures,pedestrians]", "optim.epochs=3",
+                      "benchmark.n_train=300", "benchmark.n_test=200", "checkpoint_every=0", model="vit_procedural")
+    res = run_in_process(cfg, tmp_path)
+    textures_after_own, pedestrians_after_own = res["accuracy_matrix"][0][0], res["accuracy_matrix"][1][1]
+    assert textures_after_own > 0.2, res["accuracy_matrix"]  # chance 5 %
+    assert pedestrians_after_own > 0.6, res["accuracy_matrix"]  # chance 50 %
+    assert res["forgetting"] == 0.0
+    assert res["task_id_accuracy"] > 0.9
