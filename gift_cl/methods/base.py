@@ -90,10 +90,9 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         """A regulariser added to the task loss (0 unless the method needs one)."""
         return 0.0
 
+    @abc.abstractmethod
     def vit(self, task: int) -> nn.Module:
         """The timm ViT that task ``task``'s forward pass runs through (where plug-ins attach)."""
-        raise NotImplementedError(f"{type(self).__name__} does not say which ViT a task runs (vit(task)): "
-                                  "it cannot take model plug-ins")
 
     # --------------------------------------------------------------- model plug-ins (plugin.py)
     def use_plugins(self, plugins: Optional[Mapping[str, nn.Module]]) -> None:
