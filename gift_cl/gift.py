@@ -18,6 +18,9 @@ Parameter-to-Cluster Attention (PaCa), linear in the number of tokens N = d_out:
     Z = n(Cᵀ x / N)                 M × d'  cluster tokens
     out = softmax_M(x W_q (Z W_k)ᵀ · scale) (Z W_v) W_o
 
+The layers apply the residual in factored form, ``x ΔWᵀ = (x ψ) hᵀ`` (``gift_cl/residual.py``): ΔW has
+rank d' and is only formed to merge or export.
+
 With ``depth=0`` and no positional encoding the generator is the official v2 code's
 ``ΔW = (W φᵀ) ψᵀ`` (rank r = d'), evaluated in the same order.
 
@@ -28,12 +31,14 @@ cluster-assignment layers) that is per task, so each task has its own assignment
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import rearrange
 from torch import nn
+
+from .residual import LowRank
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -106,11 +111,20 @@ class ParameterToClusterAttention(nn.Module):
     def forward(self, x: torch.Tensor, assign: ClusterAssignment) -> tuple[torch.Tensor, torch.Tensor]:
         num_tokens = x.shape[-2]
         c = assign(x)  # (L, N, M)
-        z = l2_normalize(einsum(c, x, "l n m, l n d -> l m d") / num_tokens)
+        z = l2_normalize(c.transpose(-2, -1) @ x / num_tokens)  # (L, M, d)
+        k = self.k(z) * self.scale  # the scale on the M keys, not on the N×M logits
+        v = self.v(z)
+        if self.num_heads == 1:
+            # One head: fold W_q into the keys and W_o into the values, products over the M ≪ N cluster
+            # tokens instead of the N parameter tokens (the same function, up to float rounding):
+            #   (x W_qᵀ + b_q) kᵀ = x (k W_q)ᵀ + (k b_q)ᵀ,    softmax(·) v W_oᵀ + b_o = softmax(·) (v W_oᵀ) + b_o
+            logits = (k @ self.q.bias).unsqueeze(-2) + x @ (k @ self.q.weight).transpose(-2, -1)
+            attn = torch.softmax(logits, dim=-1)
+            return attn @ F.linear(v, self.proj.weight) + self.proj.bias, c
         q = rearrange(self.q(x), "l n (h d) -> l h n d", h=self.num_heads)
-        k = rearrange(self.k(z), "l m (h d) -> l h m d", h=self.num_heads)
-        v = rearrange(self.v(z), "l m (h d) -> l h m d", h=self.num_heads)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        k = rearrange(k, "l m (h d) -> l h m d", h=self.num_heads)
+        v = rearrange(v, "l m (h d) -> l h m d", h=self.num_heads)
+        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
         out = rearrange(attn @ v, "l h n d -> l n (h d)")
         return self.proj(out), c
 
@@ -207,9 +221,8 @@ class GiftGenerator(nn.Module):
         self.heads[name] = GeneratorHead(self.config, self.d_in)
         return self.heads[name]
 
-    def forward(self, weights: torch.Tensor, head: str = "0", return_assignments: bool = False):
-        """``weights``: (L, d_out, d_in) frozen weights. Returns ΔW of the same shape and, on request,
-        the cluster assignments, one ``(L, d_out, M)`` tensor per PaCa block."""
+    def trunk_output(self, weights: torch.Tensor, head: str = "0") -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``h`` (L, d_out, d'), the trunk's output before the recovery, and the PaCa assignments per block."""
         if weights.shape[-2:] != (self.d_out, self.d_in):
             raise ValueError(
                 f"generator built for weights of shape ({self.d_out}, {self.d_in}), got {tuple(weights.shape[-2:])}"
@@ -226,5 +239,43 @@ class GiftGenerator(nn.Module):
                 h, c = block(h, assign)
                 if c is not None:
                     assignments.append(c)
-            delta = F.linear(h, task_head.recovery.weight).to(weights.dtype)
-        return (delta, assignments) if return_assignments else delta
+        return h, assignments
+
+    def forward(
+        self,
+        weights: torch.Tensor,
+        head: Union[str, Sequence[str]] = "0",
+        return_assignments: bool = False,
+        factored: bool = False,
+    ):
+        """``weights``: (L, d_out, d_in) frozen weights. Returns ΔW of the same shape and, on request,
+        the cluster assignments, one ``(L, d_out, M)`` tensor per PaCa block.
+
+        ``factored=True`` returns the factors :class:`~gift_cl.residual.LowRank` ``(h, ψ)`` instead of
+        ``ΔW = h ψᵀ`` (``h``: (L, d_out, d') in fp32, ``ψ``: (d_in, d')): the layers apply them as
+        ``(x ψ) hᵀ`` and ΔW is never formed.
+
+        ``head`` may be a list of heads: the result is then a list, one entry per head, from one call; heads
+        without their own cluster assignments share one trunk evaluation (only their ψ differs)."""
+        if isinstance(head, str):
+            return self._forward_heads(weights, [head], return_assignments, factored)[0]
+        return self._forward_heads(weights, list(head), return_assignments, factored)
+
+    def _forward_heads(self, weights, heads, return_assignments, factored):
+        outs, shared = [], None
+        for name in heads:
+            own_trunk = len(self.heads[name].clusters) > 0
+            if own_trunk or shared is None:
+                h, assignments = self.trunk_output(weights, name)
+                if not own_trunk:
+                    shared = (h, assignments)
+            else:
+                h, assignments = shared
+            psi = self.heads[name].recovery.weight
+            if factored:
+                out = LowRank(h, psi)
+            else:
+                with torch.autocast(device_type=weights.device.type, enabled=False):
+                    out = F.linear(h, psi).to(weights.dtype)
+            outs.append((out, assignments) if return_assignments else out)
+        return outs
