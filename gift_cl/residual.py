@@ -11,10 +11,15 @@ to form ΔW at all). Backward, with ``g = ∂L/∂y`` and ``gh = g h``::
 
     ∂L/∂x = g W + gh ψᵀ       ∂L/∂h = gᵀ u       ∂L/∂ψ = xᵀ gh
 
-:func:`factored_linear` computes ``y = x Wᵀ + b + (x ψ) hᵀ`` as one autograd node: the frozen product runs
-exactly as ``F.linear(x, W, b)`` (so ``ψ = 0`` adds an exact zero and the frozen model is reproduced bit for
-bit), and the residual is accumulated into it in place (``addmm_``), with no ``(n, d_out)`` temporaries and
-one fused ``g W + gh ψᵀ`` in the backward.
+:func:`factored_linear` computes ``y = x Wᵀ + b + (x ψ) hᵀ`` as one autograd node with a hand-written
+backward. ``ψ = 0`` reproduces the frozen layer bit for bit in both of its strategies (see
+:class:`_FactoredLinear`):
+
+- *folded* (one head, exact fp32 matmuls, the training default on CPU): the forward uses ``W⁺ = W + h ψᵀ``,
+  formed once per layer and step, so it costs exactly what the frozen forward costs; the backward adds four
+  thin products (``g h``, ``xᵀ(g h)``, ``x ψ``, ``gᵀ(x ψ)``), the same structure as LoRA's with d' for r.
+- *additive* (mixed-task batches, TF32/bf16/fp16): ``y = F.linear(x, W, b)``, then ``(x ψ) hᵀ`` accumulated
+  into it in place (``addmm_``): no ``(n, d_out)`` temporaries; two thin products forward, four backward.
 
 *Mixed-task batches.* Samples ``bounds[k]:bounds[k+1]`` (along dim 0 of ``x``) use head ``k``'s factors
 (``hs[k]``, ``psis[k]``): one frozen product for the whole batch, one pair of thin products per head group,
@@ -59,12 +64,31 @@ def _rows(bounds: Optional[Sequence[int]], k: int, per_sample: int) -> slice:
 
 
 class _FactoredLinear(torch.autograd.Function):
-    """``y = F.linear(x, W, b)``, then ``y[rows_k] += (x[rows_k] ψ_k) h_kᵀ`` in place for every head group."""
+    """``y = x Wᵀ + b + (x ψ) hᵀ`` per head group, with a hand-written backward. Two forward strategies:
+
+    - *additive* (any number of head groups, any precision): ``y = F.linear(x, W, b)`` for the whole batch,
+      then ``y[rows_k] += (x[rows_k] ψ_k) h_kᵀ`` in place. Six thin products per layer (2 forward, 4 backward).
+    - *folded* (one head, full-precision fp32/fp64 matmuls): ``W⁺ = W + h ψᵀ`` (``d_out·d_in·d'``, once per
+      layer and step), ``y = F.linear(x, W⁺, b)`` and ``∂L/∂x = g W⁺``. Four thin products per layer (all in
+      the backward: ``g h``, ``xᵀ(g h)``, ``x ψ``, ``gᵀ(x ψ)``), the forward costs what the frozen layer's does.
+      ``ψ = 0`` gives ``W⁺ = W`` bit for bit. Rounding ``W + ΔW`` loses the part of ΔW below half an ulp of W,
+      which is the size of the error the frozen product itself makes in exact fp32, but not with TF32 or
+      bf16/fp16 matmuls (10 or fewer mantissa bits): those use the additive form.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bounds, *factors):
+    def forward(ctx, x, weight, bias, bounds, fold, *factors):
         k_heads = len(factors) // 2
         hs, psis = factors[:k_heads], factors[k_heads:]
+        ctx.bounds, ctx.k_heads, ctx.fold = bounds, k_heads, fold
+        ctx.has_bias = bias is not None
+        ctx.factor_dtypes = tuple(f.dtype for f in factors)
+        if fold:
+            w_plus = torch.addmm(weight, hs[0].to(weight.dtype), psis[0].to(weight.dtype).t())
+            y = F.linear(x, w_plus, bias)
+            ctx.per_sample = 1
+            ctx.save_for_backward(x, w_plus, hs[0].to(y.dtype), psis[0].to(y.dtype))
+            return y
         y = F.linear(x, weight, bias)
         d_in, d_out = x.shape[-1], y.shape[-1]
         x2, y2 = x.reshape(-1, d_in), y.view(-1, d_out)
@@ -72,46 +96,53 @@ class _FactoredLinear(torch.autograd.Function):
         dtype = y.dtype
         hs = tuple(h.to(dtype) for h in hs)
         psis = tuple(p.to(dtype) for p in psis)
-        us = []
         for k in range(k_heads):
             rows = _rows(bounds, k, per_sample)
-            u = x2[rows].to(dtype) @ psis[k]
-            y2[rows].addmm_(u, hs[k].t())
-            us.append(u)
-        ctx.bounds, ctx.per_sample, ctx.k_heads = bounds, per_sample, k_heads
-        ctx.has_bias = bias is not None
-        ctx.factor_dtypes = tuple(f.dtype for f in factors)
-        ctx.save_for_backward(x, weight, *hs, *psis, *us)
+            y2[rows].addmm_(x2[rows].to(dtype) @ psis[k], hs[k].t())
+        ctx.per_sample = per_sample
+        ctx.save_for_backward(x, weight, *hs, *psis)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, *rest = ctx.saved_tensors
+        x, weight, *rest = ctx.saved_tensors  # weight is W⁺ when folded
         k_heads, bounds, per_sample = ctx.k_heads, ctx.bounds, ctx.per_sample
-        hs, psis, us = rest[:k_heads], rest[k_heads : 2 * k_heads], rest[2 * k_heads :]
+        hs, psis = rest[:k_heads], rest[k_heads : 2 * k_heads]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_f = ctx.needs_input_grad[4:]
+        need_f = ctx.needs_input_grad[5:]
         d_in, d_out = x.shape[-1], weight.shape[0]
         g2 = gy.reshape(-1, d_out)
         x2 = x.reshape(-1, d_in)
         gx2 = g2.mm(weight.to(g2.dtype)) if need_x else None
         grad_h, grad_psi = [None] * k_heads, [None] * k_heads
         for k in range(k_heads):
-            if not (need_x or need_f[k] or need_f[k_heads + k]):
+            need_h, need_psi = need_f[k], need_f[k_heads + k]
+            if not (need_h or need_psi or (need_x and not ctx.fold)):
                 continue
             rows = _rows(bounds, k, per_sample)
-            gk = g2[rows]
-            gh = gk.mm(hs[k])  # (n, d')
-            if need_x:
-                gx2[rows].addmm_(gh, psis[k].t())
-            if need_f[k]:
-                grad_h[k] = gk.t().mm(us[k]).to(ctx.factor_dtypes[k])
-            if need_f[k_heads + k]:
-                grad_psi[k] = x2[rows].to(gh.dtype).t().mm(gh).to(ctx.factor_dtypes[k_heads + k])
+            gk, xk = g2[rows], x2[rows].to(g2.dtype)
+            if need_psi or (need_x and not ctx.fold):
+                gh = gk.mm(hs[k])  # (n, d')
+                if need_x and not ctx.fold:
+                    gx2[rows].addmm_(gh, psis[k].t())
+                if need_psi:
+                    grad_psi[k] = xk.t().mm(gh).to(ctx.factor_dtypes[k_heads + k])
+            if need_h:
+                grad_h[k] = gk.t().mm(xk.mm(psis[k])).to(ctx.factor_dtypes[k])
         grad_x = gx2.view(x.shape).to(x.dtype) if need_x else None
         grad_w = g2.t().mm(x2.to(g2.dtype)).to(weight.dtype) if need_w else None
         grad_b = g2.sum(0) if need_b and ctx.has_bias else None
-        return (grad_x, grad_w, grad_b, None, *grad_h, *grad_psi)
+        return (grad_x, grad_w, grad_b, None, None, *grad_h, *grad_psi)
+
+
+def exact_fp32_matmul(x: torch.Tensor) -> bool:
+    """Whether products of ``x`` run in full fp32/fp64 precision (no autocast, no TF32): folding ΔW into W is
+    then as exact as the frozen product itself (see :class:`_FactoredLinear`)."""
+    if x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
+        return False
+    if x.device.type == "cuda":
+        return not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+    return x.device.type == "cpu" and (x.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
 
 
 def factored_linear(
@@ -121,10 +152,12 @@ def factored_linear(
     hs: Sequence[torch.Tensor],
     psis: Sequence[torch.Tensor],
     bounds: Optional[Sequence[int]] = None,
+    fold: Optional[bool] = None,
 ) -> torch.Tensor:
     """``F.linear(x, W, b) + (x ψ) hᵀ``, per head group when ``bounds`` (K+1 sample offsets along dim 0) is given.
 
     ``hs[k]``: (d_out, d'), ``psis[k]``: (d_in, d'). Without ``bounds`` there is one head (``len(hs) == 1``).
+    ``fold``: compute the forward with ``W + h ψᵀ`` (one head only); default: when :func:`exact_fp32_matmul`.
     """
     if len(hs) != len(psis) or (bounds is None and len(hs) != 1):
         raise ValueError("factored_linear: one (h, psi) pair per head; bounds needed for more than one head")
@@ -132,7 +165,11 @@ def factored_linear(
         bounds = tuple(int(b) for b in bounds)
         if len(bounds) != len(hs) + 1 or x.dim() < 2 or bounds[0] != 0 or bounds[-1] != x.shape[0]:
             raise ValueError(f"bounds {bounds} do not split a batch of {x.shape[0]} samples into {len(hs)} groups")
-    return _FactoredLinear.apply(x, weight, bias, bounds, *hs, *psis)
+    if fold is None:
+        fold = bounds is None and exact_fp32_matmul(x)
+    elif fold and bounds is not None:
+        raise ValueError("fold=True needs a single head (no bounds)")
+    return _FactoredLinear.apply(x, weight, bias, bounds, bool(fold), *hs, *psis)
 
 
 def dense_linear_mixed(base: torch.nn.Linear, x: torch.Tensor, parts: Sequence[torch.Tensor], bounds) -> torch.Tensor:

@@ -142,14 +142,25 @@ class GiftModel(nn.Module):
                     set_submodule(model, n, GiftLinear(model.get_submodule(n)))
                     taken.add(n)
         self._eval_cache: dict[str, tuple[tuple, dict[str, Residual]]] = {}
+        self._weights_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     # ---------------------------------------------------------------- residual generation
     def layers(self) -> dict[str, GiftLinear]:
         return {n: self.model.get_submodule(n) for names in self.groups.values() for n in names}
 
     def target_weights(self, key: str) -> torch.Tensor:
-        """The frozen weights of one group, stacked as the generator's token batch (L, d_out, d_in)."""
-        return torch.stack([self.model.get_submodule(n).base.weight for n in self.groups[key]])
+        """The frozen weights of one group, stacked as the generator's token batch (L, d_out, d_in).
+
+        Stacked once and kept while the weights are unchanged (same storage and ``_version``): the
+        generator's input is constant, so no step pays for the copy."""
+        weights = [self.model.get_submodule(n).base.weight for n in self.groups[key]]
+        if any(w.requires_grad for w in weights):  # trainable target weights (unusual): never cache a graph
+            return torch.stack(weights)
+        stamp = tuple((w.data_ptr(), w._version) for w in weights)
+        cached = self._weights_cache.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = self._weights_cache[key] = (stamp, torch.stack(weights))
+        return cached[1]
 
     def residual_form(self, key: str) -> str:
         """``"factored"`` or ``"dense"``: the form the layers of group ``key`` receive their residual in."""

@@ -6,7 +6,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from gift_cl import GiftConfig, get_gift_model
+from gift_cl import GiftConfig, get_gift_model, residual
 from gift_cl.residual import LowRank, Mixed, apply_residual, factored_linear
 from gift_cl.tuner import factored_is_cheaper
 
@@ -70,8 +70,8 @@ def trainable_grads(model):
 
 
 # ----------------------------------------------------------------------------------- the op itself
-@pytest.mark.parametrize("bounds", [None, (0, 2, 3, 5)])
-def test_factored_linear_gradcheck(bounds):
+@pytest.mark.parametrize("bounds, fold", [(None, True), (None, False), ((0, 2, 3, 5), False)])
+def test_factored_linear_gradcheck(bounds, fold):
     """The hand-written backward (∂x = gW + (gh)ψᵀ, ∂h = gᵀ(xψ), ∂ψ = xᵀ(gh), ∂W, ∂b) against finite differences,
     on a non-contiguous input, for one head and for three head groups."""
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def test_factored_linear_gradcheck(bounds):
     w, b = torch.randn(6, 7, **d), torch.randn(6, **d)
     hs = [torch.randn(6, 3, **d) for _ in range(k)]
     psis = [torch.randn(7, 3, **d) for _ in range(k)]
-    fn = lambda x, w, b, *f: factored_linear(x, w, b, f[:k], f[k:], bounds)  # noqa: E731
+    fn = lambda x, w, b, *f: factored_linear(x, w, b, f[:k], f[k:], bounds, fold)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w, b, *hs, *psis))
     out = fn(x, w, b, *hs, *psis)
     rows = [(0, 5)] if bounds is None else list(zip(bounds[:-1], bounds[1:]))
@@ -94,6 +94,8 @@ def test_factored_linear_zero_psi_adds_an_exact_zero():
     base = torch.nn.Linear(64, 96)
     x = torch.randn(3, 17, 64)
     h, psi = torch.randn(96, 16), torch.zeros(64, 16)
+    for fold in (True, False):
+        assert torch.equal(factored_linear(x, base.weight, base.bias, [h], [psi], fold=fold), base(x))
     assert torch.equal(apply_residual(base, x, LowRank(h, psi)), base(x))
     mixed = Mixed((LowRank(h, psi), LowRank(-h, psi)), (0, 1, 3))
     assert torch.equal(apply_residual(base, x, mixed), base(x))
@@ -109,7 +111,9 @@ def test_bad_bounds_are_refused():
 # ----------------------------------------------------------------------------------- factored == dense
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("targets", TARGETS)
-def test_factored_equals_dense_forward_and_gradients(name, targets, x):
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "additive"])
+def test_factored_equals_dense_forward_and_gradients(name, targets, fold, x, monkeypatch):
+    monkeypatch.setattr(residual, "exact_fp32_matmul", lambda x: fold)  # additive: as under TF32/bf16
     fac = make(name, targets).train()
     randomize(fac)
     dense = twin(fac, "dense")
@@ -127,7 +131,9 @@ def test_factored_equals_dense_forward_and_gradients(name, targets, x):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("targets", TARGETS)
-def test_factored_init_is_bitwise_the_frozen_model(name, targets, x):
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "additive"])
+def test_factored_init_is_bitwise_the_frozen_model(name, targets, fold, x, monkeypatch):
+    monkeypatch.setattr(residual, "exact_fp32_matmul", lambda x: fold)
     with torch.no_grad():
         ref = tiny_vit()(x)
     gift = make(name, targets, heads=("0", "1"))
