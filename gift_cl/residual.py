@@ -87,7 +87,9 @@ class _FactoredLinear(torch.autograd.Function):
             w_plus = torch.addmm(weight, hs[0].to(weight.dtype), psis[0].to(weight.dtype).t())
             y = F.linear(x, w_plus, bias)
             ctx.per_sample = 1
-            ctx.save_for_backward(x, w_plus, hs[0].to(y.dtype), psis[0].to(y.dtype))
+            # W⁺ is formed again in the backward rather than kept: d_out·d_in·d' multiply-adds against d_out·d_in
+            # bytes held per layer through the whole pass (more than LoRA's saved activations at small batches).
+            ctx.save_for_backward(x, weight, hs[0].to(y.dtype), psis[0].to(y.dtype))
             return y
         y = F.linear(x, weight, bias)
         d_in, d_out = x.shape[-1], y.shape[-1]
@@ -105,7 +107,7 @@ class _FactoredLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, *rest = ctx.saved_tensors  # weight is W⁺ when folded
+        x, weight, *rest = ctx.saved_tensors
         k_heads, bounds, per_sample = ctx.k_heads, ctx.bounds, ctx.per_sample
         hs, psis = rest[:k_heads], rest[k_heads : 2 * k_heads]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -113,7 +115,10 @@ class _FactoredLinear(torch.autograd.Function):
         d_in, d_out = x.shape[-1], weight.shape[0]
         g2 = gy.reshape(-1, d_out)
         x2 = x.reshape(-1, d_in)
-        gx2 = g2.mm(weight.to(g2.dtype)) if need_x else None
+        gx2 = None
+        if need_x:
+            w_x = torch.addmm(weight, hs[0].to(weight.dtype), psis[0].to(weight.dtype).t()) if ctx.fold else weight
+            gx2 = g2.mm(w_x.to(g2.dtype))
         grad_h, grad_psi = [None] * k_heads, [None] * k_heads
         for k in range(k_heads):
             need_h, need_psi = need_f[k], need_f[k_heads + k]

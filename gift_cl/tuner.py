@@ -107,7 +107,9 @@ class GiftModel(nn.Module):
 
     Residuals are generated once per forward (training: with graph, one batched generator call per shape
     group) or once per head and parameter version (no grad: cached), handed to the layers for that forward,
-    and taken back. ``residual`` picks their form per shape group: ``"factored"`` (``(x ψ) hᵀ``, ΔW never
+    and taken back. ``checkpoint_generator`` (default on) recomputes the generator's trunk in the backward
+    rather than keeping its activations through the backbone's pass (one more generator forward per step,
+    a few % of the step's peak memory less). ``residual`` picks their form per shape group: ``"factored"`` (``(x ψ) hᵀ``, ΔW never
     formed), ``"dense"`` (``x ΔWᵀ``, the official code's form) or ``"auto"`` (factored where it costs fewer
     multiply-adds, :func:`factored_is_cheaper`; true for every shape GIFT is meant for, d' < d/2).
 
@@ -118,12 +120,13 @@ class GiftModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, config: GiftConfig, heads=("0",), train_head: bool = True,
-                 residual: str = "auto"):
+                 residual: str = "auto", checkpoint_generator: bool = True):
         super().__init__()
         if residual not in RESIDUAL_FORMS:
             raise ValueError(f"unknown residual form {residual!r}; expected one of {RESIDUAL_FORMS}")
         self.config = config
         self.residual_mode = residual
+        self.checkpoint_generator = checkpoint_generator
         freeze_backbone(model, train_head=train_head)
         self.backbone_params = backbone_parameter_count(model)
         self.model = model
@@ -138,6 +141,7 @@ class GiftModel(nn.Module):
                 names = [n for n, m in targets if tuple(m.weight.shape) == shape]
                 self.groups[key] = names
                 self.generators[key] = GiftGenerator(config, d_in=shape[1], d_out=shape[0], heads=heads)
+                self.generators[key].checkpoint = checkpoint_generator
                 for n in names:
                     set_submodule(model, n, GiftLinear(model.get_submodule(n)))
                     taken.add(n)

@@ -245,3 +245,18 @@ def test_hooks_on_the_frozen_layer_see_the_frozen_output(x):
     (inp, out), = seen
     assert torch.equal(out, F.linear(inp, layer.base.weight, layer.base.bias))
     torch.testing.assert_close(hooked, fused, **TOL)
+
+
+def test_checkpointed_generator_gives_the_same_gradients(x):
+    """The trunk recomputed in the backward (default) against a trunk that keeps its graph."""
+    gift = make("paca1", TARGETS[1]).train()
+    randomize(gift)
+    kept = twin(gift, "factored")
+    for gen in kept.generators.values():
+        gen.checkpoint = False
+    for model in (gift, kept):
+        model(x).logsumexp(-1).sum().backward()
+    g, ref = trainable_grads(gift), trainable_grads(kept)
+    assert sorted(g) == sorted(ref)
+    for n in g:
+        assert torch.equal(g[n], ref[n]), n

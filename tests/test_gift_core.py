@@ -220,3 +220,17 @@ def test_target_errors_are_clear():
         get_gift_model(tiny_vit(), GiftConfig.linear(target_modules=["attn"]))
     with pytest.raises(ValueError, match="unknown GIFT block"):
         GiftConfig(block="transformer-xl")
+
+
+def test_l2_normalize_backward_is_the_autograd_one():
+    torch.manual_seed(5)
+    x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(l2_normalize, (x,))
+    x = x.detach().clone()
+    x[0, 2] = 0.0  # a zero token: the clamped branch (no finite differences there)
+    x.requires_grad_(True)
+    assert torch.equal(l2_normalize(x), F.normalize(x, dim=-1, eps=1e-12))
+    g = torch.randn_like(x)
+    (ours,) = torch.autograd.grad(l2_normalize(x), x, g)
+    (ref,) = torch.autograd.grad(F.normalize(x, dim=-1, eps=1e-12), x, g)
+    torch.testing.assert_close(ours, ref)
