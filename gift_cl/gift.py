@@ -141,12 +141,13 @@ class ParameterToClusterAttention(nn.Module):
         k = self.k(z) * self.scale  # the scale on the M keys, not on the N×M logits
         v = self.v(z)
         if self.num_heads == 1:
-            # One head: fold W_q into the keys and W_o into the values, products over the M ≪ N cluster
+            # One head: fold W_q into the keys and W_o, b_o into the values, products over the M ≪ N cluster
             # tokens instead of the N parameter tokens (the same function, up to float rounding):
-            #   (x W_qᵀ + b_q) kᵀ = x (k W_q)ᵀ + (k b_q)ᵀ,    softmax(·) v W_oᵀ + b_o = softmax(·) (v W_oᵀ) + b_o
-            logits = (k @ self.q.bias).unsqueeze(-2) + x @ (k @ self.q.weight).transpose(-2, -1)
+            #   (x W_qᵀ + b_q) kᵀ = x (k W_q)ᵀ + (k b_q)ᵀ,    softmax(·) v W_oᵀ + b_o = softmax(·) (v W_oᵀ + b_o)
+            # (the rows of a softmax sum to 1).
+            logits = torch.baddbmm((k @ self.q.bias).unsqueeze(-2), x, (k @ self.q.weight).transpose(-2, -1))
             attn = torch.softmax(logits, dim=-1)
-            return attn @ F.linear(v, self.proj.weight) + self.proj.bias, c
+            return attn @ F.linear(v, self.proj.weight, self.proj.bias), c
         q = rearrange(self.q(x), "l n (h d) -> l h n d", h=self.num_heads)
         k = rearrange(k, "l m (h d) -> l h m d", h=self.num_heads)
         v = rearrange(v, "l m (h d) -> l h m d", h=self.num_heads)
