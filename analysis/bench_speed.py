@@ -44,6 +44,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -166,7 +167,9 @@ def step_memory(step: Step, device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) - start
     # Storages alive before the step (parameters, buffers, the input, caches such as the stacked frozen
     # weights GIFT's generator reads) cost nothing extra when the graph keeps a reference to them.
-    existing = {o.untyped_storage().data_ptr() for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+    with warnings.catch_warnings():  # isinstance() on some lazily deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        existing = {o.untyped_storage().data_ptr() for o in gc.get_objects() if isinstance(o, torch.Tensor)}
     saved: dict[int, int] = {}
 
     def pack(t):
@@ -384,7 +387,7 @@ def main(argv=None):
         print("\n== goals (ratio of two measurements in this run; lower is better) ==")
         for label, value, target in goals:
             if value is None:
-                print(f"{label:<46} {'n/a':>8}  (target ≤ {target}; baseline not installed)")
+                print(f"{label:<46} {'n/a':>8}  (target ≤ {target}; not measured: a baseline missing or skipped)")
             else:
                 print(f"{label:<46} {value:>8.3f}  target ≤ {target:<5} {'met' if value <= target else 'MISSED'}")
         report["goals"] = goals
