@@ -297,26 +297,36 @@ class GiftGenerator(nn.Module):
             return self._forward_heads(weights, [head], return_assignments, factored)[0]
         return self._forward_heads(weights, list(head), return_assignments, factored)
 
-    # Recompute the trunk's blocks in the backward instead of keeping their activations (torch.utils.checkpoint):
-    # one more forward of the blocks per step, and their graph is not alive at the backbone's activation peak
-    # (the generator's backward runs last, after the backbone's activations are freed). GiftModel sets it.
+    # Recompute the trunk in the backward instead of keeping its activations (torch.utils.checkpoint): one more
+    # forward of the blocks per step, and their graph is not alive at the backbone's activation peak (the
+    # generator's backward runs last, after the backbone's activations are freed). With several trunk evaluations
+    # (heads with their own clusters) the reduction X φᵀ runs once and only the blocks are recomputed. GiftModel
+    # sets it.
     checkpoint: bool = False
 
-    def _blocks(self, h0, name, return_assignments):
-        if self.checkpoint and self.trunk.blocks and not return_assignments and torch.is_grad_enabled():
-            fn = lambda h: self.trunk_blocks(h, name)[0]  # noqa: E731
-            return torch.utils.checkpoint.checkpoint(fn, h0, use_reentrant=False), []
-        return self.trunk_blocks(h0, name)
+    def _checkpointing(self, return_assignments: bool) -> bool:
+        return self.checkpoint and bool(self.trunk.blocks) and not return_assignments and torch.is_grad_enabled()
+
+    def _blocks(self, h0, weights, name, return_assignments):
+        if not self._checkpointing(return_assignments):
+            return self.trunk_blocks(h0 if h0 is not None else self.trunk_input(weights), name)
+        if h0 is None:  # one trunk evaluation: recompute it whole; its input is the (cached) frozen weights
+            fn = lambda w: self.trunk_output(w, name)[0]  # noqa: E731
+            return torch.utils.checkpoint.checkpoint(fn, weights, use_reentrant=False), []
+        fn = lambda h: self.trunk_blocks(h, name)[0]  # noqa: E731
+        return torch.utils.checkpoint.checkpoint(fn, h0, use_reentrant=False), []
 
     def _forward_heads(self, weights, heads, return_assignments, factored):
         """The trunk input once for all heads; the blocks once per head with its own cluster assignments, once
         for all heads without."""
         outs, shared = [], None
-        h0 = self.trunk_input(weights)
-        for name in heads:
-            own_trunk = len(self.heads[name].clusters) > 0
+        own = [len(self.heads[name].clusters) > 0 for name in heads]
+        n_trunks = sum(own) + (not all(own))
+        shared_input = n_trunks > 1 or not self._checkpointing(return_assignments)
+        h0 = self.trunk_input(weights) if shared_input else None
+        for name, own_trunk in zip(heads, own):
             if own_trunk or shared is None:
-                h, assignments = self._blocks(h0, name, return_assignments)
+                h, assignments = self._blocks(h0, weights, name, return_assignments)
                 if not own_trunk:
                     shared = (h, assignments)
             else:

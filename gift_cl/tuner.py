@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gift import GiftConfig, GiftGenerator
-from .residual import LowRank, Mixed, Residual, apply_residual, dense_delta
+from .residual import LowRank, Mixed, Residual, apply_residual, dense_delta, exact_fp32_matmul
 from .injection import (
     backbone_parameter_count,
     count_parameters,
@@ -90,13 +90,16 @@ def _group_key(pattern: str, shape: tuple[int, int], n_shapes: int) -> str:
 RESIDUAL_FORMS = ("auto", "factored", "dense")
 
 
-def factored_is_cheaper(d_in: int, d_out: int, rank: int) -> bool:
-    """Whether ``(x ψ) hᵀ`` costs fewer multiply-adds per token than ``x ΔWᵀ``: ``d'(d_in + d_out) < d_in d_out``.
+def factored_is_cheaper(d_in: int, d_out: int, rank: int, folded: bool = True) -> bool:
+    """Whether the factored residual costs fewer multiply-adds per token and training step than the dense one.
 
-    Both forms cost the same number of kernels, so the flop count decides; the factored form also skips
-    forming ΔW (``L·d_out·d_in·d'``) and its weight gradient (``n·d_out·d_in``), so ties go to it.
-    ``analysis/bench_speed.py --quick`` checks the rule on shapes on both sides of the line."""
-    return rank * (d_in + d_out) <= d_in * d_out
+    Dense: ``x ΔWᵀ``, ``g ΔW`` and ``gᵀ x``, ``3·d_in·d_out``. Factored, folded (one head, exact fp32; the
+    forward runs with ``W + h ψᵀ``): four thin products in the backward, ``2·d'·(d_in + d_out)``. Factored,
+    additive (mixed-task batches, TF32/bf16): six, ``3·d'·(d_in + d_out)``. Both forms also pay per step for
+    ``h ψᵀ`` (dense ΔW, or ``W + h ψᵀ`` when folded), so the per-token counts decide; ties go to factored.
+    ``analysis/bench_speed.py --sections layer`` measures both sides of these lines."""
+    factored = (2 if folded else 3) * rank * (d_in + d_out)
+    return factored <= 3 * d_in * d_out
 
 
 class GiftModel(nn.Module):
@@ -112,6 +115,7 @@ class GiftModel(nn.Module):
     a few % of the step's peak memory less). ``residual`` picks their form per shape group: ``"factored"`` (``(x ψ) hᵀ``, ΔW never
     formed), ``"dense"`` (``x ΔWᵀ``, the official code's form) or ``"auto"`` (factored where it costs fewer
     multiply-adds, :func:`factored_is_cheaper`; true for every shape GIFT is meant for, d' < d/2).
+    The no-grad cache is keyed by head and the residual forms of the groups.
 
     Mixed-task batches: ``forward(x, head=["0", "3"], sample_head=t)`` with ``t`` a LongTensor (B,) of
     indices into the head list runs the frozen backbone ONCE for the whole batch; each target layer adds
@@ -145,7 +149,7 @@ class GiftModel(nn.Module):
                 for n in names:
                     set_submodule(model, n, GiftLinear(model.get_submodule(n)))
                     taken.add(n)
-        self._eval_cache: dict[str, tuple[tuple, dict[str, Residual]]] = {}
+        self._eval_cache: dict[tuple[str, tuple], tuple[tuple, dict[str, Residual]]] = {}
         self._weights_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     # ---------------------------------------------------------------- residual generation
@@ -166,12 +170,14 @@ class GiftModel(nn.Module):
             cached = self._weights_cache[key] = (stamp, torch.stack(weights))
         return cached[1]
 
-    def residual_form(self, key: str) -> str:
-        """``"factored"`` or ``"dense"``: the form the layers of group ``key`` receive their residual in."""
+    def residual_form(self, key: str, mixed: bool = False) -> str:
+        """``"factored"`` or ``"dense"``: the form the layers of group ``key`` receive their residual in
+        (``mixed``: for a mixed-task batch, where the factored residual cannot be folded into W)."""
         if self.residual_mode != "auto":
             return self.residual_mode
         gen = self.generators[key]
-        return "factored" if factored_is_cheaper(gen.d_in, gen.d_out, self.config.rank) else "dense"
+        folded = not mixed and exact_fp32_matmul(gen.trunk.reduction.weight)
+        return "factored" if factored_is_cheaper(gen.d_in, gen.d_out, self.config.rank, folded) else "dense"
 
     def delta_weights(self, head: str = "0") -> dict[str, torch.Tensor]:
         """ΔW for every target layer (dense, whatever the residual form): one batched generator call per shape group."""
@@ -181,15 +187,15 @@ class GiftModel(nn.Module):
             deltas.update(zip(names, delta.unbind(0)))
         return deltas
 
-    def generate(self, heads: Union[str, Sequence[str]] = "0"):
+    def generate(self, heads: Union[str, Sequence[str]] = "0", mixed: bool = False):
         """The residual of every target layer, in its :meth:`residual_form` (``LowRank`` factors or dense ΔW):
         ``{layer name: residual}`` for one head, a list of such dicts for a list of heads. One generator call
-        per shape group, for all the heads at once."""
+        per shape group, for all the heads at once. ``mixed``: the residuals serve a mixed-task batch."""
         single = isinstance(heads, str)
         heads = [heads] if single else list(heads)
         out = [{} for _ in heads]
         for key, names in self.groups.items():
-            factored = self.residual_form(key) == "factored"
+            factored = self.residual_form(key, mixed) == "factored"
             per_head = self.generators[key](self.target_weights(key), head=heads, factored=factored)
             for res, r in zip(out, per_head):
                 if factored:
@@ -215,15 +221,16 @@ class GiftModel(nn.Module):
         weights = tuple((l.base.weight.data_ptr(), l.base.weight._version) for l in self.layers().values())
         return self.residual_mode, gens, weights
 
-    def _residuals_for_forward(self, heads: Sequence[str]) -> list[dict[str, Residual]]:
+    def _residuals_for_forward(self, heads: Sequence[str], mixed: bool = False) -> list[dict[str, Residual]]:
         if torch.is_grad_enabled():
-            return self.generate(list(heads))  # training: once per step, with graph
-        key = self._cache_key()
-        stale = [h for h in dict.fromkeys(heads) if h not in self._eval_cache or self._eval_cache[h][0] != key]
+            return self.generate(list(heads), mixed)  # training: once per step, with graph
+        key, cache = self._cache_key(), self._eval_cache
+        forms = tuple(self.residual_form(k, mixed) for k in self.groups)  # same forms: one entry serves both
+        stale = [h for h in dict.fromkeys(heads) if (h, forms) not in cache or cache[h, forms][0] != key]
         if stale:
-            for h, res in zip(stale, self.generate(stale)):
-                self._eval_cache[h] = (key, res)
-        return [self._eval_cache[h][1] for h in heads]
+            for h, res in zip(stale, self.generate(stale, mixed)):
+                cache[h, forms] = (key, res)
+        return [cache[h, forms][1] for h in heads]
 
     @contextlib.contextmanager
     def residuals(self, deltas: dict[str, Residual]):
@@ -280,7 +287,7 @@ class GiftModel(nn.Module):
         bounds = [0]
         for k in present:
             bounds.append(bounds[-1] + counts[k])
-        per_head = self._residuals_for_forward([heads[k] for k in present])
+        per_head = self._residuals_for_forward([heads[k] for k in present], mixed=True)
         mixed = {n: Mixed(tuple(r[n] for r in per_head), tuple(bounds)) for n in per_head[0]}
         with self.residuals(mixed):
             out = self.model(x)

@@ -164,10 +164,22 @@ def test_dense_delta_weights_equal_the_factors():
 
 
 def test_auto_form_follows_the_flop_count():
-    assert factored_is_cheaper(768, 768, 48) and factored_is_cheaper(768, 768, 192) and factored_is_cheaper(64, 64, 16)
-    assert not factored_is_cheaper(64, 64, 48)
-    gift = get_gift_model(tiny_vit(), GiftConfig.paca(rank=48, num_clusters=8, target_modules=["attn.proj", "mlp.fc1"]))
-    assert gift.residual_form("attn:proj") == "dense" and gift.residual_form("mlp:fc1") == "factored"  # 48·(64+256) < 64·256
+    for folded in (True, False):
+        assert factored_is_cheaper(768, 768, 48, folded) and factored_is_cheaper(768, 768, 192, folded)
+    assert factored_is_cheaper(64, 64, 48, folded=True) and not factored_is_cheaper(64, 64, 48, folded=False)
+    assert not factored_is_cheaper(64, 64, 56, folded=True)
+    cfg = GiftConfig.paca(rank=56, num_clusters=8, num_heads=2, target_modules=["attn.proj", "mlp.fc1"])
+    gift = get_gift_model(tiny_vit(), cfg, heads=("0", "1"))
+    assert gift.residual_form("attn:proj") == "dense" and gift.residual_form("mlp:fc1") == "factored"
+    assert gift.residual_form("attn:proj", mixed=True) == "dense"
+    gift = get_gift_model(tiny_vit(), GiftConfig.paca(rank=48, num_clusters=8), heads=("0", "1"))
+    assert gift.residual_form("attn:proj") == "factored" and gift.residual_form("attn:proj", mixed=True) == "dense"
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # auto picks forms per call; the results agree
+        single = gift(x, head="1")
+        mixed = gift(x, head=["0", "1"], sample_head=torch.tensor([1, 1, 0, 1]))
+        torch.testing.assert_close(mixed[[0, 1, 3]], single[[0, 1, 3]], **TOL)
     with pytest.raises(ValueError, match="residual form"):
         get_gift_model(tiny_vit(), GiftConfig.linear(), residual="sparse")
 
