@@ -18,6 +18,9 @@ Parameter-to-Cluster Attention (PaCa), linear in the number of tokens N = d_out:
     Z = n(Cᵀ x / N)                 M × d'  cluster tokens
     out = softmax_M(x W_q (Z W_k)ᵀ · scale) (Z W_v) W_o
 
+The layers apply the residual in factored form, ``x ΔWᵀ = (x ψ) hᵀ`` (``gift_cl/residual.py``): ΔW has
+rank d' and is only formed to merge or export.
+
 With ``depth=0`` and no positional encoding the generator is the official v2 code's
 ``ΔW = (W φᵀ) ψᵀ`` (rank r = d'), evaluated in the same order.
 
@@ -28,17 +31,45 @@ cluster-assignment layers) that is per task, so each task has its own assignment
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+import torch.utils.checkpoint
+from einops import rearrange
 from torch import nn
+
+from .residual import LowRank
+
+
+L2_EPS = 1e-12
+
+
+class _L2Normalize(torch.autograd.Function):
+    """``y = x / max(‖x‖, eps)`` over the last dim, the values of ``F.normalize`` bit for bit, with the closed-form
+    backward ``∂x = (g − y ⟨y, g⟩) / max(‖x‖, eps)`` (``g / eps`` where the norm is clamped): three elementwise
+    passes instead of the eight or so autograd records for norm, clamp and division (3× faster on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(L2_EPS)
+        y = x / n
+        ctx.save_for_backward(y, n)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        y, n = ctx.saved_tensors
+        dot = (y * g).sum(-1, keepdim=True).masked_fill_(n <= L2_EPS, 0.0)
+        return (g - y * dot).div_(n)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """The generator's norm: parameter-free, because its inputs are weights, not activations."""
-    return F.normalize(x, p=2.0, dim=-1, eps=1e-12)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _L2Normalize.apply(x)
+    return F.normalize(x, p=2.0, dim=-1, eps=L2_EPS)
 
 
 @dataclass
@@ -106,11 +137,21 @@ class ParameterToClusterAttention(nn.Module):
     def forward(self, x: torch.Tensor, assign: ClusterAssignment) -> tuple[torch.Tensor, torch.Tensor]:
         num_tokens = x.shape[-2]
         c = assign(x)  # (L, N, M)
-        z = l2_normalize(einsum(c, x, "l n m, l n d -> l m d") / num_tokens)
+        z = l2_normalize(c.transpose(-2, -1) @ x / num_tokens)  # (L, M, d)
+        k = self.k(z) * self.scale  # the scale on the M keys, not on the N×M logits
+        v = self.v(z)
+        if self.num_heads == 1:
+            # One head: fold W_q into the keys and W_o, b_o into the values, products over the M ≪ N cluster
+            # tokens instead of the N parameter tokens (the same function, up to float rounding):
+            #   (x W_qᵀ + b_q) kᵀ = x (k W_q)ᵀ + (k b_q)ᵀ,    softmax(·) v W_oᵀ + b_o = softmax(·) (v W_oᵀ + b_o)
+            # (the rows of a softmax sum to 1).
+            logits = torch.baddbmm((k @ self.q.bias).unsqueeze(-2), x, (k @ self.q.weight).transpose(-2, -1))
+            attn = torch.softmax(logits, dim=-1)
+            return attn @ F.linear(v, self.proj.weight, self.proj.bias), c
         q = rearrange(self.q(x), "l n (h d) -> l h n d", h=self.num_heads)
-        k = rearrange(self.k(z), "l m (h d) -> l h m d", h=self.num_heads)
-        v = rearrange(self.v(z), "l m (h d) -> l h m d", h=self.num_heads)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        k = rearrange(k, "l m (h d) -> l h m d", h=self.num_heads)
+        v = rearrange(v, "l m (h d) -> l h m d", h=self.num_heads)
+        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
         out = rearrange(attn @ v, "l h n d -> l n (h d)")
         return self.proj(out), c
 
@@ -207,24 +248,94 @@ class GiftGenerator(nn.Module):
         self.heads[name] = GeneratorHead(self.config, self.d_in)
         return self.heads[name]
 
-    def forward(self, weights: torch.Tensor, head: str = "0", return_assignments: bool = False):
-        """``weights``: (L, d_out, d_in) frozen weights. Returns ΔW of the same shape and, on request,
-        the cluster assignments, one ``(L, d_out, M)`` tensor per PaCa block."""
+    def trunk_input(self, weights: torch.Tensor) -> torch.Tensor:
+        """``X φᵀ (+ P)`` (L, d_out, d'): the head-independent start of the trunk."""
         if weights.shape[-2:] != (self.d_out, self.d_in):
             raise ValueError(
                 f"generator built for weights of shape ({self.d_out}, {self.d_in}), got {tuple(weights.shape[-2:])}"
             )
-        task_head = self.heads[head]
         # The generator's input is weights, not data: keep it out of autocast, like the official code.
         with torch.autocast(device_type=weights.device.type, enabled=False):
             h = F.linear(weights.float(), self.trunk.reduction.weight)
             if self.trunk.pos_embed is not None:
                 h = h + self.trunk.pos_embed
-            assignments = []
+        return h
+
+    def trunk_blocks(self, h: torch.Tensor, head: str = "0") -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The blocks on ``h`` with ``head``'s cluster assignments: the trunk output and the assignments per block."""
+        task_head = self.heads[head]
+        assignments = []
+        with torch.autocast(device_type=h.device.type, enabled=False):
             for i, block in enumerate(self.trunk.blocks):
                 assign = task_head.clusters[i] if len(task_head.clusters) else None
                 h, c = block(h, assign)
                 if c is not None:
                     assignments.append(c)
-            delta = F.linear(h, task_head.recovery.weight).to(weights.dtype)
-        return (delta, assignments) if return_assignments else delta
+        return h, assignments
+
+    def trunk_output(self, weights: torch.Tensor, head: str = "0") -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``h`` (L, d_out, d'), the trunk's output before the recovery, and the PaCa assignments per block."""
+        return self.trunk_blocks(self.trunk_input(weights), head)
+
+    def forward(
+        self,
+        weights: torch.Tensor,
+        head: Union[str, Sequence[str]] = "0",
+        return_assignments: bool = False,
+        factored: bool = False,
+    ):
+        """``weights``: (L, d_out, d_in) frozen weights. Returns ΔW of the same shape and, on request,
+        the cluster assignments, one ``(L, d_out, M)`` tensor per PaCa block.
+
+        ``factored=True`` returns the factors :class:`~gift_cl.residual.LowRank` ``(h, ψ)`` instead of
+        ``ΔW = h ψᵀ`` (``h``: (L, d_out, d') in fp32, ``ψ``: (d_in, d')): the layers apply them as
+        ``(x ψ) hᵀ`` and ΔW is never formed.
+
+        ``head`` may be a list of heads: the result is then a list, one entry per head, from one call; heads
+        without their own cluster assignments share one trunk evaluation (only their ψ differs)."""
+        if isinstance(head, str):
+            return self._forward_heads(weights, [head], return_assignments, factored)[0]
+        return self._forward_heads(weights, list(head), return_assignments, factored)
+
+    # Recompute the trunk in the backward instead of keeping its activations (torch.utils.checkpoint): one more
+    # forward of the blocks per step, and their graph is not alive at the backbone's activation peak (the
+    # generator's backward runs last, after the backbone's activations are freed). With several trunk evaluations
+    # (heads with their own clusters) the reduction X φᵀ runs once and only the blocks are recomputed. GiftModel
+    # sets it.
+    checkpoint: bool = False
+
+    def _checkpointing(self, return_assignments: bool) -> bool:
+        return self.checkpoint and bool(self.trunk.blocks) and not return_assignments and torch.is_grad_enabled()
+
+    def _blocks(self, h0, weights, name, return_assignments):
+        if not self._checkpointing(return_assignments):
+            return self.trunk_blocks(h0 if h0 is not None else self.trunk_input(weights), name)
+        if h0 is None:  # one trunk evaluation: recompute it whole; its input is the (cached) frozen weights
+            fn = lambda w: self.trunk_output(w, name)[0]  # noqa: E731
+            return torch.utils.checkpoint.checkpoint(fn, weights, use_reentrant=False), []
+        fn = lambda h: self.trunk_blocks(h, name)[0]  # noqa: E731
+        return torch.utils.checkpoint.checkpoint(fn, h0, use_reentrant=False), []
+
+    def _forward_heads(self, weights, heads, return_assignments, factored):
+        """The trunk input once for all heads; the blocks once per head with its own cluster assignments, once
+        for all heads without."""
+        outs, shared = [], None
+        own = [len(self.heads[name].clusters) > 0 for name in heads]
+        n_trunks = sum(own) + (not all(own))
+        shared_input = n_trunks > 1 or not self._checkpointing(return_assignments)
+        h0 = self.trunk_input(weights) if shared_input else None
+        for name, own_trunk in zip(heads, own):
+            if own_trunk or shared is None:
+                h, assignments = self._blocks(h0, weights, name, return_assignments)
+                if not own_trunk:
+                    shared = (h, assignments)
+            else:
+                h, assignments = shared
+            psi = self.heads[name].recovery.weight
+            if factored:
+                out = LowRank(h, psi)
+            else:
+                with torch.autocast(device_type=weights.device.type, enabled=False):
+                    out = F.linear(h, psi).to(weights.dtype)
+            outs.append((out, assignments) if return_assignments else out)
+        return outs
