@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	# torch first, pinned by constraints.txt: these wheels lie on local disk (a newer torch would download GBs)
 	$(VENV)/bin/pip install -q -c constraints.txt torch torchvision
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,notebooks]'  # notebooks: tests/test_notebooks.py runs them
 	touch $@
 
 install: $(VENV)/.installed
