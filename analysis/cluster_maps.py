@@ -3,6 +3,7 @@
     python analysis/cluster_maps.py outputs/gift_multitask/procedural/<time>
     python analysis/cluster_maps.py <run> --task textures --layer blocks.3.attn.proj --norm minmax --pre-delta
     python analysis/cluster_maps.py <run> --source projection     # W φᵀ, one map per rank (official visualiser)
+    python analysis/cluster_maps.py <run> --center                # concepts centred over the parameter tokens
 
 Writes into ``<run>/interpret/`` (or ``--out``):
 - ``maps_<task>_<layer>[_pre_delta].png``: test images (rows) with the clusters whose raw maps vary most
@@ -43,6 +44,8 @@ def main():
     p.add_argument("--clusters", type=int, default=8, help="cluster maps shown per image")
     p.add_argument("--norm", choices=["meanstd", "minmax"], default="meanstd")
     p.add_argument("--pre-delta", action="store_true", help="the frozen layer's output on the adapted input")
+    p.add_argument("--center", action="store_true",
+                   help="centre each concept over the parameter tokens (maps of what distinguishes the clusters)")
     a = p.parse_args()
 
     run = load_run(a.run_dir)
@@ -50,13 +53,14 @@ def main():
     layers = a.layer or [run.layers()[-1]]
     mean, std = run.normalisation
     tasks = a.task or run.names
-    suffix = "_pre_delta" if a.pre_delta else ""
+    suffix = ("_pre_delta" if a.pre_delta else "") + ("_centred" if a.center else "")
     vectors: dict[str, dict[str, torch.Tensor]] = {}
     for name in tasks:
         view = run.task(name)
         images = view.test_images(a.images)
         for layer in layers:
-            raw = view.cluster_maps(images, layer, block=a.block, pre_delta=a.pre_delta, source=a.source)
+            raw = view.cluster_maps(images, layer, block=a.block, pre_delta=a.pre_delta, source=a.source,
+                                    center=a.center)
             source = resolve_source(view.gift, layer, a.source)
             path = out / f"maps_{name}_{layer}{suffix}.png"
             save_figure(cluster_map_figure(images, raw, mean, std, a.norm, a.clusters,

@@ -153,21 +153,28 @@ def maps_from_outputs(y: torch.Tensor, c: torch.Tensor, backbone: nn.Module, siz
 
 @torch.no_grad()
 def cluster_maps_by_layer(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], head: str = "0",
-                          block: int = -1, pre_delta: bool = False, source: str = "auto") -> dict[str, torch.Tensor]:
+                          block: int = -1, pre_delta: bool = False, source: str = "auto",
+                          center: bool = False) -> dict[str, torch.Tensor]:
     """:func:`cluster_maps` for several layers from one forward pass."""
     outputs = layer_outputs(gift, images, layers, head, pre_delta)
-    return {
-        layer: maps_from_outputs(outputs[layer], concept_matrix(gift, layer, head, source, block), gift.model,
-                                 images.shape[-2:])
-        for layer in layers
-    }
+    maps = {}
+    for layer in layers:
+        c = concept_matrix(gift, layer, head, source, block)
+        maps[layer] = maps_from_outputs(outputs[layer], c - c.mean(0, keepdim=True) if center else c, gift.model,
+                                        images.shape[-2:])
+    return maps
 
 
 def cluster_maps(gift: GiftModel, images: torch.Tensor, layer: str, head: str = "0", block: int = -1,
-                 pre_delta: bool = False, source: str = "auto") -> torch.Tensor:
+                 pre_delta: bool = False, source: str = "auto", center: bool = False) -> torch.Tensor:
     """``(B, M, H, W)`` maps ``Y C`` of ``layer`` for the task whose generator head is ``head``: ``Y`` from
-    the model adapted with that head's residuals, ``C`` that head's concept matrix (module docstring)."""
-    return cluster_maps_by_layer(gift, images, [layer], head, block, pre_delta, source)[layer]
+    the model adapted with that head's residuals, ``C`` that head's concept matrix (module docstring).
+
+    ``center``: each column of ``C`` minus its mean over the parameter tokens. Sigmoid assignments that
+    vary little over the tokens (``C ≈ c·1``) give maps that are all ``≈ c · Σ_j Y_j``, the same image for
+    every cluster; centring keeps what distinguishes the clusters (as the centred cosine of
+    :mod:`gift_cl.concepts` does). Off by default: the paper's and the official visualiser's maps are raw."""
+    return cluster_maps_by_layer(gift, images, [layer], head, block, pre_delta, source, center)[layer]
 
 
 def normalize_maps(maps: torch.Tensor, mode: str = "meanstd") -> torch.Tensor:

@@ -188,3 +188,13 @@ def test_accuracy_gains_are_differences_of_final_accuracies():
     ours = {"final_accuracy": {"a": 0.9, "b": 0.5}}
     base = {"final_accuracy": {"a": 0.7, "c": 0.1}}
     assert accuracy_gains(ours, base) == pytest.approx({"a": 0.2})
+
+
+def test_centred_maps_use_each_concept_minus_its_mean_over_tokens():
+    gift = two_head_gift(GiftConfig(rank=8, depth=2, num_clusters=6))
+    x, layer = torch.randn(2, 3, 32, 32), list(gift.layers())[-1]
+    c = concept_matrix(gift, layer, "1")
+    with torch.no_grad():
+        y = layer_tokens_by_hand(gift, x, layer, gift.delta_weights("1"), pre_delta=False)
+    expected = expected_maps(y, c - c.mean(0, keepdim=True))
+    torch.testing.assert_close(cluster_maps(gift, x, layer, "1", center=True), expected, atol=1e-4, rtol=1e-4)
