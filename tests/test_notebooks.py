@@ -64,8 +64,9 @@ def test_notebook_runs_on_a_fresh_run(name, runs):
     figures = outputs(nb, "image/png")
     out = text(nb)
     if name == "cluster_maps":
-        # last layer post- and pre-delta, then one figure per target layer (the tiny ViT has 2)
-        assert len(figures) == 2 + 2
+        # last layer raw, centred and pre-delta, then one figure per target layer (the tiny ViT has 2)
+        assert len(figures) == 3 + 2
+        assert "std over tokens" in out
         assert "signs" in out and "(4, 64, 32, 32)" in out  # the parameter TASK, 4 images, 64 clusters
     elif name == "concept_reuse":
         # depth, reuse, untrained-heads reuse, dendrogram, t-SNE, global concepts, cross-layer
