@@ -22,7 +22,13 @@ Functions take plain tensors and dicts, so they run without a run directory::
 - :func:`tsne_embedding`: 2-D t-SNE of all concept vectors;
 - :func:`prototype_similarity`, :func:`relate`, :func:`reuse_vs_gain`: reuse against task similarity
   (cosine of the mean frozen [CLS] prototypes used for task-id inference) and against accuracy gains;
-- :func:`cross_layer_reuse`: concept reuse between depths (layer × layer, averaged over tasks).
+- :func:`cross_layer_reuse`: concept reuse between depths (layer × layer, averaged over tasks);
+- :func:`group_reuse`: reuse within vs between named groups of tasks, with permutation p-values;
+- ``*_figure``: every figure as a ``matplotlib.figure.Figure`` (no pyplot), for notebooks; ``plot_*`` save them.
+
+Reference levels: :func:`chance_reuse` (token axes shuffled) and, via ``analyze(control=...)``, the reuse of
+the same run with untrained generator heads (``GiftRun.concept_vectors(untrained_heads=True)``), which is what
+a shared trunk alone imposes.
 """
 from __future__ import annotations
 
