@@ -7,14 +7,14 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-all real-data test-real-data constraints clean
+.PHONY: install run test test-all real-data test-real-data constraints clean notebooks
 
 # pyproject.toml holds version ranges; constraints.txt the exact versions CI tests (`make constraints`).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	# torch first, pinned by constraints.txt: these wheels lie on local disk (a newer torch would download GBs)
 	$(VENV)/bin/pip install -q -c constraints.txt torch torchvision
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,notebooks]'  # notebooks: tests/test_notebooks.py runs them
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,6 +24,13 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Re-execute the analysis notebooks on a finished run (and its linear-probe baseline) and store them with
+# their outputs: make notebooks RUN=outputs/default_decathlon BASELINE=outputs/linear_decathlon
+RUN ?= outputs/default_decathlon
+BASELINE ?= outputs/linear_decathlon
+notebooks: install
+	GIFT_CL_RUN=$(RUN) GIFT_CL_BASELINE=$(BASELINE) $(VENV)/bin/jupyter execute --inplace analysis/notebooks/*.ipynb
 
 test-all: install  # also the slow and real-data checks
 	$(PY) -m pytest -q -m ""

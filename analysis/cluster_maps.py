@@ -3,6 +3,7 @@
     python analysis/cluster_maps.py outputs/gift_multitask/procedural/<time>
     python analysis/cluster_maps.py <run> --task textures --layer blocks.3.attn.proj --norm minmax --pre-delta
     python analysis/cluster_maps.py <run> --source projection     # W φᵀ, one map per rank (official visualiser)
+    python analysis/cluster_maps.py <run> --center                # concepts centred over the parameter tokens
 
 Writes into ``<run>/interpret/`` (or ``--out``):
 - ``maps_<task>_<layer>[_pre_delta].png``: test images (rows) with the clusters whose raw maps vary most
@@ -21,44 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gift_cl.checkpoint import atomic_path, write_json
-from gift_cl.concepts import off_diagonal_mean, plot_matrix, reuse_matrix
-from gift_cl.interpret import SOURCES, load_run, most_contrasted, normalize_maps, overlay, resolve_source
+from gift_cl.checkpoint import write_json
+from gift_cl.concepts import off_diagonal_mean, plot_matrix, reuse_matrix, save_figure
+from gift_cl.interpret import SOURCES, cluster_map_figure, load_run, resolve_source
 
 
 def read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def save_fig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def plot_maps(images, raw_maps, norm: str, mean, std, title: str, path: Path, k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pixels = (images * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
-    top = most_contrasted(raw_maps, k).tolist()  # on the raw maps: normalised maps all have std 1
-    maps = normalize_maps(raw_maps, norm)
-    fig, axes = plt.subplots(len(images), len(top) + 1, figsize=(1.3 * (len(top) + 1), 1.3 * len(images)),
-                             squeeze=False)
-    for i, img in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
-        axes[i, 0].imshow(img)
-        for j, c in enumerate(top):
-            axes[i, j + 1].imshow(overlay(img, maps[i, c].numpy()))
-            if i == 0:
-                axes[i, j + 1].set_title(f"cluster {c}", fontsize=7)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=8)
-    save_fig(fig, path)
 
 
 def main():
@@ -74,27 +44,27 @@ def main():
     p.add_argument("--clusters", type=int, default=8, help="cluster maps shown per image")
     p.add_argument("--norm", choices=["meanstd", "minmax"], default="meanstd")
     p.add_argument("--pre-delta", action="store_true", help="the frozen layer's output on the adapted input")
+    p.add_argument("--center", action="store_true",
+                   help="centre each concept over the parameter tokens (maps of what distinguishes the clusters)")
     a = p.parse_args()
 
     run = load_run(a.run_dir)
     out = Path(a.out) if a.out else run.run_dir / "interpret"
     layers = a.layer or [run.layers()[-1]]
-    first = run.task()
-    cfg = first.gift.model.pretrained_cfg
-    mean, std = cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3)
+    mean, std = run.normalisation
     tasks = a.task or run.names
-    suffix = "_pre_delta" if a.pre_delta else ""
+    suffix = ("_pre_delta" if a.pre_delta else "") + ("_centred" if a.center else "")
     vectors: dict[str, dict[str, torch.Tensor]] = {}
     for name in tasks:
         view = run.task(name)
-        test = view.data.test
-        images = torch.stack([test[i][0] for i in range(min(a.images, len(test)))])
+        images = view.test_images(a.images)
         for layer in layers:
-            raw = view.cluster_maps(images, layer, block=a.block, pre_delta=a.pre_delta, source=a.source)
+            raw = view.cluster_maps(images, layer, block=a.block, pre_delta=a.pre_delta, source=a.source,
+                                    center=a.center)
             source = resolve_source(view.gift, layer, a.source)
             path = out / f"maps_{name}_{layer}{suffix}.png"
-            plot_maps(images, raw, a.norm, mean, std, f"{name} · {layer} · {source} · block {a.block}", path,
-                      a.clusters)
+            save_figure(cluster_map_figure(images, raw, mean, std, a.norm, a.clusters,
+                                           f"{name} · {layer} · {source} · block {a.block}"), path)
             vectors.setdefault(layer, {})[name] = view.concept_vectors(layer, a.source, a.block)
             print(f"{name}: {path}")
     if len(tasks) > 1:

@@ -22,7 +22,13 @@ Functions take plain tensors and dicts, so they run without a run directory::
 - :func:`tsne_embedding`: 2-D t-SNE of all concept vectors;
 - :func:`prototype_similarity`, :func:`relate`, :func:`reuse_vs_gain`: reuse against task similarity
   (cosine of the mean frozen [CLS] prototypes used for task-id inference) and against accuracy gains;
-- :func:`cross_layer_reuse`: concept reuse between depths (layer × layer, averaged over tasks).
+- :func:`cross_layer_reuse`: concept reuse between depths (layer × layer, averaged over tasks);
+- :func:`group_reuse`: reuse within vs between named groups of tasks, with permutation p-values;
+- ``*_figure``: every figure as a ``matplotlib.figure.Figure`` (no pyplot), for notebooks; ``plot_*`` save them.
+
+Reference levels: :func:`chance_reuse` (token axes shuffled) and, via ``analyze(control=...)``, the reuse of
+the same run with untrained generator heads (``GiftRun.concept_vectors(untrained_heads=True)``), which is what
+a shared trunk alone imposes.
 """
 from __future__ import annotations
 
@@ -260,11 +266,83 @@ def cross_layer_reuse(vectors_by_layer: Mapping[str, Vectors], center: bool = Tr
     return layers, r
 
 
+def _label_test(pairs_reuse: np.ndarray, iu, labels: np.ndarray, max_exact: int, n_perm: int, seed: int) -> dict:
+    """Mean reuse of same-label pairs vs the other pairs, and a one-sided permutation p-value of the
+    difference (labels shuffled; exact over every distinct relabelling when ``len(labels) <= max_exact``)."""
+    import itertools
+
+    def split(lab) -> tuple[float, float]:
+        same = lab[iu[0]] == lab[iu[1]]
+        w, o = pairs_reuse[same], pairs_reuse[~same]
+        return (float(w.mean()) if len(w) else float("nan")), (float(o.mean()) if len(o) else float("nan"))
+
+    same, other = split(labels)
+    observed = same - other
+    if not np.isfinite(observed):  # no pair inside a group, or none across: nothing to test
+        return {"same": same, "other": other, "difference": None, "p_value": None, "min_p": None,
+                "exact": None, "n_relabellings": 0}
+    exact = len(labels) <= max_exact
+    if exact:  # every distinct relabelling once; the observed one is among them
+        diffs = np.array([np.subtract(*split(np.array(p))) for p in set(itertools.permutations(labels.tolist()))])
+        p, min_p = float(np.mean(diffs >= observed - 1e-12)), float(1 / len(diffs))
+    else:
+        rng = np.random.default_rng(seed)
+        diffs = np.array([np.subtract(*split(rng.permutation(labels))) for _ in range(n_perm)])
+        p, min_p = float((np.sum(diffs >= observed - 1e-12) + 1) / (n_perm + 1)), float(1 / (n_perm + 1))
+    return {"same": same, "other": other, "difference": float(observed), "p_value": p, "min_p": min_p,
+            "exact": exact, "n_relabellings": int(len(diffs))}
+
+
+def group_reuse(names: Sequence[str], reuse: np.ndarray, groups: Mapping[str, Sequence[str]],
+                max_exact: int = 8, n_perm: int = 20000, seed: int = 0) -> dict:
+    """Do tasks of the same group (e.g. symbol-like or texture-like domains) reuse each other's concepts
+    more than other task pairs do?
+
+    - ``within``: mean reuse over the pairs inside a group (pooled over groups); ``per_group``: per group;
+    - ``between``: mean over pairs of grouped tasks in different groups; ``ungrouped``: mean over pairs
+      with at least one task outside every group; ``others``: every pair that is not within a group;
+    - ``p_between``: one-sided permutation test of ``within − between`` (group labels shuffled among the
+      grouped tasks, sizes kept). With few grouped tasks it cannot be small: ``min_p_between`` is its
+      smallest possible value (0.1 for groups of 3 and 2);
+    - ``p_others``: the same for ``within − others``, labels shuffled over every task (ungrouped tasks
+      are singletons).
+
+    Exact over every distinct relabelling when at most ``max_exact`` tasks are shuffled, else ``n_perm``
+    random relabellings."""
+    index = {n: i for i, n in enumerate(names)}
+    groups = {g: [t for t in ts if t in index] for g, ts in groups.items()}
+    groups = {g: ts for g, ts in groups.items() if ts}
+    members = [t for ts in groups.values() for t in ts]
+    if len(set(members)) != len(members):
+        raise ValueError("a task belongs to more than one group")
+    group_of = {t: g for g, ts in groups.items() for t in ts}
+    idx = np.array([index[t] for t in members], dtype=int)
+    iu = np.triu_indices(len(members), k=1)
+    between = _label_test(reuse[idx[iu[0]], idx[iu[1]]], iu, np.array([group_of[t] for t in members]),
+                          max_exact, n_perm, seed)
+    iu_all = np.triu_indices(len(names), k=1)
+    labels_all = np.array([group_of.get(n, f"\0solo {n}") for n in names])
+    others = _label_test(reuse[iu_all], iu_all, labels_all, max_exact, n_perm, seed)
+    ungrouped = [reuse[i, j] for i, j in zip(*iu_all) if names[i] not in group_of or names[j] not in group_of]
+    return {
+        "groups": groups, "within": others["same"], "between": between["other"], "others": others["other"],
+        "ungrouped": float(np.mean(ungrouped)) if ungrouped else None,
+        "per_group": {g: off_diagonal_mean(reuse[np.ix_([index[t] for t in ts], [index[t] for t in ts])])
+                      if len(ts) > 1 else None for g, ts in groups.items()},
+        "p_between": between["p_value"], "min_p_between": between["min_p"],
+        "p_others": others["p_value"], "min_p_others": others["min_p"],
+    }
+
+
 # ---------------------------------------------------------------------- one layer, every layer
 def analyze_layer(vectors: Vectors, prototypes: Optional[Mapping[str, torch.Tensor]] = None,
                   gains: Optional[Mapping[str, float]] = None, center: bool = True, threshold: float = 0.5,
-                  k_range: Sequence[int] = range(2, 17), seed: int = 0, tsne: bool = True) -> dict:
-    """Every statistic for one layer. Matrices are numpy arrays; :func:`save_report` writes them out."""
+                  k_range: Sequence[int] = range(2, 17), seed: int = 0, tsne: bool = True,
+                  control: Optional[Vectors] = None, groups: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+    """Every statistic for one layer. Matrices are numpy arrays; :func:`save_report` writes them out.
+    ``control``: the same tasks' concept vectors under a reference condition (e.g. untrained heads,
+    ``GiftRun.concept_vectors(untrained_heads=True)``): its reuse matrix is ``control_reuse``.
+    ``groups``: ``{group: [task, ...]}`` for :func:`group_reuse` (on the reuse and on the control)."""
     names, r = reuse_matrix(vectors, center)
     out: dict = {"tasks": names, "center": center, "threshold": threshold, "reuse": r,
                  "reuse_fraction": reuse_matrix(vectors, center, threshold)[1],
@@ -278,7 +356,7 @@ def analyze_layer(vectors: Vectors, prototypes: Optional[Mapping[str, torch.Tens
     _, out["nmi"], out["ari"] = agreement_matrices(vectors)
     out["nmi_off_diagonal"], out["ari_off_diagonal"] = off_diagonal_mean(out["nmi"]), off_diagonal_mean(out["ari"])
     n_vectors = sum(len(v) for v in vectors.values())
-    out["global"] = global_concepts(vectors, k_range, center, seed) if n_vectors >= 3 else None
+    out["global"] = global_concepts(vectors, k_range, center, seed) if n_vectors >= 3 and len(k_range) else None
     out["linkage"] = task_dendrogram(names, r) if len(names) >= 2 else None
     out["tsne"] = tsne_embedding(vectors, center, seed) if tsne and n_vectors >= 4 else None
     if prototypes and all(n in prototypes for n in names) and len(names) >= 2:
@@ -286,16 +364,26 @@ def analyze_layer(vectors: Vectors, prototypes: Optional[Mapping[str, torch.Tens
         out["reuse_vs_task_similarity"] = relate(r, out["task_similarity"])
     if gains:
         out["reuse_vs_gain"] = reuse_vs_gain(names, r, gains)
+    if control is not None:
+        out["control_reuse"] = reuse_matrix({n: control[n] for n in names}, center)[1]
+        out["control_reuse_off_diagonal"] = off_diagonal_mean(out["control_reuse"])
+    if groups:
+        out["groups"] = group_reuse(names, r, groups, seed=seed)
+        if control is not None:
+            out["control_groups"] = group_reuse(names, out["control_reuse"], groups, seed=seed)
     return out
 
 
 def analyze(vectors_by_layer: Mapping[str, Vectors], prototypes: Optional[Mapping[str, torch.Tensor]] = None,
             gains: Optional[Mapping[str, float]] = None, out_dir: Optional[str | Path] = None, center: bool = True,
             threshold: float = 0.5, k_range: Sequence[int] = range(2, 17), seed: int = 0, tsne: bool = True,
-            figures: bool = True) -> dict:
+            figures: bool = True, control: Optional[Mapping[str, Vectors]] = None,
+            groups: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
     """:func:`analyze_layer` for every layer plus the depth profile (per-layer summaries and the layer ×
-    layer reuse). With ``out_dir``, writes everything (see :func:`save_report`)."""
-    layers = {layer: analyze_layer(v, prototypes, gains, center, threshold, k_range, seed, tsne)
+    layer reuse). ``control``: ``{layer: {task: vectors}}`` of a reference condition (see
+    :func:`analyze_layer`). With ``out_dir``, writes everything (see :func:`save_report`)."""
+    layers = {layer: analyze_layer(v, prototypes, gains, center, threshold, k_range, seed, tsne,
+                                   control[layer] if control else None, groups)
               for layer, v in vectors_by_layer.items()}
     order, cross = cross_layer_reuse(vectors_by_layer, center)
     depth = [{"layer": layer, "reuse": rep["reuse_off_diagonal"], "chance": rep["chance_reuse"],
@@ -303,7 +391,10 @@ def analyze(vectors_by_layer: Mapping[str, Vectors], prototypes: Optional[Mappin
               "concepts_used": float(np.mean(list(rep["concepts_used"].values()))),
               "global_k": rep["global"]["k"] if rep["global"] else None,
               "shared_concepts": rep["global"]["shared_concepts"] if rep["global"] else None,
-              "reuse_vs_task_similarity": (rep.get("reuse_vs_task_similarity") or {}).get("spearman")}
+              "reuse_vs_task_similarity": (rep.get("reuse_vs_task_similarity") or {}).get("spearman"),
+              **({"control": rep["control_reuse_off_diagonal"]} if "control_reuse" in rep else {}),
+              **({"within_groups": rep["groups"]["within"], "between_groups": rep["groups"]["between"]}
+                 if "groups" in rep else {})}
              for layer, rep in layers.items()]
     report = {"layers": layers, "depth": depth, "cross_layer": {"layers": order, "reuse": cross}}
     names = next(iter(layers.values()))["tasks"] if layers else []
@@ -354,7 +445,7 @@ def save_report(report: dict, out_dir: str | Path, figures: bool = True) -> None
     for layer, rep in report["layers"].items():
         d = out / layer
         write_json(_jsonable(rep), d / "concepts.json")
-        for key in ("reuse", "reuse_fraction", "nmi", "ari", "task_similarity"):
+        for key in ("reuse", "reuse_fraction", "nmi", "ari", "task_similarity", "control_reuse"):
             if rep.get(key) is not None:
                 _matrix_csv(rep["tasks"], rep[key], d / f"{key}.csv")
         if rep.get("tsne"):
@@ -379,29 +470,30 @@ def save_report(report: dict, out_dir: str | Path, figures: bool = True) -> None
         plot_depth(report, out)
 
 
-# ---------------------------------------------------------------------- figures (matplotlib Agg)
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# ---------------------------------------------------------------------- figures
+# Builders return a ``matplotlib.figure.Figure`` made without pyplot: no global backend switch (a notebook
+# keeps its inline backend; ``display(fig)`` or a cell ending in ``fig`` shows it), no figure registry to
+# leak. ``save_figure`` writes one atomically; ``plot_*`` build and save.
+DPI = 110
 
 
-def _save(fig, path: Path) -> None:
+def figure(figsize) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def save_figure(fig, path: str | Path, dpi: int = DPI) -> None:
     from .checkpoint import atomic_path
 
-    plt = _plt()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def plot_matrix(names: Sequence[str], m: np.ndarray, title: str, path: Path, vmin=0.0, vmax=1.0, cmap="magma") -> None:
-    plt = _plt()
+def matrix_figure(names: Sequence[str], m: np.ndarray, title: str, vmin=0.0, vmax=1.0, cmap="magma"):
     n = len(names)
-    fig, ax = plt.subplots(figsize=(0.55 * n + 2.5, 0.55 * n + 2))
+    fig = figure((0.55 * n + 2.5, 0.55 * n + 2))
+    ax = fig.subplots()
     im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), names, fontsize=7)
@@ -413,69 +505,85 @@ def plot_matrix(names: Sequence[str], m: np.ndarray, title: str, path: Path, vmi
     ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
-def plot_layer(rep: dict, layer: str, d: Path) -> None:
-    plt = _plt()
+def plot_matrix(names: Sequence[str], m: np.ndarray, title: str, path: Path, vmin=0.0, vmax=1.0, cmap="magma") -> None:
+    save_figure(matrix_figure(names, m, title, vmin, vmax, cmap), path)
+
+
+def reuse_figure(rep: dict, layer: str):
+    """The task × task reuse matrix of one layer's report, chance level in the title."""
+    return matrix_figure(rep["tasks"], rep["reuse"],
+                         f"concept reuse (matched cosine) · {layer}\nchance {rep['chance_reuse']:.2f}",
+                         vmin=-1.0 if rep["center"] else 0.0)
+
+
+def dendrogram_figure(rep: dict, layer: str):
+    from scipy.cluster.hierarchy import dendrogram
+
     names = rep["tasks"]
-    lo = -1.0 if rep["center"] else 0.0
-    plot_matrix(names, rep["reuse"], f"concept reuse (matched cosine) · {layer}\nchance {rep['chance_reuse']:.2f}",
-                d / "reuse.png", vmin=lo)
-    plot_matrix(names, rep["nmi"], f"NMI of hard assignments · {layer}", d / "nmi.png")
-    if rep.get("linkage") is not None:
-        from scipy.cluster.hierarchy import dendrogram
+    fig = figure((max(3.0, 0.5 * len(names) + 1.5), 3))
+    ax = fig.subplots()
+    dendrogram(rep["linkage"], labels=list(names), ax=ax, leaf_rotation=60, leaf_font_size=7)
+    ax.set_ylabel("1 − reuse", fontsize=7)
+    ax.set_title(f"tasks by concept reuse · {layer}", fontsize=8)
+    fig.tight_layout()
+    return fig
 
-        fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * len(names) + 1.5), 3))
-        dendrogram(rep["linkage"], labels=list(names), ax=ax, leaf_rotation=60, leaf_font_size=7)
-        ax.set_ylabel("1 − reuse", fontsize=7)
-        ax.set_title(f"tasks by concept reuse · {layer}", fontsize=8)
-        fig.tight_layout()
-        _save(fig, d / "dendrogram.png")
-    if rep.get("tsne"):
-        t = rep["tsne"]
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
-        coords = np.asarray(t["coords"])
-        for i, n in enumerate(names):
-            sel = [k for k, tk in enumerate(t["task"]) if tk == n]
-            ax.scatter(coords[sel, 0], coords[sel, 1], s=12, color=cmap(i % cmap.N), label=n)
-        ax.legend(fontsize=6, markerscale=0.8, loc="best")
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_title(f"concept vectors (t-SNE) · {layer}", fontsize=8)
-        fig.tight_layout()
-        _save(fig, d / "tsne.png")
-    if rep.get("global"):
-        g = rep["global"]
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        ks = sorted(int(k) for k in g["silhouette"])
-        axes[0].plot(ks, [g["silhouette"][k] for k in ks], marker="o")
-        axes[0].axvline(g["k"], color="gray", ls="--")
-        axes[0].set_xlabel("k"), axes[0].set_ylabel("silhouette (cosine)")
-        im = axes[1].imshow(np.asarray(g["counts"]), aspect="auto", cmap="viridis")
-        axes[1].set_yticks(range(len(names)), names, fontsize=7)
-        axes[1].set_xlabel("global concept")
-        fig.colorbar(im, ax=axes[1])
-        fig.suptitle(f"global concepts · {layer} (k={g['k']})", fontsize=8)
-        fig.tight_layout()
-        _save(fig, d / "global_concepts.png")
-    if rep.get("task_similarity") is not None or rep.get("reuse_vs_gain"):
-        _plot_relations(rep, layer, d)
+
+def tsne_figure(rep: dict, layer: str):
+    import matplotlib
+
+    names, t = rep["tasks"], rep["tsne"]
+    fig = figure((4.5, 4))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab20" if len(names) > 10 else "tab10"]
+    coords = np.asarray(t["coords"])
+    for i, n in enumerate(names):
+        sel = [k for k, tk in enumerate(t["task"]) if tk == n]
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=10, color=cmap(i % cmap.N), label=n)
+    ax.legend(fontsize=6, markerscale=0.8, loc="best")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(f"concept vectors (t-SNE) · {layer}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def global_concepts_figure(rep: dict, layer: str):
+    g, names = rep["global"], rep["tasks"]
+    fig = figure((8, 3))
+    axes = fig.subplots(1, 2)
+    ks = sorted(int(k) for k in g["silhouette"])
+    axes[0].plot(ks, [g["silhouette"][k] for k in ks], marker="o")
+    axes[0].axvline(g["k"], color="gray", ls="--")
+    axes[0].set_xlabel("k"), axes[0].set_ylabel("silhouette (cosine)")
+    im = axes[1].imshow(np.asarray(g["counts"]), aspect="auto", cmap="viridis")
+    axes[1].set_yticks(range(len(names)), names, fontsize=7)
+    axes[1].set_xlabel("global concept")
+    fig.colorbar(im, ax=axes[1])
+    fig.suptitle(f"global concepts · {layer} (k={g['k']})", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _fmt(v) -> str:
     return "n/a (< 3 points)" if v is None else f"{v:.2f}"
 
 
-def _plot_relations(rep: dict, layer: str, d: Path) -> None:
-    plt = _plt()
+def relations_figure(rep: dict, layer: str):
+    """Reuse of each task pair against task similarity, and (with gains) each task's mean reuse against
+    its accuracy gain."""
     panels = [k for k in ("task_similarity", "reuse_vs_gain") if rep.get(k) is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    fig = figure((4 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, key in zip(axes[0], panels):
         if key == "task_similarity":
             rel = rep["reuse_vs_task_similarity"]
             iu = np.triu_indices(len(rep["tasks"]), k=1)
             ax.scatter(np.asarray(rep["task_similarity"])[iu], np.asarray(rep["reuse"])[iu], s=14)
+            ax.axhline(rep["chance_reuse"], color="gray", ls="--", lw=0.8, label="chance")
+            ax.legend(fontsize=6)
             ax.set_xlabel("task similarity (prototype cosine)", fontsize=7)
             ax.set_ylabel("concept reuse", fontsize=7)
             ax.set_title(f"task pairs · spearman {_fmt(rel['spearman'])}", fontsize=7)
@@ -489,24 +597,49 @@ def _plot_relations(rep: dict, layer: str, d: Path) -> None:
             ax.set_title(f"tasks · spearman {_fmt(rep['reuse_vs_gain']['mean_reuse']['spearman'])}", fontsize=7)
     fig.suptitle(layer, fontsize=8)
     fig.tight_layout()
-    _save(fig, d / "relations.png")
+    return fig
 
 
-def plot_depth(report: dict, out: Path) -> None:
-    plt = _plt()
+def depth_figure(report: dict):
     depth = report["depth"]
-    if not depth:
-        return
     x = range(len(depth))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(depth) + 2), 3))
-    for key, label in (("reuse", "reuse (matched cosine)"), ("chance", "chance reuse"), ("nmi", "NMI"), ("ari", "ARI")):
-        ax.plot(x, [np.nan if r[key] is None else r[key] for r in depth], marker="o", label=label)
+    fig = figure((max(4.0, 0.45 * len(depth) + 2), 3))
+    ax = fig.subplots()
+    for key, label in (("reuse", "reuse (matched cosine)"), ("control", "reuse, untrained heads"),
+                       ("chance", "chance reuse"), ("within_groups", "reuse within groups"),
+                       ("between_groups", "reuse between groups"), ("nmi", "NMI"), ("ari", "ARI")):
+        if key in depth[0]:
+            ax.plot(x, [np.nan if r[key] is None else r[key] for r in depth], marker="o", ms=3, label=label)
     ax.set_xticks(list(x), [r["layer"] for r in depth], rotation=60, ha="right", fontsize=6)
     ax.legend(fontsize=6)
     ax.set_title("concept reuse across depth (mean over task pairs)", fontsize=8)
     fig.tight_layout()
-    _save(fig, out / "depth.png")
+    return fig
+
+
+def cross_layer_figure(report: dict):
     cl = report["cross_layer"]
-    if len(cl["layers"]) > 1:
-        plot_matrix(cl["layers"], cl["reuse"], "the same task's concepts at two depths", out / "cross_layer.png",
-                    vmin=-1.0 if next(iter(report["layers"].values()))["center"] else 0.0)
+    center = next(iter(report["layers"].values()))["center"]
+    return matrix_figure(cl["layers"], cl["reuse"], "the same task's concepts at two depths",
+                         vmin=-1.0 if center else 0.0)
+
+
+def plot_layer(rep: dict, layer: str, d: Path) -> None:
+    save_figure(reuse_figure(rep, layer), d / "reuse.png")
+    save_figure(matrix_figure(rep["tasks"], rep["nmi"], f"NMI of hard assignments · {layer}"), d / "nmi.png")
+    if rep.get("linkage") is not None:
+        save_figure(dendrogram_figure(rep, layer), d / "dendrogram.png")
+    if rep.get("tsne"):
+        save_figure(tsne_figure(rep, layer), d / "tsne.png")
+    if rep.get("global"):
+        save_figure(global_concepts_figure(rep, layer), d / "global_concepts.png")
+    if rep.get("task_similarity") is not None or rep.get("reuse_vs_gain"):
+        save_figure(relations_figure(rep, layer), d / "relations.png")
+
+
+def plot_depth(report: dict, out: Path) -> None:
+    if not report["depth"]:
+        return
+    save_figure(depth_figure(report), out / "depth.png")
+    if len(report["cross_layer"]["layers"]) > 1:
+        save_figure(cross_layer_figure(report), out / "cross_layer.png")

@@ -95,6 +95,23 @@ def concept_vectors(gift: GiftModel, layer: str, head: str = "0", source: str = 
     return concept_matrix(gift, layer, head, source, block).T.contiguous()
 
 
+@contextlib.contextmanager
+def untrained_head(gift: GiftModel, head: str = "0", seed: int = 0):
+    """Inside the block, generator head ``head`` (its cluster assignments and recovery ψ) is replaced by
+    a freshly initialised one, drawn from ``seed``; the trained head is put back afterwards. The shared
+    trunk stays trained. The control for concept reuse: what the trunk alone imposes on the concepts."""
+    saved = {key: gen.heads[head] for key, gen in gift.generators.items()}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for key, gen in gift.generators.items():
+                gen.heads[head] = type(saved[key])(gen.config, gen.d_in).to(next(saved[key].parameters()).device)
+        yield gift
+    finally:
+        for key, gen in gift.generators.items():
+            gen.heads[head] = saved[key]
+
+
 # ---------------------------------------------------------------------- cluster maps
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module):
@@ -136,21 +153,28 @@ def maps_from_outputs(y: torch.Tensor, c: torch.Tensor, backbone: nn.Module, siz
 
 @torch.no_grad()
 def cluster_maps_by_layer(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], head: str = "0",
-                          block: int = -1, pre_delta: bool = False, source: str = "auto") -> dict[str, torch.Tensor]:
+                          block: int = -1, pre_delta: bool = False, source: str = "auto",
+                          center: bool = False) -> dict[str, torch.Tensor]:
     """:func:`cluster_maps` for several layers from one forward pass."""
     outputs = layer_outputs(gift, images, layers, head, pre_delta)
-    return {
-        layer: maps_from_outputs(outputs[layer], concept_matrix(gift, layer, head, source, block), gift.model,
-                                 images.shape[-2:])
-        for layer in layers
-    }
+    maps = {}
+    for layer in layers:
+        c = concept_matrix(gift, layer, head, source, block)
+        maps[layer] = maps_from_outputs(outputs[layer], c - c.mean(0, keepdim=True) if center else c, gift.model,
+                                        images.shape[-2:])
+    return maps
 
 
 def cluster_maps(gift: GiftModel, images: torch.Tensor, layer: str, head: str = "0", block: int = -1,
-                 pre_delta: bool = False, source: str = "auto") -> torch.Tensor:
+                 pre_delta: bool = False, source: str = "auto", center: bool = False) -> torch.Tensor:
     """``(B, M, H, W)`` maps ``Y C`` of ``layer`` for the task whose generator head is ``head``: ``Y`` from
-    the model adapted with that head's residuals, ``C`` that head's concept matrix (module docstring)."""
-    return cluster_maps_by_layer(gift, images, [layer], head, block, pre_delta, source)[layer]
+    the model adapted with that head's residuals, ``C`` that head's concept matrix (module docstring).
+
+    ``center``: each column of ``C`` minus its mean over the parameter tokens. Sigmoid assignments that
+    vary little over the tokens (``C ≈ c·1``) give maps that are all ``≈ c · Σ_j Y_j``, the same image for
+    every cluster; centring keeps what distinguishes the clusters (as the centred cosine of
+    :mod:`gift_cl.concepts` does). Off by default: the paper's and the official visualiser's maps are raw."""
+    return cluster_maps_by_layer(gift, images, [layer], head, block, pre_delta, source, center)[layer]
 
 
 def normalize_maps(maps: torch.Tensor, mode: str = "meanstd") -> torch.Tensor:
@@ -183,6 +207,37 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarr
     return (cam - cam.min()) / max(cam.max() - cam.min(), 1e-12)
 
 
+def to_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised ``(B, 3, H, W)`` inputs back to ``(B, H, W, 3)`` pixels in [0, 1]."""
+    m, s = torch.tensor(mean, dtype=images.dtype)[:, None, None], torch.tensor(std, dtype=images.dtype)[:, None, None]
+    return (images * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def cluster_map_figure(images: torch.Tensor, raw_maps: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                       norm: str = "meanstd", k: int = 8, title: str = "", size: float = 1.3):
+    """Test images (rows) and the ``k`` clusters whose raw maps vary most across the image (columns),
+    normalised with ``norm`` and overlaid as in the official visualiser. A ``matplotlib.figure.Figure``
+    built without pyplot (save it with ``fig.savefig``; in a notebook a cell ending in ``fig`` shows it)."""
+    from matplotlib.figure import Figure
+
+    top = most_contrasted(raw_maps, k).tolist()  # on the raw maps: normalised maps all have std 1
+    maps = normalize_maps(raw_maps, norm)
+    fig = Figure(figsize=(size * (len(top) + 1), size * len(images) + (0.3 if title else 0)))
+    axes = fig.subplots(len(images), len(top) + 1, squeeze=False)
+    for i, img in enumerate(to_pixels(images, mean, std)):
+        axes[i, 0].imshow(img, interpolation="nearest")
+        for j, c in enumerate(top):
+            axes[i, j + 1].imshow(overlay(img, maps[i, c].numpy()), interpolation="nearest")
+            if i == 0:
+                axes[i, j + 1].set_title(f"cluster {c}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------- a finished run
 @dataclass
 class TaskView:
@@ -200,6 +255,11 @@ class TaskView:
 
     def concept_vectors(self, layer: str, source: str = "auto", block: int = -1) -> torch.Tensor:
         return concept_vectors(self.gift, layer, self.head, source, block)
+
+    def test_images(self, n: int = 4) -> torch.Tensor:
+        """The first ``n`` test images of the task, normalised as the model sees them: ``(n, 3, H, W)``."""
+        test = self.data.test
+        return torch.stack([test[i][0] for i in range(min(n, len(test)))])
 
 
 @dataclass
@@ -236,14 +296,30 @@ class GiftRun:
     def layers(self) -> list[str]:
         return list(self.task().gift.layers())
 
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """``(mean, std)`` the run normalised its inputs with (to draw images back as pixels)."""
+        src = self.config.benchmark if "mean" in self.config.benchmark else self.config.model
+        return [float(v) for v in src.get("mean", (0.5,) * 3)], [float(v) for v in src.get("std", (0.5,) * 3)]
+
+    @property
+    def results(self) -> Optional[dict]:
+        """The run's ``results.json`` (``None`` if the run wrote none yet)."""
+        return read_results(self.run_dir)
+
     def concept_vectors(self, layers: Optional[Sequence[str]] = None, source: str = "auto", block: int = -1,
-                        tasks: Optional[Sequence[str]] = None) -> dict[str, dict[str, torch.Tensor]]:
-        """``{layer: {task: (M, d_out)}}`` for :func:`gift_cl.concepts.analyze`."""
+                        tasks: Optional[Sequence[str]] = None, untrained_heads: bool = False,
+                        seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        """``{layer: {task: (M, d_out)}}`` for :func:`gift_cl.concepts.analyze`. ``untrained_heads``: every
+        task's generator head freshly initialised (seed ``seed + task index``) on the trained trunk, the
+        reference level of reuse the shared trunk alone gives (:func:`untrained_head`)."""
         out: dict[str, dict[str, torch.Tensor]] = {}
         for name in tasks or self.names:
             view = self.task(name)
-            for layer in layers or list(view.gift.layers()):
-                out.setdefault(layer, {})[name] = view.concept_vectors(layer, source, block)
+            ctx = untrained_head(view.gift, view.head, seed + view.index) if untrained_heads else contextlib.nullcontext()
+            with ctx:
+                for layer in layers or list(view.gift.layers()):
+                    out.setdefault(layer, {})[name] = view.concept_vectors(layer, source, block)
         return out
 
 
@@ -322,6 +398,21 @@ class _TaskForward(nn.Module):
         return self.model(x, self.task)
 
 
+def read_results(run_dir: str | Path) -> Optional[dict]:
+    """``results.json`` of any run directory (any method, e.g. a linear-probe baseline); ``None`` if absent."""
+    import json
+
+    path = Path(run_dir) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def task_accuracies(results: dict) -> dict[str, float]:
     """Final accuracy per task name from a ``results.json`` (schema_version 1: ``final_accuracy``)."""
     return {str(k): float(v) for k, v in results["final_accuracy"].items()}
+
+
+def accuracy_gains(results: dict, baseline: dict) -> dict[str, float]:
+    """Per task: final accuracy of a run minus that of a baseline run (e.g. the linear probe), from their
+    ``results.json``; tasks missing from either are left out."""
+    ours, base = task_accuracies(results), task_accuracies(baseline)
+    return {t: ours[t] - base[t] for t in ours if t in base}

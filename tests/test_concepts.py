@@ -11,6 +11,7 @@ from gift_cl.concepts import (
     chance_reuse,
     cross_layer_reuse,
     global_concepts,
+    group_reuse,
     match_clusters,
     prototype_similarity,
     relate,
@@ -154,3 +155,33 @@ def test_analyze_writes_every_layer_without_overwriting(tmp_path):
     assert len(summary["reuse"]) == 3 and summary["reuse"][0][0] == pytest.approx(1.0)
     for f in ("depth.csv", "cross_layer.csv", "depth.png", "cross_layer.png"):
         assert (tmp_path / f).is_file(), f
+
+
+def test_group_reuse_compares_within_and_between_groups_with_an_exact_permutation_floor():
+    names = ["a", "b", "c", "d", "e", "f"]
+    r = np.full((6, 6), 0.1)
+    np.fill_diagonal(r, 1.0)
+    for i, j, v in ((0, 1, 0.8), (0, 2, 0.6), (1, 2, 0.7), (3, 4, 0.9)):
+        r[i, j] = r[j, i] = v
+    g = group_reuse(names, r, {"x": ["a", "b", "c"], "y": ["d", "e"], "absent": ["zz"]})
+    assert g["groups"] == {"x": ["a", "b", "c"], "y": ["d", "e"]}
+    assert g["within"] == pytest.approx(0.75) and g["between"] == pytest.approx(0.1)
+    assert g["per_group"] == pytest.approx({"x": 0.7, "y": 0.9}) and g["ungrouped"] == pytest.approx(0.1)
+    # 5 grouped tasks in groups of 3 and 2: 10 relabellings, the observed one is the most extreme
+    assert g["p_between"] == pytest.approx(0.1) and g["min_p_between"] == pytest.approx(0.1)
+    # every task shuffled (f a singleton): 6!/(3!·2!·1!) = 60 relabellings
+    assert g["p_others"] == pytest.approx(1 / 60) and g["min_p_others"] == pytest.approx(1 / 60)
+    flat = group_reuse(names, np.eye(6), {"x": ["a", "b"], "y": ["c", "d"]})
+    assert flat["p_between"] == 1.0 and flat["p_others"] == 1.0
+    assert group_reuse(names, r, {"x": ["a"], "y": ["b"]})["p_between"] is None  # no pair inside a group
+
+
+def test_analyze_reports_the_control_and_the_groups():
+    vectors, _ = planted(k=3, tasks=4, per_task=6)
+    control = {t: rand(6, seed=i) for i, t in enumerate(vectors)}
+    rep = analyze({"l": vectors}, control={"l": control}, groups={"g": ["t0", "t1"]}, tsne=False,
+                  k_range=range(2, 5))
+    layer = rep["layers"]["l"]
+    assert layer["control_reuse"].shape == (4, 4) and layer["control_reuse_off_diagonal"] < layer["reuse_off_diagonal"]
+    assert set(rep["depth"][0]) >= {"control", "within_groups", "between_groups"}
+    assert layer["groups"]["within"] == pytest.approx(layer["reuse"][0, 1])

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from gift_cl import GiftConfig, get_gift_model
 from gift_cl.interpret import (
+    accuracy_gains,
+    cluster_map_figure,
     cluster_maps,
     cluster_maps_by_layer,
     concept_matrix,
@@ -16,6 +18,7 @@ from gift_cl.interpret import (
     most_contrasted,
     normalize_maps,
     task_accuracies,
+    untrained_head,
 )
 
 
@@ -157,3 +160,41 @@ def test_most_contrasted_clusters_are_picked_on_raw_maps():
 
 def test_task_accuracies_read_the_results_schema():
     assert task_accuracies({"tasks": [{"name": "a"}], "final_accuracy": {"a": 0.3}}) == {"a": 0.3}
+
+
+def test_untrained_head_is_fresh_inside_the_block_and_restored_after():
+    gift = two_head_gift(GiftConfig(rank=8, depth=2, num_clusters=6))
+    layer = list(gift.layers())[-1]
+    trained = concept_vectors(gift, layer, "1")
+    with untrained_head(gift, "1", seed=3):
+        fresh = concept_vectors(gift, layer, "1")
+        assert torch.equal(concept_vectors(gift, layer, "0"), concept_vectors(gift, layer, "0"))
+    with untrained_head(gift, "1", seed=3):
+        assert torch.equal(concept_vectors(gift, layer, "1"), fresh)  # the seed fixes the fresh head
+    assert not torch.allclose(fresh, trained)
+    assert torch.equal(concept_vectors(gift, layer, "1"), trained)
+    assert all(gen.heads["1"].recovery.weight.abs().sum() > 0 for gen in gift.generators.values())
+
+
+def test_cluster_map_figure_draws_images_and_the_most_contrasted_clusters():
+    gift = two_head_gift(GiftConfig(rank=8, depth=2, num_clusters=6))
+    x = torch.randn(2, 3, 32, 32)
+    maps = cluster_maps(gift, x, list(gift.layers())[-1], "0")
+    fig = cluster_map_figure(x, maps, (0.5,) * 3, (0.5,) * 3, "minmax", k=3, title="t")
+    assert len(fig.axes) == 2 * 4 and fig.axes[1].get_title() == f"cluster {most_contrasted(maps, 3)[0].item()}"
+
+
+def test_accuracy_gains_are_differences_of_final_accuracies():
+    ours = {"final_accuracy": {"a": 0.9, "b": 0.5}}
+    base = {"final_accuracy": {"a": 0.7, "c": 0.1}}
+    assert accuracy_gains(ours, base) == pytest.approx({"a": 0.2})
+
+
+def test_centred_maps_use_each_concept_minus_its_mean_over_tokens():
+    gift = two_head_gift(GiftConfig(rank=8, depth=2, num_clusters=6))
+    x, layer = torch.randn(2, 3, 32, 32), list(gift.layers())[-1]
+    c = concept_matrix(gift, layer, "1")
+    with torch.no_grad():
+        y = layer_tokens_by_hand(gift, x, layer, gift.delta_weights("1"), pre_delta=False)
+    expected = expected_maps(y, c - c.mean(0, keepdim=True))
+    torch.testing.assert_close(cluster_maps(gift, x, layer, "1", center=True), expected, atol=1e-4, rtol=1e-4)
