@@ -175,15 +175,23 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
         feats = self.features(x, None)
         return {t: self.classifiers[str(t)](feats) for t in sorted(self.known_train_tasks_labels)}
 
+    def mixed_features(self, x: torch.Tensor, task_labels: torch.Tensor, tasks: list[int]) -> Optional[torch.Tensor]:
+        """Every sample's feature under its own task in ONE backbone pass, or None (then each task present
+        runs its own pass). Methods whose per-task parts can be applied per sample override this."""
+        return None
+
     def forward_mixed(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
-        """A batch whose samples belong to several tasks: one forward per task present, padded logits.
-        Methods that can serve the whole batch in one backbone pass override this."""
-        unique = task_labels.unique()
-        width = max(self.classifiers[str(int(t))].out_features for t in unique)
+        """A batch whose samples belong to several tasks: padded logits, each sample through its task's head."""
+        tasks = [int(t) for t in task_labels.unique()]
+        feats = None if self.model_plugins else self.mixed_features(x, task_labels, tasks)
+        width = max(self.classifiers[str(t)].out_features for t in tasks)
         out = x.new_full((x.shape[0], width), PAD_LOGIT)
-        for t in unique:
+        for t in tasks:
             idx = (task_labels == t).nonzero(as_tuple=True)[0]
-            logits = self._forward_task(x[idx], int(t), idx)
+            if feats is None:
+                logits = self._forward_task(x[idx], t, idx)
+            else:
+                logits = self.classifiers[str(t)](feats[idx])
             out[idx, : logits.shape[1]] = logits.to(out.dtype)
         return out
 

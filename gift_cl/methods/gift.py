@@ -66,6 +66,11 @@ class GiftMethod(TaskAwareModel):
     def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
         return self.gift(x, head=str(task))
 
+    def mixed_features(self, x: torch.Tensor, task_labels: torch.Tensor, tasks: list[int]) -> torch.Tensor:
+        # one backbone pass: every target layer applies each task's residual to that task's samples
+        index = torch.searchsorted(torch.as_tensor(tasks, device=task_labels.device), task_labels)
+        return self.gift(x, head=[str(t) for t in tasks], sample_head=index)
+
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.gift.model(x)  # no residuals handed to the layers: the frozen backbone
 
