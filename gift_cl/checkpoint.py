@@ -57,7 +57,8 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         try:
             torch.save(obj, tmp)
         except RuntimeError as err:  # torch reports a failed write (e.g. a full disk) as "unexpected pos"
-            raise CheckpointError(f"cannot write {path}: {str(err).splitlines()[0]} (is the disk full?)") from err
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"cannot write {path}: {first} (is the disk full?)") from err
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
@@ -91,7 +92,7 @@ def load_run_checkpoint(path: Path, device: str = "cpu") -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as err:  # truncated zip, foreign pickle, objects that weights_only refuses
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or ['empty file'])[0][:200]}"
         raise CheckpointError(
             f"{path}: not a readable gift_cl run checkpoint ({reason}). Expected a file written by this project "
             f"(format {RUN_CHECKPOINT_FORMAT!r}); it may be truncated, corrupt, or contain objects other than "

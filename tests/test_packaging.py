@@ -19,7 +19,7 @@ def test_installed_package_runs_the_console_script(tmp_path):
     proc = subprocess.run([sys.executable, str(site / "bin" / "gift-cl"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "strategy: bitfit, ewc, finetune" in proc.stdout and "gift_multitask" in proc.stdout
+    assert "strategy: adapter, artihippo" in proc.stdout and "gift_multitask" in proc.stdout
     # the installed copy, not the checkout, is what ran
     proc = subprocess.run([sys.executable, "-c", "import orchestration, gift_cl; print(orchestration.__file__)"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -111,13 +111,16 @@ def test_gift_delta_stays_fp32_under_bf16_autocast():
 
     model, size = _tiny_gift()
     deltas = []
-    hooks = [m.register_forward_hook(lambda m, i, o: deltas.append(o[0] if isinstance(o, tuple) else o))
+    hooks = [m.register_forward_hook(lambda m, i, o: deltas.append(o))
              for m in model.modules() if isinstance(m, GiftGenerator)]
     amp = Precision("bf16", "cpu")
     x = torch.randn(2, 3, size, size)
     with amp.autocast():
         logits = model(x, 0)
-    assert deltas and all(d.dtype == torch.float32 for d in deltas)  # generator: fp32 under autocast
+    def tensors(o):
+        return [o] if torch.is_tensor(o) else [t for item in o for t in tensors(item)]
+
+    assert deltas and all(t.dtype == torch.float32 for d in deltas for t in tensors(d))  # generator: fp32
     assert logits.dtype == torch.bfloat16  # the backbone's matmuls followed autocast
     assert amp.output(logits).dtype == torch.float32
     for h in hooks:

@@ -41,6 +41,15 @@ def classes_per_task(dataset) -> dict[int, int]:
     return {int(t): int(targets[tasks == t].max()) + 1 for t in tasks.unique()}
 
 
+def new_classifier(feature_dim: int, num_classes: int) -> nn.Linear:
+    """A task's classifier, initialised as timm initialises a ViT's head (truncated normal, std 0.02, zero
+    bias): what the official GIFT code fine-tunes, whatever the protocol."""
+    head = nn.Linear(feature_dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 def headless(backbone: nn.Module) -> nn.Module:
     """The timm backbone without its classifier: ``forward`` returns the pooled [CLS] feature."""
     backbone.reset_classifier(0)
@@ -132,7 +141,7 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
 
     def add_task(self, task: int, num_classes: int) -> None:
         device = next(self.parameters()).device
-        self.classifiers[str(task)] = nn.Linear(self.feature_dim, num_classes).to(device)
+        self.classifiers[str(task)] = new_classifier(self.feature_dim, num_classes).to(device)
         self.add_task_parts(task)
         if self.model_plugins:
             vit = self.vit(task)
