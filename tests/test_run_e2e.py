@@ -62,10 +62,13 @@ def test_joint_mode_trains_all_tasks_at_once(tmp_path):
     assert res["protocol"] == "joint" and len(res["accuracy_matrix"]) == 1 and len(res["accuracy_matrix"][0]) == 2
 
 
-@pytest.mark.parametrize("checkpoint_every", [1, 0], ids=["mid-experience", "experience-boundary"])
-def test_killed_run_resumes_to_identical_results(tmp_path, checkpoint_every):
-    args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", "strategy.method.trunk=free", "optim.epochs=3",
-            f"checkpoint_every={checkpoint_every}",
+@pytest.mark.parametrize("protocol,checkpoint_every", [("sequential", 1), ("sequential", 0), ("independent", 1),
+                                                       ("joint", 1)],
+                         ids=["sequential-mid-experience", "sequential-experience-boundary",
+                              "independent-mid-experience", "joint-mid-experience"])
+def test_killed_run_resumes_to_identical_results(tmp_path, protocol, checkpoint_every):
+    args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", f"strategy.protocol={protocol}",
+            "strategy.method.trunk=free", "optim.epochs=3", f"checkpoint_every={checkpoint_every}",
             "benchmark.domains=[digits,pedestrians,signs]", "benchmark.n_train=96"]
     reference = tmp_path / "uninterrupted"
     run_py(*args, f"hydra.run.dir={reference}")
@@ -87,6 +90,12 @@ def test_killed_run_resumes_to_identical_results(tmp_path, checkpoint_every):
     assert b["finished"]
     for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "params"):
         assert a[key] == b[key], key
+    # the CSV logs written before the kill are kept: the resumed run appended to them
+    for name in ("training_results.csv", "eval_results.csv"):
+        kept = {p.relative_to(killed) for p in killed.rglob(name)}
+        assert kept == {p.relative_to(reference) for p in reference.rglob(name)}
+        for rel in kept:
+            assert len((killed / rel).read_text().splitlines()) >= len((reference / rel).read_text().splitlines())
 
 
 def test_sweep_with_multirun(tmp_path):
