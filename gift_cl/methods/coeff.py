@@ -34,7 +34,8 @@ def _coeff_attention_forward(attn: nn.Module, x: torch.Tensor, attn_mask: Option
     if alpha is None:
         return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
     if attn_mask is not None or is_causal:
-        raise NotImplementedError("Coeff-Tuning: attention masks are not supported")
+        raise ValueError("Coeff-Tuning recombines full attention maps; this backbone passed an attention mask "
+                         "(masked or causal attention), which it does not handle")
     B, N, C = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)

@@ -20,13 +20,14 @@ previous model) copies the plug-in together with the model and the copy stays se
 """
 from __future__ import annotations
 
+import abc
 from typing import Optional
 
 import torch
 from torch import nn
 
 
-class ModelPlugin(nn.Module):
+class ModelPlugin(nn.Module, abc.ABC):
     """Base class; see the module docstring for the protocol."""
 
     def __init__(self):
@@ -34,9 +35,9 @@ class ModelPlugin(nn.Module):
         self.active: Optional[str] = None
 
     # -------------------------------------------------------------- what a plug-in provides
+    @abc.abstractmethod
     def attach(self, vit: nn.Module) -> None:
         """Hook one timm ViT (called once per ViT, before the first task's parts exist)."""
-        raise NotImplementedError
 
     def add_task(self, task: int) -> None:
         """Create the task's own parameters."""
