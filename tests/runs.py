@@ -50,3 +50,31 @@ def run_py(*args, cwd=REPO, timeout=300, check=True) -> subprocess.CompletedProc
 
 def results(run_dir) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def kill_and_resume(args, tmp_path: Path) -> tuple[dict, dict, Path, Path]:
+    """Run ``run.py args`` once uninterrupted and once killed with SIGKILL as soon as it has written a checkpoint,
+    then resumed. Returns both results and both run directories."""
+    import os
+    import signal
+    import time
+
+    reference, killed = Path(tmp_path) / "uninterrupted", Path(tmp_path) / "killed"
+    run_py(*args, f"hydra.run.dir={reference}")
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=REPO,
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    # kill once a checkpoint exists but the stream is not finished: mid-experience or at a boundary
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file()
+    assert not (killed / "results.json").is_file() or not results(killed)["finished"]
+    run_py(*args, f"resume={killed}")
+    a, b = results(reference), results(killed)
+    assert b["finished"]
+    for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "params"):
+        assert a[key] == b[key], key
+    return a, b, reference, killed

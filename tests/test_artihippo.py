@@ -1,11 +1,8 @@
 """ArtiHippo (strategy=artihippo): the search space does what each operation says, the sampling follows task
 similarity, old tasks never change (bitwise), runs resume exactly, and the method learns."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from gift_cl.backbones import create_backbone
 from gift_cl.methods.artihippo import PRETRAINED, ArtiHippo
 from orchestration.loop import CHECKPOINT, Run
 from strategies.plugins import EpochCheckpointPlugin
-from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_in_process, run_py
+from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, kill_and_resume, run_in_process
 
 
 def make_model(**kwargs) -> ArtiHippo:
@@ -265,24 +262,7 @@ def test_stopped_after_an_experience_or_inside_one_resumes_exactly(tmp_path, ove
 def test_killed_run_resumes_to_identical_results(tmp_path):
     args = [*TINY, *PROCEDURAL, "strategy=artihippo", "optim.epochs=3", "checkpoint_every=1",
             "benchmark.domains=[digits,pedestrians,signs]", "benchmark.n_train=96"]
-    reference = tmp_path / "uninterrupted"
-    run_py(*args, f"hydra.run.dir={reference}")
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=REPO,
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 240
-    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.is_file()
-    assert not (killed / "results.json").is_file() or not results(killed)["finished"]
-    run_py(*args, f"resume={killed}")
-    a, b = results(reference), results(killed)
-    assert b["finished"]
-    for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "params"):
-        assert a[key] == b[key], key
+    _, _, reference, killed = kill_and_resume(args, tmp_path)
     assert arches(reference) == arches(killed)
 
 

@@ -1,18 +1,15 @@
 """``python run.py ...`` end to end, as a researcher runs it: run directory contents, every benchmark on
 its fixture, sweeps, and a continual run that is killed and resumed."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 
 import pytest
 
 from fixtures import write_fgvc, write_five_datasets, write_vdd, write_vtab
 
-from runs import PROCEDURAL, REPO, TINY, env, results, run_py
+from runs import PROCEDURAL, REPO, TINY, env, kill_and_resume, results, run_py
 
 
 def test_single_task_run_directory(tmp_path):
@@ -70,26 +67,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path, protocol, checkpoint_
     args = [*TINY, *PROCEDURAL, "strategy=gift_multitask", f"strategy.protocol={protocol}",
             "strategy.method.trunk=free", "optim.epochs=3", f"checkpoint_every={checkpoint_every}",
             "benchmark.domains=[digits,pedestrians,signs]", "benchmark.n_train=96"]
-    reference = tmp_path / "uninterrupted"
-    run_py(*args, f"hydra.run.dir={reference}")
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=REPO,
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 240
-    # kill once a checkpoint exists but the stream is not finished: mid-experience or at a boundary
-    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.is_file()
-    assert not (killed / "results.json").is_file() or not results(killed)["finished"]
-    run_py(*args, f"resume={killed}")
-    a, b = results(reference), results(killed)
-    assert b["finished"]
-    for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "params"):
-        assert a[key] == b[key], key
+    _, _, reference, killed = kill_and_resume(args, tmp_path)
     # the CSV logs written before the kill are kept: the resumed run appended to them
     for name in ("training_results.csv", "eval_results.csv"):
         kept = {p.relative_to(killed) for p in killed.rglob(name)}
