@@ -1,0 +1,239 @@
+"""Long sweeps that survive a stop: ``python -m orchestration.sweep PLAN [PLAN ...] --out DIR [--jobs N]``.
+
+A plan is a text file with one run per line, written as ``run.py`` overrides; Hydra's sweep syntax expands
+within a line (``optim.lr=3e-3,1e-2 seed=0,1,2`` is six runs); ``#`` starts a comment. Every run gets a
+directory named after its overrides under ``--out``, so a second call with the same plan
+
+- skips the runs that finished (``results.json`` with ``finished: true``),
+- resumes the ones a stop interrupted from their last checkpoint (exactly, as ``resume=<dir>``),
+- starts the rest.
+
+``--jobs N`` runs N worker processes that take runs from the plan in order (a claim lock per run, so two
+calls on one folder never run a run twice); each run gets ``threads = cores // N`` unless its line sets
+``threads``. Runs execute in-process (one interpreter per worker: no import cost per run), each with its own
+``gift_cl.log``. A failed run is reported with its directory and the sweep exits non-zero; the others go on.
+Collect the results with ``analysis/compare.py DIR`` or ``analysis/summarize.py DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("gift_cl.sweep")
+
+# options every sweep run gets unless its line sets them: a bar in a log file is noise
+DEFAULTS = ("progress=false",)
+
+
+# ------------------------------------------------------------------------------------------- plans
+def expand(line: str) -> list[list[str]]:
+    """One plan line -> the runs it names (Hydra's sweep syntax, expanded as ``run.py -m`` would)."""
+    import shlex
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = shlex.split(line, comments=True)
+    if not words:
+        return []
+    parsed = OverridesParser.create().parse_overrides(words)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [list(run) for batch in batches for run in batch]
+
+
+def read_plans(paths: list[str]) -> list[list[str]]:
+    runs: list[list[str]] = []
+    for path in paths:
+        text = Path(path).read_text()
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                runs += expand(line)
+            except Exception as exc:  # the parser's own message, with the place
+                raise SystemExit(f"{path}:{number}: cannot read this plan line ({exc}): {line.strip()}") from None
+    seen, unique = set(), []
+    for run in runs:
+        if tuple(run) not in seen:
+            seen.add(tuple(run))
+            unique.append(run)
+    return unique
+
+
+def run_name(overrides: list[str]) -> str:
+    """A readable, unique directory name for a run: its overrides, shortened, plus a hash of all of them."""
+    text = ",".join(overrides)
+    readable = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", text)[:120]
+    return f"{readable}__{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def finished(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / "results.json").read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------- one run
+def compose(overrides: list[str]):
+    """The configuration ``python run.py <overrides>`` would build (Hydra's compose API, the shipped configs)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import gift_cl.config  # noqa: F401  (resolvers)
+
+    from .cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.*} resolves as in run.py
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_one(overrides: list[str], run_dir: Path) -> dict:
+    from .cli import run
+    from .rundir import CONFIG_FILE
+
+    cfg = compose(overrides)
+    if (run_dir / CONFIG_FILE).is_file():  # started before: continue it (set here, a path is no override)
+        cfg.resume = str(run_dir)
+    handler = logging.FileHandler(run_dir / "gift_cl.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        return run(cfg, run_dir, tuple(overrides))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+class Claim:
+    """A non-blocking exclusive claim on a run (released when the worker dies)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".claim"
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def work(runs: list[list[str]], out: Path, threads: int) -> list[str]:
+    """Take unclaimed, unfinished runs in plan order and run them; returns the failed runs' directories."""
+    failed = []
+    for overrides in runs:
+        run_dir = out / run_name(overrides)
+        if finished(run_dir):
+            continue
+        claim = Claim(run_dir)
+        if not claim.acquire():
+            continue  # another worker has it
+        try:
+            if finished(run_dir):
+                continue
+            full = [*overrides, *(d for d in DEFAULTS if not any(o.startswith(d.split("=")[0] + "=") for o in overrides))]
+            if not any(o.startswith("threads=") for o in overrides):
+                full.append(f"threads={threads}")
+            (run_dir / "overrides.txt").write_text(" ".join(overrides) + "\n")
+            start = time.time()
+            log.info("start %s", run_dir.name)
+            try:
+                results = run_one(full, run_dir)
+                log.info("done  %s: average accuracy %.2f in %.0f s", run_dir.name,
+                         100 * results["average_accuracy"], time.time() - start)
+            except BaseException as exc:  # noqa: BLE001 (reported, the sweep goes on; Ctrl-C stops it)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                failed.append(str(run_dir))
+                (run_dir / "sweep_error.txt").write_text(traceback.format_exc())
+                log.error("FAILED %s: %s: %s (traceback in sweep_error.txt)", run_dir, type(exc).__name__, exc)
+        finally:
+            claim.release()
+    return failed
+
+
+def status(runs: list[list[str]], out: Path) -> dict[str, int]:
+    counts = {"finished": 0, "started": 0, "pending": 0}
+    for overrides in runs:
+        run_dir = out / run_name(overrides)
+        key = "finished" if finished(run_dir) else "started" if (run_dir / "config_resolved.yaml").is_file() else "pending"
+        counts[key] += 1
+    return counts
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m orchestration.sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("plans", nargs="+", help="plan files: one run per line (run.py overrides, Hydra sweep syntax)")
+    ap.add_argument("--out", required=True, help="the sweep folder (one directory per run below it)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (default: cores // jobs); a run's own threads= wins")
+    ap.add_argument("--status", action="store_true", help="print how many runs are finished/started/pending")
+    ap.add_argument("--list", action="store_true", help="print the runs and their directories, run nothing")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    runs, out = read_plans(args.plans), Path(args.out)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+    if args.list:
+        for overrides in runs:
+            print(out / run_name(overrides), " ".join(overrides))
+        return 0
+    if args.status:
+        print(json.dumps(status(runs, out)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    out.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.worker:  # one of --jobs workers: its own failures only (the others may still be running)
+        return 1 if work(runs, out, threads) else 0
+    if args.jobs == 1:
+        failed = work(runs, out, threads)
+    else:
+        cmd = [sys.executable, "-m", "orchestration.sweep", *args.plans, "--out", str(out), "--worker",
+               "--threads", str(threads)]
+        procs = [subprocess.Popen(cmd) for _ in range(args.jobs)]
+        codes = [p.wait() for p in procs]
+        failed = [str(out)] if any(codes) else []
+    counts = status(runs, out)
+    log.info("sweep %s: %s", out, counts)
+    if failed or counts["finished"] != len(runs):
+        log.error("%d of %d runs did not finish%s", len(runs) - counts["finished"], len(runs),
+                  "".join(f"\n  {f}" for f in failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
