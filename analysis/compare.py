@@ -9,6 +9,8 @@ Reads only the results schema (``results.json``, ``schema_version`` 1) below the
 What a run is
 - method: ``results["strategy"]`` plus its model plug-ins (``gift+gist``, ``lora+coeff``), read from the
   run's ``config_resolved.yaml`` (``strategy.method.plugins``), else from the ``+plugin=...`` override;
+  overrides that choose a *method* rather than tune it (``METHOD_KEYS``: the generator, ``generator=linear``)
+  are part of the name: ``gift_multitask[generator=linear]`` is its own row;
 - split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
   ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
 - hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
@@ -24,12 +26,16 @@ Selection rule (``--select mean``, the default)
 2. The chosen setting has the highest validation score; ties go to fewer trainable parameters per task,
    then to the lexicographically smallest setting (deterministic).
 3. The row reports the *test* runs with exactly that setting: per task and for the mean, mean ± std
-   (sample std, n-1) over their seeds. Missing test runs leave the numbers empty and say so.
+   (sample std, n-1) over their seeds, and the average forgetting where the protocol defines it. Missing test
+   runs leave the numbers empty and say so.
 ``--select per-task`` chooses the setting per task (the VTAB-1k practice) by that task's validation
 accuracy (mean over seeds), the same tie-breaks; the mean column then averages, per seed, the chosen
 settings' test accuracies (seeds present for every task), and the chosen settings are listed per task.
 A method without any val run is not selected on: each of its settings gets its own row, marked
 ``no val runs``.
+
+Overrides shared by every run of the table (a CPU recipe such as ``benchmark.n_train=200 optim.epochs=5``) are
+printed once above it (``recipe:``) instead of in every row's hyperparameters.
 """
 from __future__ import annotations
 
@@ -49,6 +55,8 @@ NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark="
                        "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
                        "progress=", "num_workers=", "device=", "checkpoint_every=", "eval_batch_size=",
                        "allow_config_change=")
+# overrides that choose the method (its row) rather than tune it
+METHOD_KEYS = ("generator=",)
 
 
 # ------------------------------------------------------------------------------------------- reading runs
@@ -89,7 +97,8 @@ def method_of(res: dict, run: Optional[Path] = None) -> str:
         plugins = resolved_plugins(run)
     if plugins is None:
         plugins = plugins_of(res.get("overrides", []))
-    return "+".join([res["strategy"], *sorted(plugins)])
+    chosen = sorted(o for o in res.get("overrides", []) if o.startswith(METHOD_KEYS))
+    return "+".join([res["strategy"], *sorted(plugins)]) + (f"[{','.join(chosen)}]" if chosen else "")
 
 
 def split_of(res: dict) -> str:
@@ -100,7 +109,7 @@ def split_of(res: dict) -> str:
 
 
 def hyperparameters_of(res: dict) -> tuple[str, ...]:
-    return tuple(sorted(o for o in res.get("overrides", []) if not o.startswith(NOT_HYPERPARAMETERS)))
+    return tuple(sorted(o for o in res.get("overrides", []) if not o.startswith(NOT_HYPERPARAMETERS + METHOD_KEYS)))
 
 
 def describe(hp: tuple[str, ...]) -> str:
@@ -113,6 +122,7 @@ class Run:
         self.method, self.split, self.hp, self.seed = method_of(res, path), split_of(res), hyperparameters_of(res), res["seed"]
         self.tasks = [t["name"] for t in res["tasks"]]
         self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
+        self.forgetting = res.get("forgetting")
         params = res["params"]
         self.params = dict(params.get("per_task") or {})
         self.params_excl = dict(params.get("per_task_excl_classifier") or {})
@@ -125,13 +135,19 @@ class Cell:
 
     def __init__(self):
         self.acc: dict = defaultdict(dict)  # seed -> task -> accuracy
+        self.forgetting: dict = {}  # seed -> average forgetting (runs whose protocol defines it)
         self.params: dict[str, float] = {}
         self.params_excl: dict[str, float] = {}
         self.backbone: Optional[int] = None
+        self.overrides: Optional[list[str]] = None  # one run's command line (to plan the matching test runs)
 
     def add(self, run: Run) -> None:
+        if self.overrides is None:
+            self.overrides = list(run.res.get("overrides", []))
         for t, a in run.acc.items():
             self.acc[run.seed][t] = a  # a task run twice under one seed: the later path wins (runs come sorted)
+        if run.forgetting is not None:
+            self.forgetting[run.seed] = float(run.forgetting)
         self.params.update(run.params)
         self.params_excl.update(run.params_excl)
         self.backbone = self.backbone or run.backbone
@@ -196,6 +212,7 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
             scores = {hp: v for hp, v in scores.items() if v is not None}
             best = _choose(scores, val)
             rows.append(_row(method, tasks, {t: best for t in tasks}, test, f"val {100 * scores[best]:.1f}"))
+            rows[-1]["_val_overrides"] = val[best].overrides
         else:
             chosen = {}
             for t in tasks:
@@ -227,6 +244,8 @@ def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tup
     complete = sorted(s for s, d in per_seed.items() if present and all(t in d for t in present))
     row["mean"] = fmt(*mean_std([sum(per_seed[s][t] for t in present) / len(present) for s in complete]))
     row["seeds"] = len(complete)
+    forgetting = [test[hp].forgetting[s] for hp in set(chosen.values()) if hp in test for s in sorted(test[hp].forgetting)]
+    row["forgetting"] = fmt(*mean_std(forgetting)) if len(set(chosen.values())) == 1 else ""
     n = [v for v in params.values() if v is not None]
     n_excl = [v for v in params_excl.values() if v is not None]
     row["params"] = round(sum(n) / len(n)) if n else ""
@@ -241,14 +260,45 @@ def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tup
     return row
 
 
+# overrides a test run drops from its val run's command line (the split, the seed, per-run settings)
+NOT_IN_TEST_RUN = ("seed=", "benchmark.eval_split=", "benchmark.n_val=", "threads=", "progress=", "resume=",
+                   "hydra", "allow_config_change=")
+
+
+def test_plan(rows: list[dict], seeds: str) -> str:
+    """Plan lines (``python -m orchestration.sweep``) for the test runs of every row's chosen setting: its val
+    run's command line without the split, for ``seeds`` (``0,1,2``)."""
+    lines = []
+    for row in rows:
+        over = row.get("_val_overrides")
+        if over is None:
+            continue
+        kept = [o for o in over if not o.startswith(NOT_IN_TEST_RUN)]
+        lines.append(" ".join([*kept, f"seed={seeds}"]) + f"  # {row['method']}: {row['selection']}")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------- output
 def columns(tasks: list[str]) -> list[str]:
-    return ["method", *tasks, "mean", "seeds", "params", "params_excl_head", "params_%", "hyperparameters", "selection"]
+    return ["method", *tasks, "mean", "forgetting", "seeds", "params", "params_excl_head", "params_%", "hyperparameters", "selection"]
 
 
-def to_markdown(tasks: list[str], rows: list[dict]) -> str:
+def recipe(runs: list[Run]) -> tuple[str, ...]:
+    """The hyperparameter overrides every run shares (the table's recipe)."""
+    common = set(runs[0].hp) if runs else set()
+    for r in runs[1:]:
+        common &= set(r.hp)
+    return tuple(sorted(common))
+
+
+def strip_recipe(runs: list[Run], common: tuple[str, ...]) -> None:
+    for r in runs:
+        r.hp = tuple(o for o in r.hp if o not in common)
+
+
+def to_markdown(tasks: list[str], rows: list[dict], common: tuple[str, ...] = ()) -> str:
     cols = columns(tasks)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ([f"recipe: `{' '.join(common)}`", ""] if common else []) + ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in cols) + " |")
     return "\n".join(lines) + "\n"
@@ -271,6 +321,9 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--select", choices=("mean", "per-task"), default="mean",
                     help="choose one setting per method (mean val accuracy) or one per task")
     ap.add_argument("--all", action="store_true", help="include unfinished runs")
+    ap.add_argument("--test-plan", help="write the plan of test runs at every method's chosen setting "
+                                        "(python -m orchestration.sweep PLAN --out DIR runs it)")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of --test-plan (default 0,1,2)")
     args = ap.parse_args(argv)
     runs = []
     for path in find_runs(args.paths):
@@ -279,12 +332,16 @@ def main(argv: Optional[list[str]] = None) -> str:
             runs.append(Run(res, path))
     if not runs:
         raise SystemExit(f"no finished results.json under {args.paths}")
+    common = recipe(runs)
+    strip_recipe(runs, common)
     tasks, rows = compare(runs, args.select)
-    md = to_markdown(tasks, rows)
+    md = to_markdown(tasks, rows, common)
     if args.md:
         Path(args.md).write_text(md)
     if args.csv:
         Path(args.csv).write_text(to_csv(tasks, rows))
+    if args.test_plan:
+        Path(args.test_plan).write_text(test_plan(rows, args.seeds))
     print(md, end="")
     return md
 

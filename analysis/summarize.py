@@ -6,7 +6,7 @@ mean ± std over seeds.
 
 Reads only the results schema (``results.json``, ``schema_version`` 1; README "Results schema"): one column
 per task (final accuracy), the average, forgetting and BWT (sequential), task-id accuracy, trainable
-parameters per task. Runs that differ only in ``seed`` form one row.
+parameters per task (with and without its classifier), shared parameters, wall time (train + eval seconds). Runs that differ only in ``seed`` form one row.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def load(run: Path) -> dict:
 def group_key(res: dict) -> tuple[str, str]:
     """Strategy and the command-line overrides that distinguish the run, seed left out."""
     extra = [o for o in res.get("overrides", [])
-             if not o.startswith(("strategy=", "hydra", "seed=", "resume="))]
+             if not o.startswith(("strategy=", "hydra", "seed=", "resume=", "threads=", "progress="))]
     return res["strategy"], " ".join(sorted(extra))
 
 
@@ -42,7 +42,12 @@ def metrics(res: dict) -> dict[str, float]:
             out[key] = 100 * res[key]
     per_task = list(res["params"]["per_task"].values())
     out["params_per_task"] = sum(per_task) / len(per_task)
+    excl = list((res["params"].get("per_task_excl_classifier") or {}).values())
+    if excl:
+        out["params_per_task_excl_head"] = sum(excl) / len(excl)
     out["params_shared"] = res["params"]["shared"]
+    if res.get("wall_time_s") is not None:
+        out["wall_time_s"] = res["wall_time_s"]
     return out
 
 
@@ -75,7 +80,7 @@ def fmt(v) -> str:
     if isinstance(v, tuple):
         m, s = v[0], v[1]
         if abs(m) >= 1000:
-            return f"{m:,.0f}"
+            return f"{m:,.0f}" if s == 0 else f"{m:,.0f} ± {s:,.0f}"
         return f"{m:.2f} ± {s:.2f}"
     return "" if v is None else str(v)
 

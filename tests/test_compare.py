@@ -18,7 +18,7 @@ TASKS = ("digits", "signs")
 
 
 def fake(root: Path, strategy: str, seed: int, split: str, acc: dict, overrides=(), params=1000, backbone=100000,
-         finished=True) -> Path:
+         finished=True, forgetting=None) -> Path:
     """A results.json as the run loop writes it (schema_version 1, independent protocol)."""
     run = root / f"{len(list(root.glob('*')))}_{strategy}"
     run.mkdir(parents=True)
@@ -34,7 +34,7 @@ def fake(root: Path, strategy: str, seed: int, split: str, acc: dict, overrides=
         "final_accuracy": dict(acc), "average_accuracy": sum(acc.values()) / len(acc),
         "params": {"per_task": {t: params for t in acc}, "per_task_excl_classifier": {t: params - 100 for t in acc},
                    "shared": 0, "total": params * len(acc), "backbone": backbone},
-        "finished": finished,
+        "forgetting": forgetting, "finished": finished,
     }
     (run / "results.json").write_text(json.dumps(res))
     return run
@@ -109,7 +109,7 @@ def test_cli_writes_markdown_and_csv(sweep, tmp_path):
                            "--md", str(out_md)], capture_output=True, text=True, check=True)
     assert proc.stdout == out_md.read_text()
     header = proc.stdout.splitlines()[0]
-    assert header.startswith("| method | digits | signs | mean | seeds | params |")
+    assert header.startswith("| method | digits | signs | mean | forgetting | seeds | params |")
     table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert [r["method"] for r in table] == ["gift+gist", "linear", "lora"]
     assert table[2]["hyperparameters"] == "optim.lr=1e-2"
@@ -145,3 +145,36 @@ def test_plugins_are_read_from_the_resolved_config(tmp_path):
     run = fake(tmp_path, "adapter", 0, "test", {"digits": 0.5})
     (run / "config_resolved.yaml").write_text("strategy:\n  method:\n    plugins:\n      gist: {}\n      coeff: {}\n")
     assert compare.Run(compare.load(run), run).method == "adapter+coeff+gist"
+
+
+def test_generator_choice_is_its_own_row_and_the_shared_recipe_is_printed_once(tmp_path):
+    """``generator=linear`` chooses a method (GIFT-linear), it is not a hyperparameter to select over; the
+    overrides every run shares (the CPU recipe) are printed once; forgetting is mean ± std over seeds."""
+    recipe = ["benchmark.n_train=200", "optim.epochs=5"]
+    for seed in (0, 1):
+        for gen, acc in (([], 0.5), (["generator=linear"], 0.6)):
+            for lr, shift in (("1e-2", 0.0), ("3e-2", -0.1)):
+                for split in ("val", "test"):
+                    fake(tmp_path, "gift_multitask", seed, split, {"digits": acc + shift}, [*gen, *recipe, f"optim.lr={lr}"],
+                         forgetting=0.01 * (seed + 1))
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    common = compare.recipe(runs)
+    assert common == tuple(recipe)
+    compare.strip_recipe(runs, common)
+    _, rows = compare.compare(runs)
+    rows = {r["method"]: r for r in rows}
+    assert sorted(rows) == ["gift_multitask", "gift_multitask[generator=linear]"]
+    assert rows["gift_multitask[generator=linear]"]["digits"] == "60.0 ± 0.0"
+    assert rows["gift_multitask"]["hyperparameters"] == "optim.lr=1e-2"
+    assert rows["gift_multitask"]["forgetting"] == "1.5 ± 0.7"
+    md = compare.to_markdown(["digits"], list(rows.values()), common)
+    assert md.startswith("recipe: `benchmark.n_train=200 optim.epochs=5`")
+
+
+def test_test_plan_repeats_the_chosen_val_setting_on_test_for_every_seed(sweep, tmp_path):
+    plan = tmp_path / "test.txt"
+    subprocess.run([sys.executable, str(REPO / "analysis" / "compare.py"), str(sweep), "--test-plan", str(plan),
+                    "--seeds", "0,1,2"], capture_output=True, text=True, check=True)
+    lines = plan.read_text().splitlines()
+    assert lines == ["strategy=gift optim.lr=1e-3 +plugin=gist seed=0,1,2  # gift+gist: val 70.0",
+                     "strategy=lora optim.lr=1e-2 seed=0,1,2  # lora: val 71.0"]  # linear has no val runs
