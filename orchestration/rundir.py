@@ -64,6 +64,15 @@ def holds_a_run(run_dir: Path) -> bool:
     return (run_dir / "results.json").is_file() or (run_dir / "checkpoints").is_dir()
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (``results.json`` with ``finished: true``); an unreadable or
+    half-written file counts as not finished, so the run is resumed rather than trusted."""
+    try:
+        return bool((read_json(run_dir / "results.json") or {}).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
     """The directory this run writes into, and whether it continues a run there."""
     if not cfg.resume:
@@ -86,7 +95,7 @@ def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
         return path, True
     parent = hydra_dir.parent
     unfinished = [d for d in (parent.iterdir() if parent.is_dir() else []) if d != hydra_dir
-                  and (d / CONFIG_FILE).is_file() and not (read_json(d / "results.json") or {}).get("finished")]
+                  and (d / CONFIG_FILE).is_file() and not run_finished(d)]
     same = [d for d in unfinished if not config_differences(saved_config(d), current)]
     if not same:
         other = f" ({len(unfinished)} unfinished run(s) there have another configuration)" if unfinished else ""

@@ -30,6 +30,8 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from .rundir import run_finished
+
 log = logging.getLogger("gift_cl.sweep")
 
 # options every sweep run gets unless its line sets them: a bar in a log file is noise
@@ -74,13 +76,6 @@ def run_name(overrides: list[str]) -> str:
     text = ",".join(overrides)
     readable = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", text)[:120]
     return f"{readable}__{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-
-def finished(run_dir: Path) -> bool:
-    try:
-        return bool(json.loads((run_dir / "results.json").read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
 
 
 # ------------------------------------------------------------------------------------------- one run
@@ -154,13 +149,13 @@ def work(runs: list[list[str]], out: Path, threads: int) -> list[str]:
     failed = []
     for overrides in runs:
         run_dir = out / run_name(overrides)
-        if finished(run_dir):
+        if run_finished(run_dir):
             continue
         claim = Claim(run_dir)
         if not claim.acquire():
             continue  # another worker has it
         try:
-            if finished(run_dir):
+            if run_finished(run_dir):
                 continue
             full = [*overrides, *(d for d in DEFAULTS if not any(o.startswith(d.split("=")[0] + "=") for o in overrides))]
             if not any(o.startswith("threads=") for o in overrides):
@@ -187,7 +182,7 @@ def status(runs: list[list[str]], out: Path) -> dict[str, int]:
     counts = {"finished": 0, "started": 0, "pending": 0}
     for overrides in runs:
         run_dir = out / run_name(overrides)
-        key = "finished" if finished(run_dir) else "started" if (run_dir / "config_resolved.yaml").is_file() else "pending"
+        key = "finished" if run_finished(run_dir) else "started" if (run_dir / "config_resolved.yaml").is_file() else "pending"
         counts[key] += 1
     return counts
 
