@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 run: install
 	$(PY) run.py
 
+# One pytest-xdist worker per core, at most 4 (every worker holds its own models and data), one thread each.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Re-execute the analysis notebooks on a finished run (and its linear-probe baseline) and store them with
 # their outputs: make notebooks RUN=outputs/default_decathlon BASELINE=outputs/linear_decathlon

@@ -6,7 +6,8 @@ os.environ.setdefault("GIFT_CL_CACHE", os.path.join(os.path.dirname(__file__), "
 
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("GIFT_CL_TEST_THREADS", "2")))
+# one thread per pytest-xdist worker (`make test` runs one worker per core, up to 4), two in a plain `pytest` run
+torch.set_num_threads(int(os.environ.get("GIFT_CL_TEST_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
 
 from pathlib import Path  # noqa: E402
 
