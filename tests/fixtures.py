@@ -19,6 +19,7 @@ import struct
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from gift_cl.data.vdd import VDD_DOMAINS
@@ -259,6 +260,18 @@ def write_five_datasets(root: str) -> dict:
 
 
 FASHION_MNIST_DEB_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def require_debian_fashion_mnist() -> None:
+    """The real-data tests' guard: without Debian's ``dataset-fashion-mnist`` a ``-m real_data`` test is skipped
+    with the install command, except under ``GIFT_CL_REQUIRE_REAL_DATA=1`` (CI, after ``make real-data``), where
+    missing data is a failure."""
+    if not os.path.isfile(os.path.join(FASHION_MNIST_DEB_DIR, "train-images-idx3-ubyte.gz")):
+        message = (f"Debian package dataset-fashion-mnist not installed (no IDX .gz files in {FASHION_MNIST_DEB_DIR}); "
+                   "apt-get install dataset-fashion-mnist")
+        if os.environ.get("GIFT_CL_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def install_debian_fashion_mnist(root: str, src: str = FASHION_MNIST_DEB_DIR) -> bool:

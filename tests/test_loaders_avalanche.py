@@ -16,6 +16,7 @@ from fixtures import (
     write_core50,
     write_idx_gz_flat,
     write_mnist_like,
+    require_debian_fashion_mnist,
     write_tiny_imagenet,
 )
 from gift_cl.data.avalanche_classic import LAYOUTS, class_order, load_core50, load_split
@@ -219,21 +220,12 @@ def test_bad_options(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real data
-def _require_debian_fmnist():
-    if not os.path.isfile(os.path.join(FASHION_MNIST_DEB_DIR, "train-images-idx3-ubyte.gz")):
-        message = (f"Debian package dataset-fashion-mnist not installed (no IDX .gz files in {FASHION_MNIST_DEB_DIR}); "
-                   "apt-get install dataset-fashion-mnist")
-        if os.environ.get("GIFT_CL_REQUIRE_REAL_DATA") == "1":  # CI: missing data is a failure, not a skip
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.mark.real_data
 def test_real_split_fmnist_default_root():
     """benchmark=avalanche/split_fmnist finds the Debian files without any root override."""
     import gift_cl.config  # noqa: F401
 
-    _require_debian_fmnist()
+    require_debian_fashion_mnist()
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         cfg = compose("config", overrides=["model=vit_tiny_random", "benchmark=avalanche/split_fmnist", "seed=0"])
     assert cfg.benchmark.root == FASHION_MNIST_DEB_DIR
@@ -273,7 +265,7 @@ def test_split_fmnist_reference_table(tmp_path):
 
     from runs import REPO, env
 
-    _require_debian_fmnist()
+    require_debian_fashion_mnist()
     out = tmp_path / "sweep"
     subprocess.run([sys.executable, "-m", "orchestration.sweep", str(REPO / "analysis" / "sweeps" / "split_fmnist.txt"),
                     "--out", str(out), "--jobs", "2"], cwd=REPO, env=env(), check=True, timeout=3600)

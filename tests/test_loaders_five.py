@@ -12,6 +12,7 @@ from fixtures import (
     FASHION_MNIST_DEB_DIR,
     decode_label,
     install_debian_fashion_mnist,
+    require_debian_fashion_mnist,
     write_five_datasets,
     write_svhn,
 )
@@ -158,8 +159,8 @@ def test_bad_options(five_root):
 # ----------------------------------------------------------------------------- real data
 @pytest.mark.real_data
 def test_real_fashion_mnist_from_debian(tmp_path):
-    if not install_debian_fashion_mnist(str(tmp_path)):
-        pytest.skip(f"Debian package dataset-fashion-mnist not installed (no IDX .gz files in {FASHION_MNIST_DEB_DIR})")
+    require_debian_fashion_mnist()
+    assert install_debian_fashion_mnist(str(tmp_path)), f"incomplete dataset-fashion-mnist in {FASHION_MNIST_DEB_DIR}"
     (task,) = load_five_datasets(str(tmp_path), order=["fashion_mnist"])
     assert (len(task.train), len(task.test)) == (60000, 10000)
     assert np.bincount(task.train.targets).tolist() == [6000] * 10
