@@ -107,26 +107,39 @@ def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
 
 
 class RunLock:
-    """An exclusive lock on a run directory for the lifetime of a run (released when the process dies)."""
+    """An exclusive lock on a run directory (released when the process dies). ``.lock`` is held for the lifetime of
+    a run (a second run there is refused); the sweep's workers claim a run with ``.claim`` before starting it."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+    def __init__(self, run_dir: Path, name: str = ".lock"):
+        self.path = Path(run_dir) / name
         self.fd: Optional[int] = None
+        self.holder = ""
+
+    def try_acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise RunDirError(f"{self.path.parent} is in use by a running run (pid {holder}); wait for it or "
-                              f"choose another hydra.run.dir") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        if not self.try_acquire():
+            raise RunDirError(f"{self.path.parent} is in use by a running run (pid {self.holder}); wait for it or "
+                              f"choose another hydra.run.dir")
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        self.release()

@@ -17,7 +17,6 @@ Collect the results with ``analysis/compare.py DIR`` or ``analysis/summarize.py 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from .rundir import run_finished
+from .rundir import CONFIG_FILE, RunLock, run_finished
 
 log = logging.getLogger("gift_cl.sweep")
 
@@ -100,7 +99,6 @@ def compose(overrides: list[str]):
 
 def run_one(overrides: list[str], run_dir: Path) -> dict:
     from .cli import run
-    from .rundir import CONFIG_FILE
 
     cfg = compose(overrides)
     if (run_dir / CONFIG_FILE).is_file():  # started before: continue it (set here, a path is no override)
@@ -119,31 +117,6 @@ def run_one(overrides: list[str], run_dir: Path) -> dict:
         handler.close()
 
 
-class Claim:
-    """A non-blocking exclusive claim on a run (released when the worker dies)."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".claim"
-        self.fd: Optional[int] = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return False
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 def work(runs: list[list[str]], out: Path, threads: int) -> list[str]:
     """Take unclaimed, unfinished runs in plan order and run them; returns the failed runs' directories."""
     failed = []
@@ -151,8 +124,8 @@ def work(runs: list[list[str]], out: Path, threads: int) -> list[str]:
         run_dir = out / run_name(overrides)
         if run_finished(run_dir):
             continue
-        claim = Claim(run_dir)
-        if not claim.acquire():
+        claim = RunLock(run_dir, ".claim")
+        if not claim.try_acquire():
             continue  # another worker has it
         try:
             if run_finished(run_dir):
@@ -182,7 +155,7 @@ def status(runs: list[list[str]], out: Path) -> dict[str, int]:
     counts = {"finished": 0, "started": 0, "pending": 0}
     for overrides in runs:
         run_dir = out / run_name(overrides)
-        key = "finished" if run_finished(run_dir) else "started" if (run_dir / "config_resolved.yaml").is_file() else "pending"
+        key = "finished" if run_finished(run_dir) else "started" if (run_dir / CONFIG_FILE).is_file() else "pending"
         counts[key] += 1
     return counts
 
