@@ -1,5 +1,6 @@
 """``python -m orchestration.sweep``: plans expand like ``run.py -m``, finished runs are skipped, a killed sweep
-resumes its runs exactly, failures are reported with a non-zero exit while the other runs go on."""
+resumes its runs exactly, bad configurations stop the sweep before anything runs, failures while running are
+reported with a non-zero exit while the other runs go on."""
 import json
 import os
 import signal
@@ -74,9 +75,21 @@ def test_sweep_skips_finished_runs_resumes_killed_ones_and_reports_failures(tmp_
         for key in ("accuracy_matrix", "average_accuracy", "forgetting", "params"):
             assert again[name][key] == done[name][key], (name, key)
 
-    # a run that fails is named, the others finish, the sweep exits non-zero
-    plan.write_text(f"{RUN} optim.lr=-1\n{RUN} seed=2\n")
+    # a run that fails while running (a domain its data cannot build) is named, the others finish, exit non-zero
+    plan.write_text(RUN.replace("[digits,signs]", "[digits,no_such_domain]") + f"\n{RUN} seed=2\n")
     proc = _sweep(plan, "--out", tmp_path / "failing", check=False)
-    assert proc.returncode == 1 and "FAILED" in proc.stderr and "optim.lr" in proc.stderr
+    assert proc.returncode == 1 and "FAILED" in proc.stderr and "no_such_domain" in proc.stderr
     assert "1 of 2 runs did not finish" in proc.stderr
     assert len([r for r in _results(tmp_path / "failing").values() if r["finished"]]) == 1
+
+
+def test_bad_configurations_stop_the_sweep_before_any_run_starts(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text(f"{RUN} seed=0\n{RUN} optim.lr=-1\nstrategy=gift_multitsk\n")
+    out = tmp_path / "out"
+    proc = _sweep(plan, "--out", out, "--jobs", 2, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "2 of 3 runs have a configuration run.py would refuse; nothing was started" in proc.stderr
+    assert "optim.lr=-1: ConfigError: optim.lr" in proc.stderr
+    assert "strategy=gift_multitsk: MissingConfigException" in proc.stderr and "gift_multitsk" in proc.stderr
+    assert not out.exists()  # the good run did not start either
