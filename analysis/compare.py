@@ -51,7 +51,8 @@ from typing import Optional
 from gift_cl.reporting import find_result_dirs, read_results
 
 # overrides that never distinguish a configuration (the split and its size are how val/test runs pair up)
-NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark=", "benchmark.domains=",
+NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
+                       "benchmark.domains=",
                        "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
                        "progress=", "num_workers=", "device=", "checkpoint_every=", "eval_batch_size=",
                        "allow_config_change=")
@@ -119,7 +120,9 @@ def describe(hp: tuple[str, ...]) -> str:
 class Run:
     def __init__(self, res: dict, path: Optional[Path] = None):
         self.res, self.path = res, path
-        self.method, self.split, self.hp, self.seed = method_of(res, path), split_of(res), hyperparameters_of(res), res["seed"]
+        self.method, self.split, self.hp = method_of(res, path), split_of(res), hyperparameters_of(res)
+        # (data seed, initialisation seed): runs of two methods pair up when both match (same images)
+        self.seed = (res.get("data_seed", res["seed"]), res["seed"])
         self.tasks = [t["name"] for t in res["tasks"]]
         self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
         self.forgetting = res.get("forgetting")
@@ -140,11 +143,13 @@ class Cell:
         self.params_excl: dict[str, float] = {}
         self.backbone: Optional[int] = None
         self.overrides: Optional[list[str]] = None  # one run's command line (to plan the matching test runs)
+        self.paths: dict = defaultdict(dict)  # seed -> task -> the run folder that holds it (predictions.npz)
 
     def add(self, run: Run) -> None:
         if self.overrides is None:
             self.overrides = list(run.res.get("overrides", []))
         for t, a in run.acc.items():
+            self.paths[run.seed][t] = run.path
             self.acc[run.seed][t] = a  # a task run twice under one seed: the later path wins (runs come sorted)
         if run.forgetting is not None:
             self.forgetting[run.seed] = float(run.forgetting)
@@ -211,7 +216,8 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
             scores = {hp: mean_std(c.average_values())[0] for hp, c in val.items()}
             scores = {hp: v for hp, v in scores.items() if v is not None}
             best = _choose(scores, val)
-            rows.append(_row(method, tasks, {t: best for t in tasks}, test, f"val {100 * scores[best]:.1f}"))
+            notes = [f"val {100 * scores[best]:.1f}", *selection_warnings(best, list(scores), val[best], test.get(best))]
+            rows.append(_row(method, tasks, {t: best for t in tasks}, test, "; ".join(notes)))
             rows[-1]["_val_overrides"] = val[best].overrides
         else:
             chosen = {}
@@ -222,6 +228,59 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
                     chosen[t] = _choose(scores, val)
             rows.append(_row(method, tasks, chosen, test, "val per task"))
     return tasks, rows
+
+
+def _numeric(value: str) -> Optional[float]:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def grid_edges(chosen: tuple, settings: list[tuple]) -> list[str]:
+    """Hyperparameters whose chosen numeric value is the smallest or largest of the grid searched."""
+    notes = []
+    for item in chosen:
+        key, _, value = item.partition("=")
+        v = _numeric(value)
+        if v is None:
+            continue
+        grid = {_numeric(o.partition("=")[2]) for hp in settings for o in hp if o.partition("=")[0] == key}
+        grid.discard(None)
+        if len(grid) > 1 and v in (min(grid), max(grid)):
+            notes.append(f"{key}={value} at the grid's {'lower' if v == min(grid) else 'upper'} edge")
+    return notes
+
+
+def selection_warnings(chosen: tuple, settings: list[tuple], val: Cell, test: Optional[Cell]) -> list[str]:
+    """What a reviewer would object to in a selection: a grid edge, fewer than 2 seeds, val seeds reused in test."""
+    notes = grid_edges(chosen, settings)
+    val_seeds = sorted(val.acc)
+    if len(val_seeds) < 2:
+        notes.append(f"selected on {len(val_seeds)} seed")
+    if test is not None:
+        reused = sorted({s[1] for s in val_seeds} & {s[1] for s in test.acc})
+        if reused:
+            notes.append(f"val seed(s) {', '.join(map(str, reused))} also test seeds")
+    return notes
+
+
+def validation_scores(runs: list[Run], chosen: dict[str, tuple]) -> list[dict]:
+    """Every validation score: method, setting, mean over seeds, per seed, and whether it was chosen."""
+    cells: dict = defaultdict(lambda: defaultdict(Cell))
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        if r.split == "val":
+            cells[r.method][r.hp].add(r)
+    out = []
+    for method in sorted(cells):
+        for hp, cell in sorted(cells[method].items(), key=lambda kv: describe(kv[0])):
+            per_seed = cell.average_values()
+            keys = [k for k, accs in sorted(cell.acc.items())]
+            out.append({"method": method, "setting": describe(hp),
+                        "val_mean": fmt(*mean_std(per_seed)),
+                        "per_seed": " ".join(f"s{k[1]}/d{k[0]}:{100 * v:.1f}" for k, v in zip(keys, per_seed)),
+                        "seeds": len(per_seed), "chosen": "yes" if chosen.get(method) == hp else ""})
+    return out
 
 
 def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tuple, Cell], how: str) -> dict:
@@ -236,6 +295,7 @@ def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tup
             missing.append(t)
         for seed, a in accs.items():
             per_seed[seed][t] = a
+            row.setdefault("_runs", {}).setdefault(seed, {})[t] = (a, cell.paths[seed].get(t))
         row[t] = fmt(*mean_std([accs[s] for s in sorted(accs)]))
         if accs:
             params[t], backbone = cell.params.get(t), backbone or cell.backbone
@@ -260,8 +320,101 @@ def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tup
     return row
 
 
+# ------------------------------------------------------------------------------------------- paired differences
+def _per_image(path: Optional[Path], cache: dict) -> Optional[dict]:
+    from gift_cl.reporting import read_predictions
+
+    if path is None:
+        return None
+    if path not in cache:
+        cache[path] = read_predictions(path)
+    return cache[path]
+
+
+def paired_diffs(runs_a: dict, runs_b: dict, seeds: list, tasks: list[str], cache: dict) -> dict:
+    """``{seed: {task: c_A − c_B per image}}`` where both runs kept predictions, else the accuracy difference."""
+    import numpy as np
+
+    out = {}
+    for s in seeds:
+        out[s] = {}
+        for t in tasks:
+            (acc_a, path_a), (acc_b, path_b) = runs_a[s][t], runs_b[s][t]
+            pa, pb = _per_image(path_a, cache), _per_image(path_b, cache)
+            if pa and pb and t in pa and t in pb:
+                (pred_a, y_a), (pred_b, y_b) = pa[t], pb[t]
+                if not np.array_equal(y_a, y_b):
+                    raise SystemExit(f"{path_a} and {path_b}: task {t!r} was not evaluated on the same images "
+                                     f"(seed {s}): their runs cannot be paired")
+                for path, pred, y, acc in ((path_a, pred_a, y_a, acc_a), (path_b, pred_b, y_b, acc_b)):
+                    if abs(float((pred == y).mean()) - acc) > 1e-6:
+                        raise SystemExit(f"{path}: predictions.npz gives {float((pred == y).mean()):.4f} on {t!r}, "
+                                         f"results.json {acc:.4f}: the files do not belong together")
+                out[s][t] = (pred_a == y_a).astype(np.int64) - (pred_b == y_b).astype(np.int64)
+            else:
+                out[s][t] = acc_a - acc_b
+    return out
+
+
+def pairwise(rows: list[dict], tasks: list[str], reference: Optional[str] = None, n_boot: int = 10_000,
+             alpha: float = 0.05) -> list[dict]:
+    """Paired differences of the mean accuracy (``gift_cl.stats.paired_bootstrap``) for every pair of rows
+    (or every row against ``reference``), on the seeds both have, with Holm-corrected p-values."""
+    from gift_cl.stats import holm, paired_bootstrap
+
+    usable = [r for r in rows if r.get("_runs")]
+    names = [r["method"] for r in usable]
+    if reference is not None and reference not in names:
+        raise SystemExit(f"--reference {reference!r} is not a method of this table: {', '.join(names)}")
+    pairs = [(a, b) for i, a in enumerate(usable) for b in usable[i + 1:]
+             if reference is None or reference in (a["method"], b["method"])]
+    cache: dict = {}
+    out = []
+    for a, b in pairs:
+        if reference is not None and b["method"] == reference:
+            a, b = b, a
+        present = [t for t in tasks if any(t in d for d in a["_runs"].values())]
+        seeds = sorted(s for s in set(a["_runs"]) & set(b["_runs"])
+                       if all(t in a["_runs"][s] and t in b["_runs"][s] for t in present))
+        if not seeds or not present:
+            continue
+        res = paired_bootstrap(paired_diffs(a["_runs"], b["_runs"], seeds, present, cache), n_boot=n_boot,
+                               level=1 - alpha)
+        out.append({"a": a["method"], "b": b["method"], **res})
+    for r, p in zip(out, holm([r["p"] for r in out])):
+        r["p_holm"] = p
+        r["resolved"] = p < alpha and not (r["ci"][0] <= 0 <= r["ci"][1])
+    return out
+
+
+def pairwise_markdown(pairs: list[dict], alpha: float = 0.05) -> str:
+    if not pairs:
+        return ""
+    level = round(100 * (1 - alpha))
+    lines = [f"Paired differences of the mean accuracy (A − B, points; {level} % bootstrap CI over seeds and test "
+             f"images; p-values Holm-corrected over the {len(pairs)} comparisons):", "",
+             "| A | B | Δ | CI | p | p (Holm) | resolved | seeds | basis |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in pairs:
+        lo, hi = r["ci"]
+        basis = f"{r['n_images']:,} paired images" if r["per_image"] else "seed-level (no predictions.npz)"
+        lines.append(f"| {r['a']} | {r['b']} | {100 * r['diff']:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | "
+                     f"{r['p']:.4f} | {r['p_holm']:.4f} | {'yes' if r['resolved'] else 'no'} | {r['n_seeds']} | {basis} |")
+    resolved = [r for r in pairs if r["resolved"]]
+    unresolved = [r for r in pairs if not r["resolved"]]
+
+    def said(r):
+        hi, lo = (r["a"], r["b"]) if r["diff"] > 0 else (r["b"], r["a"])
+        return f"{hi} > {lo} by {100 * abs(r['diff']):.2f}"
+
+    lines += ["", f"Resolved at α = {alpha} (Holm): " + ("; ".join(said(r) for r in resolved) if resolved else "none") + ".",
+              "Not resolved: " + ("; ".join(f"{r['a']} vs {r['b']} ({100 * r['diff']:+.2f}, CI "
+                                            f"[{100 * r['ci'][0]:+.2f}, {100 * r['ci'][1]:+.2f}])" for r in unresolved)
+                                  if unresolved else "none") + "."]
+    return "\n".join(lines) + "\n"
+
+
 # overrides a test run drops from its val run's command line (the split, the seed, per-run settings)
-NOT_IN_TEST_RUN = ("seed=", "benchmark.eval_split=", "benchmark.n_val=", "threads=", "progress=", "resume=",
+NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "threads=", "progress=", "resume=",
                    "hydra", "allow_config_change=")
 
 
@@ -324,6 +477,11 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--test-plan", help="write the plan of test runs at every method's chosen setting "
                                         "(python -m orchestration.sweep PLAN --out DIR runs it)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of --test-plan (default 0,1,2)")
+    ap.add_argument("--val-md", help="write every validation score (method, setting, per seed) as markdown")
+    ap.add_argument("--reference", help="paired differences against this method only (default: every pair)")
+    ap.add_argument("--no-pairs", action="store_true", help="skip the paired differences")
+    ap.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap replicates (default 10000)")
+    ap.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default 0.05)")
     args = ap.parse_args(argv)
     runs = []
     for path in find_runs(args.paths):
@@ -336,6 +494,20 @@ def main(argv: Optional[list[str]] = None) -> str:
     strip_recipe(runs, common)
     tasks, rows = compare(runs, args.select)
     md = to_markdown(tasks, rows, common)
+    if not args.no_pairs:
+        pairs = pairwise(rows, tasks, args.reference, args.bootstrap, args.alpha)
+        md += ("\n" + pairwise_markdown(pairs, args.alpha)) if pairs else ""
+    if args.val_md:
+        chosen = {}
+        for row in rows:
+            hp = row.get("_val_overrides")
+            if hp is not None:
+                chosen[row["method"]] = hyperparameters_of({"overrides": hp})
+        vals = validation_scores(runs, {m: tuple(o for o in hp if o not in common) for m, hp in chosen.items()})
+        cols = ["method", "setting", "val_mean", "per_seed", "seeds", "chosen"]
+        text = "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                         + ["| " + " | ".join(str(v[c]) for c in cols) + " |" for v in vals])
+        Path(args.val_md).write_text((f"recipe: `{' '.join(common)}`\n\n" if common else "") + text + "\n")
     if args.md:
         Path(args.md).write_text(md)
     if args.csv:

@@ -40,6 +40,41 @@ def read_results(run_dir: str | os.PathLike) -> dict:
     return res
 
 
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def write_predictions(predictions: dict[str, tuple], run_dir: str | os.PathLike) -> None:
+    """``predictions.npz``: for each task ``<task>.pred`` and ``<task>.target`` (int64, test-set order)."""
+    import numpy as np
+
+    arrays = {f"{task}.{kind}": np.asarray(a, dtype=np.int64)
+              for task, (pred, target) in predictions.items() for kind, a in (("pred", pred), ("target", target))}
+    with atomic_path(Path(run_dir) / PREDICTIONS_FILE) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def read_predictions(run_dir: str | os.PathLike) -> Optional[dict[str, tuple]]:
+    """``{task: (pred, target)}`` from a run's ``predictions.npz`` (no pickles), or None without one."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise SystemExit(f"{path}: not a readable predictions file ({type(err).__name__}: {err})") from None
+    tasks = {k.rsplit(".", 1)[0] for k in arrays}
+    out = {}
+    for task in tasks:
+        pred, target = arrays.get(f"{task}.pred"), arrays.get(f"{task}.target")
+        if pred is None or target is None or pred.shape != target.shape or pred.ndim != 1:
+            raise SystemExit(f"{path}: task {task!r} needs 1-D .pred and .target arrays of one length")
+        out[task] = (pred, target)
+    return out
+
+
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     buf = io.StringIO()
     if rows:

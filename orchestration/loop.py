@@ -28,11 +28,12 @@ from gift_cl.backbones import create_backbone
 from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_run_checkpoint, save_safetensors
 from gift_cl.data.stream import build_stream
 from gift_cl.optim import OptimConfig
+from gift_cl.reporting import read_predictions, write_predictions
 from gift_cl.rng import rng_state, seed_everything, set_rng_state
 from strategies import TaskAwareStrategy
 from strategies.distributed import DataParallel
 from strategies.evaluation import make_evaluator
-from strategies.plugins import EpochCheckpointPlugin
+from strategies.plugins import EpochCheckpointPlugin, PredictionRecorder
 
 from .device import runtime
 from .distributed import broadcast_object
@@ -88,6 +89,9 @@ class Run:
         # progress is everything the results are computed from; it travels in every checkpoint
         self.progress = {"position": 0, "matrix": [], "time_s": [], "params": []}
         self.model = self.strategy = None
+        # each task's per-image predictions at its latest evaluation (the final one at the end): predictions.npz
+        self.predictions: dict[str, tuple] = {}
+        self.recorder = PredictionRecorder()
         self._unit: Optional[int] = None  # which experience the current model was built for (independent)
         if self.protocol != "independent":
             self._build(self.run_dir / "logs")
@@ -107,7 +111,8 @@ class Run:
             evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent",
                                      loggers=cfg.logger if self.env.is_main else (),
                                      run_name=f"{cfg.strategy.name}/{cfg.benchmark_name}/{log_dir.name}"),
-            plugins=[*self.plugins, EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)],
+            plugins=[*self.plugins, EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience),
+                     self.recorder],
             progress=cfg.progress and self.env.is_main,
             precision=self.env.precision,
             compile=self.env.compile,
@@ -158,6 +163,7 @@ class Run:
             raise CheckpointError(f"{path}: the checkpoint is at experience {progress['position']} of a stream "
                                   f"that does not fit this benchmark ({len(self.experiences)} experiences)")
         self.progress = progress
+        self.predictions = read_predictions(self.run_dir) or {}
         mid = state["training"] is not None
         if self.protocol == "independent":
             if not mid:  # between two tasks: the next one starts from a fresh model
@@ -198,6 +204,8 @@ class Run:
             row = None
             if self.env.is_main:  # distributed: rank 0 evaluates, the other ranks receive its row
                 row = experience_accuracies(self.strategy.eval(seen, **self.env.loader), seen)
+                for exp in seen:
+                    self.predictions[self.names[exp.current_experience]] = self.recorder.predictions[exp.task_label]
             row = broadcast_object(row)
             self.progress["matrix"].append(row)
             self.progress["time_s"].append(time.time() - t0)
@@ -212,6 +220,8 @@ class Run:
                 if self.env.is_main:
                     save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
             self.progress["position"] = i + 1
+            if self.env.is_main:  # before the checkpoint: a resumed run always finds the predictions it had
+                write_predictions(self.predictions, self.run_dir)
             self._save_boundary()
             if self.env.is_main:
                 self.write_results(final=False)

@@ -64,6 +64,16 @@ def _params(protocol: str, names: list[str], progress: dict, counts: Optional[di
     }
 
 
+def _data_seed(cfg: DictConfig):
+    """The seed that drew the data: ``benchmark.data_seed`` (procedural), ``benchmark.class_order_seed``
+    (Avalanche's class-split benchmarks), else the run's seed (loaders with a fixed split)."""
+    for key in ("data_seed", "class_order_seed"):
+        value = cfg.benchmark.get(key)
+        if value is not None:
+            return int(value)
+    return int(cfg.seed)
+
+
 def _overrides(run_dir: Path) -> list[str]:
     from omegaconf import OmegaConf
 
@@ -86,6 +96,7 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
         "protocol": protocol,
         "benchmark": cfg.benchmark_name,
         "seed": cfg.seed,
+        "data_seed": _data_seed(cfg),
         "overrides": _overrides(run_dir),
         "tasks": [{"name": t.name, "num_classes": t.num_classes, "n_train": len(t.train), "n_test": len(t.test),
                    "info": t.info} for t in tasks],

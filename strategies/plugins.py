@@ -102,6 +102,29 @@ class ProgressBarPlugin(SupervisedPlugin):
         self.bar.close()
 
 
+class PredictionRecorder(SupervisedPlugin):
+    """Keeps the predicted and true label of every image of the last evaluation of each experience:
+    ``predictions[task_label] = (pred, target)`` as int64 numpy arrays in dataset order (evaluation
+    loaders do not shuffle), for per-image statistics (paired bootstrap in ``analysis/compare.py``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.predictions: dict[int, tuple] = {}
+        self._pred: list = []
+        self._target: list = []
+
+    def before_eval_exp(self, strategy, **kwargs):
+        self._pred, self._target = [], []
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        self._pred.append(strategy.mb_output.argmax(-1).cpu())
+        self._target.append(strategy.mb_y.cpu())
+
+    def after_eval_exp(self, strategy, **kwargs):
+        self.predictions[int(strategy.experience.task_label)] = (
+            torch.cat(self._pred).numpy().astype("int64"), torch.cat(self._target).numpy().astype("int64"))
+
+
 class EpochCheckpointPlugin(SupervisedPlugin):
     """Calls ``save(strategy, epochs_done)`` every ``every`` epochs inside an experience (not after its
     last epoch: the run loop checkpoints once the experience is trained *and* evaluated)."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,8 @@ def test_selection_on_val_reports_matching_test_runs(sweep):
     assert lora["hyperparameters"] == "optim.lr=1e-2"  # chosen on val although 1e-3 is better on test
     assert lora["digits"] == "72.0 ± 2.8" and lora["signs"] == "52.0 ± 2.8"
     assert lora["mean"] == "62.0 ± 2.8" and lora["seeds"] == 2
-    assert lora["selection"] == "val 71.0"
+    # a reviewer's objections are named: a 2-value grid has only edges, and the val seeds are the test seeds
+    assert lora["selection"] == "val 71.0; optim.lr=1e-2 at the grid's upper edge; val seed(s) 0, 1 also test seeds"
     assert lora["params"] == 1000 and lora["params_excl_head"] == 900 and lora["params_%"] == "1.000"
     gift = rows["gift+gist"]  # mean val: 1e-3 -> 0.70, 1e-2 -> 0.65
     assert gift["hyperparameters"] == "optim.lr=1e-3"
@@ -176,5 +178,83 @@ def test_test_plan_repeats_the_chosen_val_setting_on_test_for_every_seed(sweep, 
     subprocess.run([sys.executable, str(REPO / "analysis" / "compare.py"), str(sweep), "--test-plan", str(plan),
                     "--seeds", "0,1,2"], capture_output=True, text=True, check=True)
     lines = plan.read_text().splitlines()
-    assert lines == ["strategy=gift optim.lr=1e-3 +plugin=gist seed=0,1,2  # gift+gist: val 70.0",
-                     "strategy=lora optim.lr=1e-2 seed=0,1,2  # lora: val 71.0"]  # linear has no val runs
+    assert [line.split(";")[0] for line in lines] == [
+        "strategy=gift optim.lr=1e-3 +plugin=gist seed=0,1,2  # gift+gist: val 70.0",
+        "strategy=lora optim.lr=1e-2 seed=0,1,2  # lora: val 71.0"]  # linear has no val runs
+
+
+def _with_predictions(run: Path, task: str, correct: "np.ndarray", target: "np.ndarray") -> None:
+    from gift_cl.reporting import write_predictions
+
+    pred = np.where(correct, target, (target + 1) % 10)
+    write_predictions({task: (pred, target)}, run)
+    res = json.loads((run / "results.json").read_text())
+    res["final_accuracy"][task] = float(correct.mean())
+    (run / "results.json").write_text(json.dumps(res))
+
+
+def test_paired_differences_per_image_with_holm_and_words(tmp_path):
+    """Three methods on the same 2,000 images per seed: a 6-point gap is resolved, a 0.3-point one is not."""
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 10, 2000)
+    for seed in range(5):
+        base = rng.random(2000)
+        for name, p in (("big", 0.66), ("mid", 0.60), ("near", 0.597)):
+            run = fake(tmp_path, name, seed, "test", {"digits": 0.0})
+            _with_predictions(run, "digits", base + rng.normal(0, 0.1, 2000) < p, target)  # correlated, not nested
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    tasks, rows = compare.compare(runs)
+    pairs = {(r["a"], r["b"]): r for r in compare.pairwise(rows, tasks, n_boot=2000)}
+    assert set(pairs) == {("big", "mid"), ("big", "near"), ("mid", "near")}
+    assert pairs[("big", "mid")]["diff"] == pytest.approx(0.06, abs=0.005) and pairs[("big", "mid")]["resolved"]
+    assert pairs[("big", "mid")]["n_images"] == 10_000 and pairs[("big", "mid")]["per_image"]
+    assert not pairs[("mid", "near")]["resolved"]
+    assert all(r["p_holm"] >= r["p"] for r in pairs.values())
+    md = compare.pairwise_markdown(list(pairs.values()))
+    assert "Resolved at α = 0.05 (Holm): big > mid by 5.9" in md and "Not resolved: mid vs near" in md
+    only = compare.pairwise(rows, tasks, reference="near", n_boot=500)
+    assert {(r["a"], r["b"]) for r in only} == {("near", "big"), ("near", "mid")}
+
+
+def test_unpaired_or_mismatched_predictions_are_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    a = fake(tmp_path, "a", 0, "test", {"digits": 0.0})
+    b = fake(tmp_path, "b", 0, "test", {"digits": 0.0})
+    _with_predictions(a, "digits", rng.random(100) < 0.5, rng.integers(0, 10, 100))
+    _with_predictions(b, "digits", rng.random(100) < 0.5, rng.integers(0, 10, 100))  # other images
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    tasks, rows = compare.compare(runs)
+    with pytest.raises(SystemExit, match="not evaluated on the same images"):
+        compare.pairwise(rows, tasks, n_boot=100)
+    res = json.loads((b / "results.json").read_text())
+    res["final_accuracy"]["digits"] = 0.99
+    (b / "results.json").write_text(json.dumps(res))
+    (b / "predictions.npz").unlink()
+    from gift_cl.reporting import read_predictions
+
+    _with_predictions(b, "digits", rng.random(100) < 0.5, read_predictions(a)["digits"][1])
+    res = json.loads((b / "results.json").read_text())
+    res["final_accuracy"]["digits"] = 0.99  # predictions say otherwise
+    (b / "results.json").write_text(json.dumps(res))
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    tasks, rows = compare.compare(runs)
+    with pytest.raises(SystemExit, match="do not belong together"):
+        compare.pairwise(rows, tasks, n_boot=100)
+
+
+def test_every_validation_score_is_published_and_the_selection_is_checked(tmp_path):
+    for seed in (10, 11):
+        for lr, acc in (("1e-3", 0.5), ("3e-3", 0.6), ("1e-2", 0.55)):
+            fake(tmp_path, "lora", seed, "val", {"digits": acc + 0.01 * seed}, [f"optim.lr={lr}"])
+    for seed in (0, 1):
+        fake(tmp_path, "lora", seed, "test", {"digits": 0.6}, ["optim.lr=3e-3"])
+    out = tmp_path / "val.md"
+    subprocess.run([sys.executable, str(REPO / "analysis" / "compare.py"), str(tmp_path), "--val-md", str(out),
+                    "--no-pairs"], capture_output=True, text=True, check=True)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "| method | setting | val_mean | per_seed | seeds | chosen |"
+    assert len(lines) == 5 and sum(line.endswith("| yes |") for line in lines) == 1
+    assert "| lora | optim.lr=3e-3 | 70.5 ± 0.7 | s10/d10:70.0 s11/d11:71.0 | 2 | yes |" in lines
+    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    _, (row,) = compare.compare(runs)
+    assert row["selection"] == "val 70.5"  # inside the grid, 2 selection seeds, none of them a test seed

@@ -1164,12 +1164,14 @@ _EVAL_SPLITS = ("test", "val")
 
 
 def load_procedural(domains: list[str] | None = None, *, n_train=500, n_test=200, image_size: int = 32,
-                    resize_to: int | None = None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed: int = 0,
+                    resize_to: int | None = None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), data_seed: int = 0,
                     augment: bool = False, n_val=0, eval_split: str = "test") -> list[TaskData]:
     """One TaskData per domain (default: the DECATHLON, in stream order).
 
     `n_train` / `n_test` / `n_val` are ints or {domain: int} overrides (domains not named keep 500 / 200 / 0).
     Flip augmentation is applied only to domains whose spec says mirroring keeps the class.
+    `data_seed` draws the images (every split); it is independent of the run's initialisation seed
+    (`benchmark.data_seed`, which defaults to the run's `seed`), so seed spread splits into data and init.
 
     Validation split: `n_val` images per domain drawn from their own seed stream (split "val" enters the
     SHA-256 seed, like "train" and "test"), so val is deterministic and independent of train and test, and
@@ -1203,12 +1205,12 @@ def load_procedural(domains: list[str] | None = None, *, n_train=500, n_test=200
     tasks = []
     for name in names:
         spec = DOMAINS[name]
-        xs, ys = generate(name, sizes_train[name], split="train", seed=seed, image_size=image_size)
+        xs, ys = generate(name, sizes_train[name], split="train", seed=data_seed, image_size=image_size)
         if eval_split == "val":
-            xt, yt = generate(name, sizes_val[name], split="val", seed=seed, image_size=image_size)
+            xt, yt = generate(name, sizes_val[name], split="val", seed=data_seed, image_size=image_size)
         else:
-            xt, yt = generate(name, sizes_test[name], split="test", seed=seed, image_size=image_size)
-        info = dict(source="procedural", version=VERSION, seed=seed, mimics=spec.mimics, grey=spec.grey,
+            xt, yt = generate(name, sizes_test[name], split="test", seed=data_seed, image_size=image_size)
+        info = dict(source="procedural", version=VERSION, data_seed=data_seed, mimics=spec.mimics, grey=spec.grey,
                     native_size=image_size, resize_to=resize_to, n_train=len(ys), n_test=len(yt), augment=augment,
                     eval_split=eval_split, n_val=sizes_val[name])
         tasks.append(TaskData(
