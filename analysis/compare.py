@@ -9,7 +9,8 @@ Reads only the results schema (``results.json``, ``schema_version`` 1) below the
 What a run is
 - method: ``results["strategy"]`` plus its model plug-ins (``gift+gist``, ``lora+coeff``), read from the
   run's ``config_resolved.yaml`` (``strategy.method.plugins``), else from the ``+plugin=...`` override;
-  overrides that choose a *method* rather than tune it (``METHOD_KEYS``: the generator, ``generator=linear``)
+  overrides that choose a *method* rather than tune it (``METHOD_KEYS``: the generator, ``generator=linear``,
+  and the backbone, ``model=...``)
   are part of the name: ``gift_multitask[generator=linear]`` is its own row;
 - split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
   ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
@@ -56,8 +57,8 @@ NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark.d
                        "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
                        "progress=", "num_workers=", "device=", "checkpoint_every=", "eval_batch_size=",
                        "allow_config_change=")
-# overrides that choose the method (its row) rather than tune it
-METHOD_KEYS = ("generator=",)
+# overrides that choose the method (its row) rather than tune it: the generator, the backbone
+METHOD_KEYS = ("generator=", "model=")
 
 
 # ------------------------------------------------------------------------------------------- reading runs
@@ -474,6 +475,8 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--select", choices=("mean", "per-task"), default="mean",
                     help="choose one setting per method (mean val accuracy) or one per task")
     ap.add_argument("--all", action="store_true", help="include unfinished runs")
+    ap.add_argument("--where", action="append", default=[], metavar="OVERRIDE",
+                    help="only runs whose command line has this override (e.g. model=vit_formula); repeatable")
     ap.add_argument("--test-plan", help="write the plan of test runs at every method's chosen setting "
                                         "(python -m orchestration.sweep PLAN --out DIR runs it)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of --test-plan (default 0,1,2)")
@@ -486,7 +489,7 @@ def main(argv: Optional[list[str]] = None) -> str:
     runs = []
     for path in find_runs(args.paths):
         res = load(path)
-        if res.get("finished") or args.all:
+        if (res.get("finished") or args.all) and all(w in res.get("overrides", []) for w in args.where):
             runs.append(Run(res, path))
     if not runs:
         raise SystemExit(f"no finished results.json under {args.paths}")

@@ -1,12 +1,21 @@
 """The backbone evidence: what a pretrained backbone gives the framework, old and new side by side.
 
-    python analysis/evidence.py probe  --out docs/results/evidence        # frozen [CLS] vs pixels vs random ViT
-    python analysis/evidence.py report --out docs/results/evidence        # the README tables from the JSON files
+    python analysis/evidence.py probe                        # frozen [CLS] vs raw pixels vs random ViT
+    python -m orchestration.sweep analysis/sweeps/evidence_val.txt --out sweeps/evidence --jobs 2
+    python analysis/compare.py sweeps/evidence --where model=vit_formula --test-plan t.txt --seeds 0,1,2,3,4
+    python -m orchestration.sweep t.txt --out sweeps/evidence --jobs 2                   # (and for vit_procedural)
+    python -m orchestration.sweep analysis/sweeps/evidence_fmnist.txt --out sweeps/evidence_fmnist
+    python analysis/evidence.py concepts formula=outputs/<default run> procedural=outputs/<run, model=vit_procedural>
+    python analysis/evidence.py report                       # docs/results/evidence/evidence.md
 
 ``probe``: per decathlon domain, a logistic-regression probe (``gift_cl.probe``; C chosen on validation) on
 raw pixels, on each shipped backbone's frozen [CLS] and on the same ViT with random weights; 200 train /
 200 val / 1,000 test images per domain, over ``--data-seeds`` (each seed draws its own images; the random
 ViT also takes it as its initialisation). Writes ``probe.json`` (every score) and ``probe.md``.
+``concepts``: the spread of the PaCa assignments over parameter tokens and the NMI / ARI of the tasks' hard
+assignments, per layer, of finished GIFT runs (``concepts.json``).
+``report``: ``evidence.md``, every table of the README's "Evidence" section, from those files and the sweeps
+(methods through ``analysis/compare.py``: selection on validation, paired bootstrap differences, Holm).
 """
 from __future__ import annotations
 
@@ -47,7 +56,8 @@ def load_backbone(name: str):
     return create_backbone(ARCH, num_classes=0, checkpoint=asset_path(BACKBONES[name]), kwargs=ARCH_KWARGS)
 
 
-def run_probe(out: Path, data_seeds: list[int], n_train: int, n_val: int, n_test: int, domains=None) -> dict:
+def run_probe(out: Path, data_seeds: list[int], n_train: int, n_val: int, n_test: int, domains=None,
+              only: list[str] | None = None) -> dict:
     import torch
 
     from gift_cl.data import procedural
@@ -66,6 +76,7 @@ def run_probe(out: Path, data_seeds: list[int], n_train: int, n_val: int, n_test
     for seed in data_seeds:
         torch.manual_seed(seed)
         features = {"pixels": None, **backbones, "random_vit": load_backbone("random")}
+        features = {k: v for k, v in features.items() if not only or k in only}
         kw = dict(n_train=n_train, n_test=n_test, n_val=n_val, data_seed=seed)
         test_tasks = procedural.load_procedural(domains, eval_split="test", **kw)
         val_tasks = procedural.load_procedural(domains, eval_split="val", **kw)
@@ -114,6 +125,100 @@ def probe_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def concept_stats(run_dir: Path) -> dict:
+    """Per target layer of a finished GIFT run: the spread of the PaCa assignments over the parameter tokens
+    (std over tokens of every concept column of C, averaged over concepts and tasks), how many distinct
+    concepts the tokens' hard assignments use, and the off-diagonal NMI / ARI of those assignments."""
+    from gift_cl.concepts import agreement_matrices, hard_assignments, off_diagonal_mean
+    from gift_cl.interpret import load_run
+
+    run = load_run(run_dir)
+    vectors = run.concept_vectors()
+    out = {}
+    for layer, per_task in vectors.items():
+        spread = [float(v.double().std(1).mean()) for v in per_task.values()]  # (M, d): std over tokens
+        used = [int(len(np.unique(hard_assignments(v)))) for v in per_task.values()]
+        _, nmi, ari = agreement_matrices(per_task)
+        out[layer] = {"assignment_std_over_tokens": float(np.mean(spread)), "concepts_used": used,
+                      "nmi": off_diagonal_mean(nmi), "ari": off_diagonal_mean(ari),
+                      "nmi_defined_pairs": int(np.isfinite(nmi[np.triu_indices(len(nmi), 1)]).sum())}
+    res = run.results or {}
+    return {"run": str(run_dir), "strategy": run.config.strategy.name, "model": run.config.model.checkpoint,
+            "average_accuracy": res.get("average_accuracy"), "wall_time_s": res.get("wall_time_s"), "layers": out}
+
+
+def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
+    """The method table of one backbone (``analysis/compare.py --where model=<backbone>``) with its paired
+    differences, and the validation scores of every setting."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("compare", Path(__file__).with_name("compare.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    val_md = sweep / f"validation_{backbone}.md"
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            md = compare.main([str(sweep), "--where", f"model={backbone}", "--val-md", str(val_md)])
+        except SystemExit as err:  # no finished runs yet
+            return f"_{backbone}: no finished runs in {sweep} ({err})._\n"
+    return f"#### `{backbone}`\n\n{seeds_note}\n\n{md}\nEvery validation score: `{val_md}`.\n"
+
+
+def _fmnist_section(sweep: Path) -> str:
+    from gift_cl.reporting import find_result_dirs, read_results
+    from gift_cl.stats import t_interval
+
+    cells: dict = {}
+    for run in find_result_dirs([sweep]):
+        res = read_results(run)
+        if not res.get("finished"):
+            continue
+        model = next((o.split("=", 1)[1] for o in res["overrides"] if o.startswith("model=")), "?")
+        cells.setdefault((model, res["strategy"]), []).append(res["average_accuracy"])
+    if not cells:
+        return f"_no finished Fashion-MNIST runs in {sweep}._\n"
+    lines = ["| backbone | strategy | accuracy (mean ± 95 % CI) | seeds |", "|---|---|---|---|"]
+    for (model, strategy), accs in sorted(cells.items()):
+        m, h = t_interval(accs)
+        lines.append(f"| `{model}` | `{strategy}` | {100 * m:.2f}" + (f" ± {100 * h:.2f}" if h else "")
+                     + f" | {len(accs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _concepts_section(doc: dict) -> str:
+    lines = ["| run | layer | std of the PaCa assignments over parameter tokens | concepts used (per task) | NMI | ARI |",
+             "|---|---|---|---|---|---|"]
+    for name, d in doc.items():
+        for layer, s in d["layers"].items():
+            nmi = "undefined" if not np.isfinite(s["nmi"]) else f"{s['nmi']:.3f}"
+            ari = "undefined" if not np.isfinite(s["ari"]) else f"{s['ari']:.3f}"
+            lines.append(f"| {name} | `{layer}` | {s['assignment_std_over_tokens']:.4f} | "
+                         f"{min(s['concepts_used'])}–{max(s['concepts_used'])} | {nmi} | {ari} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(out: Path, sweep: Path, fmnist: Path) -> str:
+    """``evidence.md``: every table of the README's "Evidence" section, from the files the other commands wrote."""
+    parts = ["## Linear probes of frozen features\n"]
+    probe = out / "probe.json"
+    parts.append(probe_markdown(json.loads(probe.read_text())) if probe.is_file() else "_run `probe` first._\n")
+    parts.append("\n## Methods on the sequential decathlon\n")
+    note = ("Selection: validation split (500 images per domain), seeds 100 and 101; test: 1,000 images per "
+            "domain, seeds 0–4 (data seed = seed).")
+    for backbone in BACKBONES:
+        parts.append(_compare_section(sweep, backbone, note))
+    parts.append("\n## Fashion-MNIST (real data, one 10-class task, 1 epoch)\n")
+    parts.append(_fmnist_section(fmnist))
+    concepts = out / "concepts.json"
+    parts.append("\n## PaCa assignments of the default run\n")
+    parts.append(_concepts_section(json.loads(concepts.read_text())) if concepts.is_file() else "_run `concepts`._\n")
+    text = "\n".join(parts)
+    (out / "evidence.md").write_text(text)
+    return text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -124,15 +229,35 @@ def main(argv=None):
     pr.add_argument("--n-val", type=int, default=200)
     pr.add_argument("--n-test", type=int, default=1000)
     pr.add_argument("--domains", default=None, help="comma-separated (default: the decathlon)")
+    pr.add_argument("--only", default=None, help="comma-separated features to probe (default: all)")
     pr.add_argument("--backbone", action="append", default=None,
                     help="NAME=PATH of another checkpoint to probe (e.g. a pretraining in progress)")
+    co = sub.add_parser("concepts", help="PaCa assignment spread and NMI/ARI of finished GIFT runs")
+    co.add_argument("runs", nargs="+", type=Path, help="NAME=RUN_DIR")
+    co.add_argument("--out", type=Path, default=Path("docs/results/evidence"))
+    rp = sub.add_parser("report", help="evidence.md from what probe / the sweeps / concepts wrote")
+    rp.add_argument("--out", type=Path, default=Path("docs/results/evidence"))
+    rp.add_argument("--sweep", type=Path, default=Path("sweeps/evidence"))
+    rp.add_argument("--fmnist", type=Path, default=Path("sweeps/evidence_fmnist"))
     a = p.parse_args(argv)
+    if a.cmd == "report":
+        print(report(a.out, a.sweep, a.fmnist))
+    if a.cmd == "concepts":
+        doc = {}
+        for spec in a.runs:
+            name, _, path = str(spec).partition("=")
+            doc[name] = concept_stats(Path(path))
+            last = list(doc[name]["layers"].values())[-1]
+            print(name, json.dumps({k: last[k] for k in ("assignment_std_over_tokens", "nmi", "ari")}))
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "concepts.json").write_text(json.dumps(doc, indent=1))
     if a.cmd == "probe":
         for spec in a.backbone or []:
             name, _, path = spec.partition("=")
             BACKBONES[name] = str(Path(path).resolve())
         domains = a.domains.split(",") if a.domains else None
-        run_probe(a.out, [int(s) for s in a.data_seeds.split(",")], a.n_train, a.n_val, a.n_test, domains)
+        run_probe(a.out, [int(s) for s in a.data_seeds.split(",")], a.n_train, a.n_val, a.n_test, domains,
+                  a.only.split(",") if a.only else None)
 
 
 if __name__ == "__main__":

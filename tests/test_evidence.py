@@ -1,0 +1,104 @@
+"""gift_cl.probe (linear probes of frozen features) and analysis/evidence.py (the README's evidence tables)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gift_cl.probe import cls_features, fit_probe, probe_task
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("evidence", REPO / "analysis" / "evidence.py")
+evidence = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evidence)
+
+
+def _blobs(n, d, seed, sep=3.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centres = np.random.default_rng(99).normal(0, sep, (3, d))
+    return (centres[y] + rng.normal(0, 1, (n, d))).astype(np.float32), y
+
+
+def test_the_probe_chooses_c_on_val_and_scores_test_per_image():
+    train, val, test = _blobs(60, 5, 0), _blobs(60, 5, 1), _blobs(200, 5, 2)
+    res = fit_probe(train, val, test)
+    assert res["test"] > 0.9 and res["test_correct"].shape == (200,)
+    assert res["test"] == pytest.approx(res["test_correct"].mean())
+    noise = fit_probe((train[0], np.random.default_rng(3).integers(0, 3, 60)), val, test)
+    assert noise["test"] < 0.6  # labels the features cannot predict stay near chance
+
+
+def test_pixels_and_backbone_features():
+    import timm
+
+    x = torch.rand(6, 3, 32, 32)
+    assert cls_features(None, x).shape == (6, 3 * 32 * 32)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, embed_dim=64, depth=1,
+                            num_heads=2)
+    feats = cls_features(vit, x, batch_size=4)
+    assert feats.shape == (6, 64)
+    assert np.allclose(feats, vit(x).detach().numpy(), atol=1e-5)  # the pooled pre-logits feature ([CLS])
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.y = torch.randint(0, 2, (40,), generator=g)
+            self.x = torch.rand(40, 3, 32, 32, generator=g) * 0.2 + self.y[:, None, None, None] * 0.8
+
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return self.x[i], int(self.y[i])
+
+    out = probe_task({"pixels": None, "vit": vit}, Images(0), Images(1), Images(2))
+    assert set(out) == {"pixels", "vit"} and out["pixels"]["test"] == 1.0
+
+
+def test_probe_summary_and_markdown(tmp_path):
+    doc = {"protocol": {"n_train": 2, "n_val": 2, "n_test": 4, "data_seeds": [0, 1], "domains": ["a", "b"]},
+           "summary": {"pixels": {"per_domain": {"a": {"mean": 0.5, "ci95": 0.1}, "b": {"mean": 0.25, "ci95": 0.0}},
+                                  "mean": {"mean": 0.375, "ci95": 0.05}}}}
+    md = evidence.probe_markdown(doc)
+    assert "| raw pixels | 50.0 | 25.0 | **37.5** ± 5.0 |" in md
+
+
+def test_report_collects_the_sweeps(tmp_path):
+    """The report runs compare.py per backbone (selection, paired differences) and the Fashion-MNIST table."""
+    sweep, fmnist, out = tmp_path / "sweep", tmp_path / "fmnist", tmp_path / "out"
+    out.mkdir()
+
+    def write(root, i, strategy, model, split, seed, acc, lr):
+        run = root / f"{i}"
+        run.mkdir(parents=True)
+        over = [f"model={model}", f"strategy={strategy}", f"seed={seed}", f"optim.lr={lr}"]
+        if split == "val":
+            over += ["benchmark.eval_split=val"]
+        res = {"schema_version": 1, "strategy": strategy, "method": "X", "protocol": "sequential",
+               "benchmark": "procedural", "seed": seed, "data_seed": seed, "overrides": over,
+               "tasks": [{"name": "digits", "num_classes": 10, "n_train": 1, "n_test": 1,
+                          "info": {"eval_split": split}}],
+               "accuracy_matrix": [[acc]], "final_accuracy": {"digits": acc}, "average_accuracy": acc,
+               "params": {"per_task": {"digits": 10}, "per_task_excl_classifier": {"digits": 5}, "shared": 0,
+                          "total": 10, "backbone": 100}, "forgetting": 0.0, "finished": True}
+        (run / "results.json").write_text(json.dumps(res))
+
+    i = 0
+    for model in ("vit_formula", "vit_procedural"):
+        for strategy, base in (("gift_multitask", 0.6), ("linear_multitask", 0.4)):
+            for lr, shift in (("1e-2", 0.0), ("3e-2", -0.05), ("1e-3", -0.1)):
+                for seed in (100, 101):
+                    write(sweep, i := i + 1, strategy, model, "val", seed, base + shift, lr)
+            for seed in range(5):
+                write(sweep, i := i + 1, strategy, model, "test", seed, base + 0.01 * seed, "1e-2")
+    for model, acc in (("vit_formula", 0.8), ("vit_procedural", 0.7)):
+        write(fmnist, i := i + 1, "linear", model, "test", 0, acc, "1e-2")
+    text = evidence.report(out, sweep, fmnist)
+    assert "#### `vit_formula`" in text and "#### `vit_procedural`" in text
+    assert "gift_multitask[model=vit_formula]" in text and "val 60.0" in text
+    assert "Resolved at α = 0.05 (Holm): gift_multitask[model=vit_formula] > linear_multitask[model=vit_formula]" in text
+    assert "| `vit_formula` | `linear` | 80.00 | 1 |" in text
+    assert (out / "evidence.md").read_text() == text and (sweep / "validation_vit_formula.md").is_file()
