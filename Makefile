@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-all real-data test-real-data constraints clean notebooks
+.PHONY: install run test test-all real-data test-real-data constraints clean notebooks pretrain
 
 # pyproject.toml holds version ranges; constraints.txt the exact versions CI tests (`make constraints`).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -26,6 +26,12 @@ run: install
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# Re-make the shipped backbone (gift_cl/assets/vit_formula.*): resumable; `make pretrain` again continues it.
+# On a GPU: make pretrain PRETRAIN_ARGS="--device cuda --batch-size 1024 --samples 3e7 --time-limit 530"
+PRETRAIN_ARGS ?= --samples 2400000 --lr 1.5e-3 --compile
+pretrain: install
+	$(PY) -m gift_cl.pretrain $(PRETRAIN_ARGS) --resume
 
 # Re-execute the analysis notebooks on a finished run (and its linear-probe baseline) and store them with
 # their outputs: make notebooks RUN=outputs/default_decathlon BASELINE=outputs/linear_decathlon

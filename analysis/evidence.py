@@ -219,6 +219,40 @@ def report(out: Path, sweep: Path, fmnist: Path) -> str:
     return text
 
 
+def card_figure(card_path: Path, out: Path) -> Path:
+    """The pretraining curves of a model card: held-out accuracy of every head against samples seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    card = json.loads(Path(card_path).read_text())
+    curve = card["accuracy_curve"]
+    if not curve:
+        raise SystemExit(f"{card_path}: the model card has no accuracy curve yet")
+    samples = [c["samples"] / 1e6 for c in curve]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=150)
+    for key in ("category", "upstream", "hue", "scale", "position", "angle"):
+        if key in curve[0]:
+            ax.plot(samples, [100 * c[key] for c in curve], label=key, lw=1.6)
+    ax.set(xlabel="samples seen (millions)", ylabel="held-out accuracy (%)", title="heads on held-out images")
+    ax.legend(fontsize=8, ncol=2)
+    ax2.plot(samples, [c["loss"] for c in curve], color="k", lw=1.6, label="training loss")
+    if "layout_mae" in curve[0]:
+        ax3 = ax2.twinx()
+        ax3.plot(samples, [c["layout_mae"] for c in curve], color="tab:red", lw=1.2, label="layout MAE")
+        ax3.set_ylabel("layout mean absolute error", color="tab:red")
+    ax2.set(xlabel="samples seen (millions)", ylabel="training loss", title="loss")
+    p = card["pretraining"]
+    fig.suptitle(f"{card['name']}: {p['samples_seen']:,} samples, {p['wall_time_s'] / 3600:.1f} h on {p['hardware']}",
+                 fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -239,7 +273,12 @@ def main(argv=None):
     rp.add_argument("--out", type=Path, default=Path("docs/results/evidence"))
     rp.add_argument("--sweep", type=Path, default=Path("sweeps/evidence"))
     rp.add_argument("--fmnist", type=Path, default=Path("sweeps/evidence_fmnist"))
+    cf = sub.add_parser("card", help="plot a model card's pretraining curves")
+    cf.add_argument("card", type=Path, nargs="?", default=Path("gift_cl/assets/vit_formula.json"))
+    cf.add_argument("--out", type=Path, default=Path("docs/figures/vit_formula_pretraining.png"))
     a = p.parse_args(argv)
+    if a.cmd == "card":
+        print(card_figure(a.card, a.out))
     if a.cmd == "report":
         print(report(a.out, a.sweep, a.fmnist))
     if a.cmd == "concepts":

@@ -319,7 +319,7 @@ class Pretraining:
                       f"--resume to continue", flush=True)
                 return self.save()
         card = self.save(final=True)
-        save_torch(self.state_dict(), self.state_path)  # keep the finished state: a longer --samples run resumes
+        save_torch(self.state_dict(), self.state_path)  # kept: the same command again finds the run finished
         return card
 
 

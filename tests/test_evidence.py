@@ -102,3 +102,16 @@ def test_report_collects_the_sweeps(tmp_path):
     assert "Resolved at α = 0.05 (Holm): gift_multitask[model=vit_formula] > linear_multitask[model=vit_formula]" in text
     assert "| `vit_formula` | `linear` | 80.00 | 1 |" in text
     assert (out / "evidence.md").read_text() == text and (sweep / "validation_vit_formula.md").is_file()
+
+
+def test_model_card_figure(tmp_path):
+    card = {"name": "bb", "pretraining": {"samples_seen": 2000, "wall_time_s": 7200.0, "hardware": "CPU"},
+            "accuracy_curve": [{"samples": 1000 * i, "loss": 5.0 - i, "category": 0.1 * i, "upstream": 0.2 * i,
+                                "hue": 0.3, "layout_mae": 0.1} for i in (1, 2)]}
+    path = tmp_path / "bb.json"
+    path.write_text(json.dumps(card))
+    out = evidence.card_figure(path, tmp_path / "fig" / "curve.png")
+    assert out.is_file() and out.stat().st_size > 10_000
+    path.write_text(json.dumps({**card, "accuracy_curve": []}))
+    with pytest.raises(SystemExit, match="no accuracy curve"):
+        evidence.card_figure(path, tmp_path / "x.png")

@@ -12,7 +12,8 @@ def test_installed_package_runs_the_console_script(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)],
                    check=True, timeout=900, capture_output=True)
     for shipped in ("gift_cl/configs/config.yaml", "gift_cl/configs/strategy/gift_multitask.yaml",
-                    "gift_cl/configs/experiment/vtab_gift.yaml", "gift_cl/assets/vit_procedural.safetensors",
+                    "gift_cl/configs/experiment/vtab_gift.yaml", "gift_cl/assets/vit_formula.safetensors",
+                    "gift_cl/assets/vit_formula.json", "gift_cl/assets/vit_procedural.safetensors",
                     "orchestration/cli.py", "strategies/template.py"):
         assert (site / shipped).is_file(), shipped
     env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
