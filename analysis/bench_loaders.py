@@ -5,7 +5,7 @@ Writes each benchmark's on-disk format into a temporary directory at a realistic
 Resize(256) + RandomCrop(224); 5-datasets: CIFAR-10 arrays and 28 px notMNIST PNGs at 32 px),
 then prints, per loader:
 
-* the load time per image with and without ``verify_images`` (the header check's cost), and
+* the load time per image with and without ``verify_images`` (the load-time decode check's cost), and
 * images/s of a DataLoader pass (batch 32, steady state: second epoch, persistent workers)
   for ``num_workers`` 0 and 2, with and without ``cache_decoded``.
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 from typing import Optional, Sequence
 
 import numpy as np
@@ -47,6 +46,7 @@ from gift_cl.data.files import (
     check_choice,
     check_label_range,
     read_list_file,
+    read_pickled_dict,
     square_resize,
     to_tensor_normalize,
     verify_image_files,
@@ -139,17 +139,6 @@ def read_idx_split(name: str, root: str, tv_folder: str, train: bool) -> tuple[n
     return images[..., None], labels
 
 
-def _unpickle(path: str, keys: Sequence[str], what: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        for k in keys:
-            entry[k]
-        return entry
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DataError(f"{path}: not a {what} ({type(e).__name__}: {e})") from None
-
-
 def read_cifar(name: str, root: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10/100 python pickles -> (N, 32, 32, 3) uint8 images and int64 labels."""
     if name == "split_cifar10":
@@ -165,9 +154,13 @@ def read_cifar(name: str, root: str, train: bool) -> tuple[np.ndarray, np.ndarra
         path = os.path.join(folder, fname)
         if not os.path.isfile(path):
             raise missing(name, root, f"no {path}")
-        entry = _unpickle(path, ("data", key), f"{LAYOUTS[name][0]} python pickle with 'data' and '{key}'")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        y = np.asarray(entry[key], dtype=np.int64)
+        what = f"{LAYOUTS[name][0]} python pickle with 'data' and '{key}'"
+        entry = read_pickled_dict(path, ("data", key), what)
+        try:
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            y = np.asarray(entry[key], dtype=np.int64)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: not a {what} ({type(e).__name__}: {e})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(y):
             raise DataError(f"{path}: 'data' has shape {data.shape} for {len(y)} labels; expected N x 3072 uint8")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -290,7 +283,7 @@ def load_split(
         class_order_seed, fixed_class_order, shuffle: the class order, as in Avalanche's ``nc_benchmark``.
         image_size, mean, std: the backbone's input size and normalisation.
         cache_decoded, verify_images: Tiny ImageNet only: decode every JPEG once into RAM (at its
-            native 64 px) / header-check every file at load time.
+            native 64 px) / check every file decodes, at load time.
         train_per_class, test_per_class: keep only the first k images of every class (file order),
             for quick runs on a CPU; ``None`` keeps all. Recorded in each task's ``info``.
     """
@@ -305,7 +298,7 @@ def load_split(
         for train in (True, False):
             base, rel, y, wnids = list_tiny_imagenet(name, root, train)
             if verify_images:
-                verify_image_files(base, rel, base)
+                verify_image_files(base, rel, base, decode=not cache_decoded)
             splits[train] = (base, rel, np.asarray(y, np.int64))
         class_names = wnids
     else:
@@ -405,5 +398,5 @@ def load_core50(
         tasks.append(TaskData(name=f"core50_{scenario}_exp{t}", train=parts[0], test=parts[1],
                               num_classes=len(task_classes), info=info))
     if verify_images:
-        verify_image_files(img_root, sorted(set(all_paths)), img_root)
+        verify_image_files(img_root, sorted(set(all_paths)), img_root, decode=not cache_decoded)
     return tasks

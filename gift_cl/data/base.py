@@ -18,6 +18,17 @@ class DataError(ValueError):
     """Bad benchmark input: names the file and what was expected."""
 
 
+def require_unique(names: Sequence[str], what: str) -> None:
+    """Refuse a list that names something twice. Task names key the results, the accuracy matrix,
+    the saved predictions and (independent protocol) each task's weights: a task listed twice would
+    overwrite the first one's and leave inconsistent results."""
+    names = [str(n) for n in names]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{what}: duplicate {', '.join(map(repr, twice))} in {names}; every task of a stream needs "
+                        "its own name: list each once")
+
+
 @dataclass
 class TaskData:
     """One task of a stream: a train and a test split with labels 0..num_classes-1."""
@@ -30,6 +41,10 @@ class TaskData:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, (int, np.integer)) \
+                or self.num_classes < 2:
+            raise DataError(f"task {self.name!r}: num_classes={self.num_classes!r}; a classification task needs "
+                            "at least 2 classes (with one, every prediction is right and the task measures nothing)")
         for split_name, split in (("train", self.train), ("test", self.test)):
             targets = getattr(split, "targets", None)
             if targets is None:
@@ -42,6 +57,9 @@ class TaskData:
                     f"task {self.name!r}: {split_name} label out of range "
                     f"[{int(t.min())}, {int(t.max())}], expected 0..{self.num_classes - 1}"
                 )
+            if split_name == "train" and t.min() == t.max():
+                raise DataError(f"task {self.name!r}: every train label is {int(t.min())} although the task has "
+                                f"{self.num_classes} classes; a classifier cannot be trained on one class")
 
 
 class ArrayDataset(Dataset):

@@ -91,7 +91,7 @@ def load_fgvc(
         image_size, mean, std: the backbone's input size and normalisation.
         cache_decoded: decode and resize (shorter side 256) every image once into memory
             (about 256x340x3 bytes an image: 1.4 GB for CUB train, 5.6 GB for NABirds train).
-        verify_images: check every image header at load time.
+        verify_images: check every image decodes, at load time (see ``verify_image_files``).
     """
     check_choice(dataset, FGVC_DATASETS, "dataset")
     check_choice(mode, MODES, "mode")
@@ -119,7 +119,7 @@ def load_fgvc(
             relpaths.append(rel)
             labels.append(to_label[int(cid)])
         if verify_images:
-            verify_image_files(img_root, relpaths, path)
+            verify_image_files(img_root, relpaths, path, decode=not cache_decoded)
         return ImageFileDataset(img_root, relpaths, labels, tf, pre_transform=pre,
                                 cache_decoded=cache_decoded, source=path)
 

@@ -25,10 +25,11 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
-from gift_cl.data.base import ArrayDataset, DataError, TaskData
+from gift_cl.data.base import ArrayDataset, DataError, TaskData, require_unique
 from gift_cl.data.files import (
     ImageFileDataset,
     check_choice,
+    read_pickled_dict,
     require_dir,
     require_file,
     square_resize,
@@ -69,14 +70,13 @@ def read_cifar10(root: str, train: bool, verify_checksums: bool = False) -> tupl
     for name, md5 in (tvd.CIFAR10.train_list if train else tvd.CIFAR10.test_list):
         path = require_file(os.path.join(folder, name), "a CIFAR-10 python pickle batch")
         _md5_check(path, md5, verify_checksums)
+        what = "CIFAR-10 batch: a pickled dict with 'data' (N x 3072 uint8) and 'labels'"
+        entry = read_pickled_dict(path, ("data", "labels"), what)
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             batch_labels = np.asarray(entry["labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{path}: not a CIFAR-10 batch ({type(e).__name__}: {e}); expected a pickled dict "
-                            "with 'data' (N x 3072 uint8) and 'labels'") from None
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: not a {what} ({type(e).__name__}: {e})") from None
         _check_arrays(data, batch_labels, path)
         images.append(data.transpose(0, 2, 3, 1))
         labels.append(batch_labels)
@@ -95,10 +95,15 @@ def read_mnist_like(root: str, train: bool, cls=tvd.MNIST) -> tuple[np.ndarray, 
             raise DataError(f"{path}: file not found; expected {cls.__name__} in torchvision's layout "
                             f"<root>/{cls.__name__}/raw/<uncompressed IDX files>{hint}")
     split_files = files["train" if train else "t10k"]
+    kind = "IDX"
+    legacy = [os.path.join(root, cls.__name__, "processed", f) for f in (cls.training_file, cls.test_file)]
+    if all(os.path.isfile(p) for p in legacy):
+        # torchvision reads these instead of the raw files (with torch.load(weights_only=True)): name them
+        split_files, kind = [legacy[0 if train else 1]], "legacy torchvision .pt"
     try:
         ds = cls(root, train=train, download=False)
-    except (AssertionError, RuntimeError, TypeError, ValueError, OSError) as e:
-        raise DataError(f"{' / '.join(split_files)}: not valid IDX files ({type(e).__name__}: {e})") from None
+    except (AssertionError, RuntimeError, TypeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise DataError(f"{' / '.join(split_files)}: not valid {kind} files ({type(e).__name__}: {e})") from None
     images, labels = ds.data.numpy()[..., None], ds.targets.numpy().astype(np.int64)
     _check_arrays(images, labels, split_files[0])
     return images, labels
@@ -116,7 +121,7 @@ def read_svhn(root: str, train: bool, verify_checksums: bool = False) -> tuple[n
         mat = scipy.io.loadmat(path)
         images = np.ascontiguousarray(np.transpose(mat["X"], (3, 0, 1, 2)), dtype=np.uint8)
         labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
-    except (scipy.io.matlab.MatReadError, ValueError, KeyError, TypeError, OSError) as e:
+    except (scipy.io.matlab.MatReadError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as e:
         raise DataError(f"{path}: not an SVHN .mat file ({type(e).__name__}: {e}); expected 'X' "
                         "(32 x 32 x 3 x N uint8) and 'y' (N x 1, labels 1..10)") from None
     if images.shape[1:] != (32, 32, 3):
@@ -164,15 +169,18 @@ def load_five_datasets(
             ``resize`` (square resize to ``image_size``). No augmentation either way.
         image_size, mean, std: the backbone's input size and normalisation.
         verify_checksums: md5-check the CIFAR-10 and SVHN files against torchvision's list.
-        verify_images: header-check every notMNIST image at load time.
+        verify_images: check every notMNIST image decodes, at load time (a full decode unless
+            ``cache_decoded`` decodes them all anyway).
         cache_decoded: decode the notMNIST images once into memory (28 px RGB: 45 MB for notMNIST_small).
     """
     check_choice(transform, TRANSFORMS, "transform")
     size = NATIVE_SIZE if transform == "native" else int(image_size)
     resize, tail = square_resize(size), to_tensor_normalize(mean, std)
-    tasks = []
     for name in order:
         check_choice(name, FIVE_DATASETS, "dataset")
+    require_unique(order, "benchmark.order")  # before any file is read
+    tasks = []
+    for name in order:
         train, test = (_load_split(root, name, is_train, resize, tail, verify_checksums, verify_images, cache_decoded)
                        for is_train in (True, False))
         info = {"benchmark": "five_datasets", "dataset": name, "transform": transform, "image_size": size,
@@ -187,7 +195,7 @@ def _load_split(root, name, train, resize: Callable, tail: list, verify_checksum
     if name == "notmnist":
         folder, relpaths, labels = list_notmnist(root, train)
         if verify_images:
-            verify_image_files(folder, relpaths, folder)
+            verify_image_files(folder, relpaths, folder, decode=not cache_decoded)
         # the cache holds the 28 px originals (2.4 kB each), the resize runs per access as for the arrays
         return ImageFileDataset(folder, relpaths, labels, T.Compose([resize] + tail),
                                 cache_decoded=cache_decoded, source=folder)

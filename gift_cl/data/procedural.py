@@ -23,6 +23,8 @@ import hashlib
 import os
 import tempfile
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,7 +34,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gift_cl.data.base import ArrayDataset, DataError, TaskData
+from gift_cl.data.base import ArrayDataset, DataError, TaskData, require_unique
 
 # Bump whenever any generator's output changes: it is part of every cache key.
 VERSION = 1
@@ -1058,13 +1060,21 @@ def _cache_path(domain: str, seed: int, split: str, n: int, size: int) -> Path:
     return _cache_dir() / f"{domain}-v{VERSION}-seed{seed}-{split}-n{n}-{size}px.npz"
 
 
+# What a truncated, corrupt or foreign .npz raises: a cut-off archive is a BadZipFile (neither an
+# OSError nor a ValueError), a damaged member a BadZipFile (CRC) or a zlib.error.
+_CACHE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 def _read_cache(path: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached images and labels, or None (with a warning naming the file) if they must be
+    regenerated: a cache is only ever a copy, so damage costs time, never a failed run.
+    ``allow_pickle=False``: an object array in a crafted cache file cannot run code."""
     if not path.is_file():
         return None
     try:
-        with np.load(path) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh: closed even when np.load fails
             images, labels = z["images"], z["labels"]
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except _CACHE_ERRORS as exc:
         warnings.warn(f"procedural: ignoring unreadable cache file {path} ({exc}); regenerating", stacklevel=3)
         return None
     if images.shape != (n, size, size, 3) or images.dtype != np.uint8 or labels.shape != (n,):
@@ -1184,8 +1194,7 @@ def load_procedural(domains: list[str] | None = None, *, n_train=500, n_test=200
         raise DataError("procedural: the domain list is empty")
     for name in names:
         _lookup(name)
-    if len(set(names)) != len(names):
-        raise DataError(f"procedural: duplicate domains in {names}")
+    require_unique(names, "procedural: benchmark.domains")
     if resize_to is not None:
         resize_to = _check_int("resize_to", resize_to, 1)
     mean = tuple(float(m) for m in mean)

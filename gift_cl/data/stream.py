@@ -19,7 +19,7 @@ from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassific
 from avalanche.benchmarks.utils.data_attribute import TaskLabels
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
 
-from .base import TaskData
+from .base import DataError, TaskData, require_unique
 
 
 def as_task_dataset(dataset, task_label: int) -> TaskAwareClassificationDataset:
@@ -47,7 +47,14 @@ def _listify(stream) -> EagerCLStream:
 
 
 def build_stream(tasks: Sequence[TaskData]) -> CLScenario:
-    """``train_stream``/``test_stream`` with experience i = task i; samples are ``(x, y, task)``."""
+    """``train_stream``/``test_stream`` with experience i = task i; samples are ``(x, y, task)``.
+
+    Every benchmark reaches the run through here, so this is where the stream-wide rules are
+    enforced: at least one task, and task names unique (they key results, predictions and weights).
+    """
+    if not tasks:
+        raise DataError("the benchmark returned no tasks; expected a list of TaskData, one per task")
+    require_unique([t.name for t in tasks], "task names")
     bm = benchmark_from_datasets(
         train=[as_task_dataset(t.train, i) for i, t in enumerate(tasks)],
         test=[as_task_dataset(t.test, i) for i, t in enumerate(tasks)],

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 from torchvision import transforms as T
 
-from gift_cl.data.base import DataError, TaskData
+from gift_cl.data.base import DataError, TaskData, require_unique
 from gift_cl.data.files import (
     ImageFileDataset,
     check_choice,
@@ -188,16 +188,18 @@ def load_vdd(
             images, the decathlon recipe: the backbone must take 64 px inputs).
         image_size, mean, std: the backbone's input size and normalisation.
         cache_decoded: decode every image once into memory (VDD images are small; see files.py).
-        verify_images: check every image header at load time (cheap; see bench_loaders.py).
+        verify_images: check every image decodes, at load time (see ``verify_image_files``).
     """
     check_choice(split, SPLITS, "split")
     check_choice(transform, TRANSFORMS, "transform")
     require_dir(os.path.join(root, "annotations"),
                 "the VDD devkit layout <root>/annotations/<domain>_{train,val,test}.json and "
                 "<root>/data/<domain>/<split>/... (root is the decathlon-1.0 folder)")
-    tasks = []
     for domain in domains:
         check_choice(domain, VDD_DOMAINS, "domain")
+    require_unique(domains, "benchmark.domains")  # before any image is read
+    tasks = []
+    for domain in domains:
         tasks.append(_load_domain(root, domain, split, transform, image_size, mean, std,
                                   cache_decoded, verify_images))
     if not tasks:
@@ -233,7 +235,7 @@ def _load_domain(root, domain, split, transform, image_size, mean, std, cache_de
         source = " + ".join(s.path for s in splits)
         if verify_images:
             for s in splits:
-                verify_image_files(root, s.relpaths, s.path)
+                verify_image_files(root, s.relpaths, s.path, decode=not cache_decoded)
         return ImageFileDataset(root, relpaths, labels, tf, pre_transform=pre,
                                 cache_decoded=cache_decoded, source=source)
 

@@ -72,7 +72,7 @@ def load_vtab(
         image_size, mean, std: the backbone's input size and normalisation.
         cache_decoded: decode and resize every image once into memory (uint8 at ``image_size``:
             150 kB an image at 224 px, so the large test splits need GBs).
-        verify_images: check every image header at load time.
+        verify_images: check every image decodes, at load time (see ``verify_image_files``).
     """
     check_choice(task, VTAB_TASKS, "task")
     check_choice(mode, MODES, "mode")
@@ -90,7 +90,7 @@ def load_vtab(
         check_label_range(labels, num_classes, [f"{path}:{n}" for n in linenos])
         check_within_root(task_dir, relpaths, [f"{path}:{n}" for n in linenos])
         if verify_images:
-            verify_image_files(task_dir, relpaths, path)
+            verify_image_files(task_dir, relpaths, path, decode=not cache_decoded)
         return ImageFileDataset(task_dir, relpaths, labels, transform, pre_transform=square_resize(image_size),
                                 cache_decoded=cache_decoded, source=path)
 
