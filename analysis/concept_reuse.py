@@ -86,4 +86,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from gift_cl.errors import one_line_errors
+
+    with one_line_errors():
+        main()

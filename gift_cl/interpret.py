@@ -337,18 +337,20 @@ def load_run(run_dir: str | Path) -> GiftRun:
     lives here: ``config_resolved.yaml``; sequential and joint runs keep one model in ``checkpoints/last.pt``;
     independent runs keep ``checkpoints/<task>.safetensors`` per task (README, "Run directory").
 
-    Only this project's classes are instantiated from the saved configuration and checkpoints load with
-    ``weights_only=True``: a run directory from elsewhere cannot make this call run code."""
+    The saved configuration is checked whole before anything is built (:func:`gift_cl.config.load_saved_config`:
+    only the constructors the shipped configs name, at their places, with their own arguments of the right type
+    and range, only this project's resolvers; else one :class:`~gift_cl.config.ConfigError` naming the file and
+    the key), and checkpoints load with ``weights_only=True``: a run directory from elsewhere cannot make this
+    call run code."""
     from omegaconf import OmegaConf
 
-    from . import config  # noqa: F401  (resolvers used in the saved config)
     from .backbones import create_backbone
     from .checkpoint import load_run_checkpoint
-    from .config import safe_instantiate
+    from .config import load_saved_config, safe_instantiate
     from .rng import seed_everything
 
     run_dir = Path(run_dir)
-    cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
+    cfg = load_saved_config(run_dir / "config_resolved.yaml")
     tasks = safe_instantiate(cfg.benchmark, where="benchmark")  # the benchmark is read once per run
     names = [t.name for t in tasks]
     model_kw = OmegaConf.to_container(cfg.model, resolve=True)
@@ -399,11 +401,11 @@ class _TaskForward(nn.Module):
 
 
 def read_results(run_dir: str | Path) -> Optional[dict]:
-    """``results.json`` of any run directory (any method, e.g. a linear-probe baseline); ``None`` if absent."""
-    import json
+    """``results.json`` of any run directory (any method, e.g. a linear-probe baseline), checked against the
+    results schema (:func:`gift_cl.reporting.read_results`); ``None`` if absent."""
+    from .reporting import read_results as read_checked
 
-    path = Path(run_dir) / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_checked(run_dir) if (Path(run_dir) / "results.json").is_file() else None
 
 
 def task_accuracies(results: dict) -> dict[str, float]:

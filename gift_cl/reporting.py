@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -30,13 +31,119 @@ def find_result_dirs(paths) -> list[Path]:
     return sorted(set(runs))
 
 
+class ResultsError(SystemExit):
+    """A ``results.json`` that is not the results schema. A ``SystemExit`` carrying one line (``error:
+    ResultsError: <file>: <what>``): an analysis tool stops with it, exit status 1, no traceback."""
+
+    def __init__(self, path: str | os.PathLike, message: str):
+        super().__init__(f"error: ResultsError: {path}: {message}")
+
+
+# ------------------------------------------------------------------ the fields the analysis tools read
+class _Of:
+    """A container field: ``_Of(list, item)`` (every item) or ``_Of(dict, item)`` (every value)."""
+
+    def __init__(self, kind: type, item):
+        self.kind, self.item = kind, item
+
+
+class _Nullable:
+    def __init__(self, inner):
+        self.inner = inner
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+NUMBER = ("a finite number", _is_number)
+FRACTION = ("a fraction in [0, 1] (accuracies are fractions)", lambda v: _is_number(v) and 0 <= v <= 1)
+INTEGER = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+TEXT = ("a string", lambda v: isinstance(v, str))
+FLAG = ("true or false", lambda v: isinstance(v, bool))
+
+# field: (type, required); a dict is a JSON object with those fields (others are allowed and not read)
+RESULTS_FIELDS = {
+    "strategy": (TEXT, True),
+    "protocol": (TEXT, True),
+    "seed": (INTEGER, True),
+    "finished": (FLAG, True),
+    "tasks": (_Of(list, {"name": (TEXT, True), "num_classes": (INTEGER, False),
+                         "info": (_Nullable({"eval_split": (TEXT, False)}), False)}), True),
+    "final_accuracy": (_Of(dict, FRACTION), True),
+    "average_accuracy": (_Nullable(FRACTION), True),
+    "params": ({"per_task": (_Of(dict, NUMBER), True), "shared": (NUMBER, True),
+                "per_task_excl_classifier": (_Nullable(_Of(dict, NUMBER)), False),
+                "total": (_Nullable(NUMBER), False), "backbone": (_Nullable(NUMBER), False)}, True),
+    "accuracy_matrix": (_Of(list, _Of(list, _Nullable(FRACTION))), False),
+    "forgetting": (_Nullable(NUMBER), False),
+    "bwt": (_Nullable(NUMBER), False),
+    "task_id_accuracy": (_Nullable(FRACTION), False),
+    "average_accuracy_inferred_task": (_Nullable(FRACTION), False),
+    "wall_time_s": (_Nullable(NUMBER), False),
+    "overrides": (_Of(list, TEXT), False),
+    "plugins": (_Nullable(_Of(list, TEXT)), False),
+    "data_seed": (_Nullable(INTEGER), False),
+    "benchmark": (TEXT, False),
+    "method": (TEXT, False),
+}
+
+
+def _words(value) -> str:
+    kind = ("null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
+            if isinstance(value, (int, float)) else "a string" if isinstance(value, str) else "a list"
+            if isinstance(value, list) else "an object")
+    shown = json.dumps(value)
+    return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+
+
+def _check_field(value, spec, field: str, path) -> None:
+    """``value`` of ``field`` against ``spec`` (see :data:`RESULTS_FIELDS`); the first mismatch stops."""
+    if isinstance(spec, _Nullable):
+        if value is not None:
+            _check_field(value, spec.inner, field, path)
+    elif isinstance(spec, _Of):
+        if not isinstance(value, spec.kind):
+            raise ResultsError(path, f"field {field!r} must be {'a list' if spec.kind is list else 'an object'}, "
+                                     f"got {_words(value)}")
+        items = enumerate(value) if spec.kind is list else value.items()
+        for key, item in items:
+            _check_field(item, spec.item, f"{field}[{key}]" if spec.kind is list else f"{field}.{key}", path)
+    elif isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ResultsError(path, f"field {field!r} must be an object, got {_words(value)}")
+        for name, (sub, required) in spec.items():
+            here = f"{field}.{name}" if field else name
+            if name not in value:
+                if required:
+                    raise ResultsError(path, f"field {here!r} is missing (README \"Results schema\")")
+                continue
+            _check_field(value[name], sub, here, path)
+    elif not spec[1](value):
+        raise ResultsError(path, f"field {field!r} must be {spec[0]}, got {_words(value)}")
+
+
 def read_results(run_dir: str | os.PathLike) -> dict:
-    """A run's ``results.json``; a file of another schema version stops with a message saying so."""
+    """A run's ``results.json``, checked against the results schema: the fields the analysis tools read
+    (:data:`RESULTS_FIELDS`) with their types. A file that is unreadable, truncated, not a JSON object, of
+    another schema version or with a field missing or mistyped stops with one :class:`ResultsError` naming
+    the file and the field."""
     path = Path(run_dir) / "results.json"
-    res = json.loads(path.read_text())
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ResultsError(path, f"cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ResultsError(path, "is not UTF-8 text; expected the JSON a run writes") from None
+    except json.JSONDecodeError as err:
+        raise ResultsError(path, f"is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                                 f"truncated or damaged?") from None
+    if not isinstance(res, dict):
+        raise ResultsError(path, f"expected a JSON object (the results schema), got {_words(res)}")
     if res.get("schema_version") != RESULTS_SCHEMA_VERSION:
-        raise SystemExit(f"{path}: schema_version {res.get('schema_version')!r}, this tool reads "
-                         f"{RESULTS_SCHEMA_VERSION}")
+        raise ResultsError(path, f"schema_version {res.get('schema_version')!r}, this tool reads "
+                                 f"{RESULTS_SCHEMA_VERSION}")
+    _check_field(res, RESULTS_FIELDS, "", path)
     return res
 
 

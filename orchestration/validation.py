@@ -2,19 +2,21 @@
 stops the run with one message naming the key and what is allowed.
 
 Hydra already refuses keys that do not exist (``optim.lrr=1`` → "Key 'lrr' is not in struct"); this adds
-value checks, constructor-argument checks for every ``_target_`` (method, generator, benchmark, plugins),
-and a rule that only this project's classes are instantiated from a configuration.
+value checks and, through :func:`gift_cl.config.check_instantiable`, the rule for every ``_target_`` (method,
+generator, benchmark, plug-ins): only a constructor a shipped config names at that place, called with its own
+arguments, each of its annotated type and every number in the range ``gift_cl.config.ARGUMENT_RANGES`` gives;
+and a local backbone checkpoint must fit the architecture (:func:`gift_cl.backbones.check_backbone`).
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gift_cl.config import ConfigError, resolve_target
+from gift_cl.backbones import check_backbone
+from gift_cl.config import SEED_RANGE, ConfigError, Range, allowed_targets, check_instantiable
 from gift_cl.optim import OptimConfig
 from strategies.evaluation import LOGGERS
 
@@ -24,28 +26,18 @@ PROTOCOLS = ("independent", "sequential", "joint")
 STRATEGY_KEYS = {"name", "protocol", "task_inference", "method", "plugins"}
 
 
-def check_arguments(node: DictConfig, where: str, skip_first: int = 0) -> None:
-    """Every key of a ``_target_`` node must be an argument of the target (skipping positional ones the
-    run supplies, e.g. the backbone)."""
-    target = resolve_target(node.get("_target_"), where)
-    params = list(inspect.signature(target).parameters.values())[skip_first:]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    allowed = {p.name for p in params}
-    for key in node:
-        if key.startswith("_") and key.endswith("_"):
-            continue
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: not an argument of {node._target_}; allowed: {sorted(allowed)}")
+def check_arguments(node: DictConfig, where: str) -> None:
+    """The ``_target_`` node at ``where`` (and every target inside it): allowed there, its keys arguments of
+    the constructor (not the positional ones the run supplies, e.g. the backbone), its values of the right
+    type and range."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        allowed = sorted(allowed_targets().get(where, ()))
+        raise ConfigError(f"{where}: must be a mapping with a _target_, one of {', '.join(allowed)}")
+    check_instantiable(node, where)
 
 
 def _number(value: Any, key: str, low: float, high: float = math.inf, integer: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) if integer else (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
-    if not ok or not math.isfinite(value) or not (low <= value <= high):
-        kind = "an integer" if integer else "a number"
-        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise ConfigError(f"{key}={value!r}: must be {kind} {bound}")
+    Range(low, high, integer).check(value, key)
 
 
 def _choice(value: Any, key: str, allowed) -> None:
@@ -61,9 +53,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"strategy.{sorted(unknown)[0]}: unknown key; allowed: {sorted(STRATEGY_KEYS)}")
     _choice(strategy.protocol, "strategy.protocol", PROTOCOLS)
     _choice(strategy.task_inference, "strategy.task_inference", (True, False))
-    check_arguments(strategy.method, "strategy.method", skip_first=1)
+    if "generator" in cfg:  # first: strategy.method.config is ${generator}, the key a user sets
+        check_arguments(cfg.generator, "generator")
+    check_arguments(strategy.method, "strategy.method")
     if "config" in strategy.method and isinstance(strategy.method.config, DictConfig):
-        check_arguments(strategy.method.config, "strategy.method.config")
         from hydra.utils import instantiate
 
         try:
@@ -73,8 +66,7 @@ def validate(cfg: DictConfig) -> None:
     plugins = strategy.plugins if strategy.plugins is not None else []
     if not isinstance(plugins, ListConfig):
         raise ConfigError("strategy.plugins: must be a list of plugin configs")
-    for i, plugin in enumerate(plugins):
-        check_arguments(plugin, f"strategy.plugins[{i}]")
+    check_instantiable(plugins, "strategy.plugins")
     # ----------------------------------------------------------- optimisation
     fields = {f.name for f in dataclasses.fields(OptimConfig)}
     for key in cfg.optim:
@@ -92,7 +84,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.betas={list(o.betas)!r}: must be two numbers in [0, 1)")
     _choice(o.sched_on_updates, "optim.sched_on_updates", (True, False))
     # ----------------------------------------------------------- run
-    _number(cfg.seed, "seed", 0, integer=True)
+    SEED_RANGE.check(cfg.seed, "seed")
     _number(cfg.eval_batch_size, "eval_batch_size", 1, integer=True)
     if cfg.num_workers is not None:
         _number(cfg.num_workers, "num_workers", 0, integer=True)
@@ -111,6 +103,8 @@ def validate(cfg: DictConfig) -> None:
     check_arguments(cfg.benchmark, "benchmark")
     if "image_size" in cfg.benchmark:
         _number(cfg.benchmark.image_size, "benchmark.image_size", 8, 4096, integer=True)
+    # last, the slowest check: a local backbone checkpoint is read and matched to the architecture
+    check_backbone(**OmegaConf.to_container(cfg.model, resolve=True))
 
 
 __all__ = ["ConfigError", "PROTOCOLS", "validate"]
