@@ -1,7 +1,7 @@
 """The backbone evidence: what a pretrained backbone gives the framework, old and new side by side.
 
     python analysis/evidence.py probe                        # frozen [CLS] vs raw pixels vs random ViT
-    python -m orchestration.sweep analysis/sweeps/evidence_val.txt --out sweeps/evidence --jobs 2
+    python -m orchestration.sweep analysis/sweeps/evidence_val_formula.txt --out sweeps/evidence --jobs 2
     python analysis/compare.py sweeps/evidence --where model=vit_formula --test-plan t.txt --seeds 0,1,2,3,4
     python -m orchestration.sweep t.txt --out sweeps/evidence --jobs 2                   # (and for vit_procedural)
     python -m orchestration.sweep analysis/sweeps/evidence_fmnist.txt --out sweeps/evidence_fmnist
