@@ -1,72 +1,168 @@
 """What ``python run.py`` does: validate the configuration, pick and lock the run directory, run the
-protocol, print the summary. ``main`` is also the ``gift-cl`` console script."""
+protocol, print the summary. ``main`` is also the ``gift-cl`` console script.
+
+Hydra writes into the run directory before a task runs (``.hydra/``, the job log): a command that is then
+refused (the directory holds another run, or is in use) would overwrite that run's record. ``main``
+therefore defers those writes (:func:`with_deferred_outputs`): the run writes them itself once it owns the
+directory (:class:`HydraRecord`), and a refused command touches nothing there.
+
+This module imports torch, Avalanche and the project lazily: ``main`` turns a Ctrl-C into one line from
+the first second on, the seconds spent importing included.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import signal
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-from gift_cl.backbones import BackboneError
-from gift_cl.checkpoint import CheckpointError, write_text
-from gift_cl.config import ConfigError
-from gift_cl.data.base import DataError
-from gift_cl.reporting import format_summary
-from strategies import DivergenceError
-
-from . import distributed
-from .loop import CHECKPOINT, run_protocol
-from .rundir import CONFIG_FILE, OVERRIDES_FILE, RunDirError, RunLock, resolve_run_dir
-from .validation import validate
+from hydra.experimental.callback import Callback
 
 log = logging.getLogger("gift_cl")
 
-# errors whose message says everything a user needs: reported as one line, exit status 1
-USER_ERRORS = (ConfigError, RunDirError, CheckpointError, DataError, BackboneError, DivergenceError)
+# the file system refusing a write (read-only, no permission, full): its message names the path
+REFUSED_WRITES = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+INTERRUPTED = 130  # the exit status of a process stopped by SIGINT (128 + 2), as shells report it
+
+
+def user_errors() -> tuple:
+    """Errors whose message says everything a user needs: reported as one line, exit status 1."""
+    from gift_cl.errors import library_user_errors
+    from strategies import DivergenceError
+
+    from .rundir import RunDirError
+
+    return (*library_user_errors(), RunDirError, DivergenceError)
 
 
 def user_error(exc: BaseException):
     """The user error behind ``exc`` (Hydra's ``instantiate`` wraps what a loader raises), or None."""
+    known = user_errors()
     while exc is not None:
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, known) or (isinstance(exc, OSError) and exc.errno in REFUSED_WRITES):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
 
 
-def run(cfg: DictConfig, hydra_dir: Path, overrides: tuple = ()) -> dict:
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a run owned ``run_dir``; its checkpoint, written atomically, is consistent."""
+
+    def __init__(self, run_dir: Path, checkpointed: bool):
+        super().__init__(str(run_dir))
+        self.run_dir, self.checkpointed = run_dir, checkpointed
+
+
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    if not isinstance(exc, RunInterrupted):
+        return "interrupted: stopped before a run directory was in use; nothing was written"
+    state = "its last checkpoint is intact" if exc.checkpointed else "no checkpoint yet"
+    return f"interrupted: the run in {exc.run_dir} stopped ({state}); resume with resume={exc.run_dir}"
+
+
+@dataclass
+class HydraRecord:
+    """What Hydra would have written into the run directory before the task, written by the run itself
+    once it owns the directory: ``files`` under ``subdir`` (a new run only), and the job log
+    (``log_file``, appended to by every process of the run, resumed ones included)."""
+
+    subdir: Optional[str] = None
+    files: dict = field(default_factory=dict)
+    log_file: Optional[str] = None
+
+    def write(self, run_dir: Path) -> None:
+        from gift_cl.checkpoint import write_text
+
+        for name, text in self.files.items():
+            write_text(text, run_dir / self.subdir / name)
+
+    @contextlib.contextmanager
+    def logging_to(self, run_dir: Path):
+        """Every log record also into ``run_dir/log_file`` (Hydra's format) while the block runs."""
+        if self.log_file is None:
+            yield
+            return
+        handler = logging.FileHandler(run_dir / self.log_file, delay=True)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def recorded_overrides(overrides) -> list:
+    """The command line to record as the run's own: ``resume=`` says how it was started, not what it is."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
+
+
+def run(cfg, hydra_dir: Path, overrides: tuple = (), record: Optional[HydraRecord] = None) -> dict:
     """Validate, choose and lock the run directory, run the protocol. ``overrides`` (the command line) are
-    recorded as the run's own ``overrides.yaml`` (Hydra's ``.hydra/`` may be rewritten by a later command
-    that is refused)."""
+    recorded as the run's own ``overrides.yaml``; ``record`` is what Hydra deferred (``main``)."""
+    import torch
+
+    from . import distributed
+    from .validation import validate
+
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     # under torchrun (distributed=true) every rank trains; rank 0 alone picks, locks and writes the run dir
     ctx = distributed.init_from_env(cfg.device) if cfg.get("distributed", False) else None
     try:
-        return _run(cfg, Path(hydra_dir), overrides, is_main=ctx is None or ctx.is_main)
+        return _run(cfg, Path(hydra_dir), overrides, is_main=ctx is None or ctx.is_main,
+                    record=record or HydraRecord())
     finally:
         if ctx is not None:
             distributed.shutdown()
 
 
-def _run(cfg: DictConfig, hydra_dir: Path, overrides: tuple, is_main: bool) -> dict:
+def _run(cfg, hydra_dir: Path, overrides: tuple, is_main: bool, record: HydraRecord) -> dict:
+    from gift_cl.reporting import format_summary
+
+    from . import distributed
+    from .loop import CHECKPOINT
+    from .rundir import RunDirError, RunLock, holds_a_run, resolve_run_dir
+
     run_dir, resuming = distributed.on_main(lambda: resolve_run_dir(cfg, hydra_dir))  # errors reach every rank
     with RunLock(run_dir) if is_main else contextlib.nullcontext():
-        ckpt = run_dir / CHECKPOINT
-        if is_main and not resuming:
-            write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / CONFIG_FILE)
-            write_text(OmegaConf.to_yaml(list(overrides)), run_dir / OVERRIDES_FILE)
-        elif is_main and not ckpt.is_file():
-            log.warning("%s has no checkpoint yet: starting it from the beginning", run_dir)
-        resume_from = distributed.broadcast_object(ckpt if resuming and ckpt.is_file() else None)
-        results = run_protocol(cfg, run_dir, resume_from)
+        if is_main and not resuming and holds_a_run(run_dir):  # taken between the choice and the lock
+            raise RunDirError(f"{run_dir}: a run started there meanwhile; continue it with resume={run_dir}")
+        try:
+            with record.logging_to(run_dir) if is_main else contextlib.nullcontext():
+                results = _run_locked(cfg, run_dir, resuming, overrides, is_main, record)
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir, (run_dir / CHECKPOINT).is_file()) from None
     if is_main:
         print(format_summary(results))
         print(f"run directory: {run_dir}")
     return results
+
+
+def _run_locked(cfg, run_dir: Path, resuming: bool, overrides: tuple, is_main: bool, record: HydraRecord) -> dict:
+    from omegaconf import OmegaConf
+
+    from gift_cl.checkpoint import write_text
+
+    from . import distributed
+    from .loop import CHECKPOINT, run_protocol
+    from .rundir import CONFIG_FILE, OVERRIDES_FILE
+
+    ckpt = run_dir / CHECKPOINT
+    if is_main and not resuming:  # the configuration last: once it is there, the run has started
+        record.write(run_dir)
+        write_text(OmegaConf.to_yaml(recorded_overrides(overrides)), run_dir / OVERRIDES_FILE)
+        write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / CONFIG_FILE)
+    elif is_main and not ckpt.is_file():
+        log.warning("%s has no checkpoint yet: starting it from the beginning", run_dir)
+    resume_from = distributed.broadcast_object(ckpt if resuming and ckpt.is_file() else None)
+    return run_protocol(cfg, run_dir, resume_from)
 
 
 def config_dir() -> str:
@@ -76,20 +172,78 @@ def config_dir() -> str:
     return str(Path(gift_cl.__file__).resolve().parent / "configs")
 
 
-def main() -> None:
-    """The ``gift-cl`` console script: ``gift-cl strategy=gift_multitask benchmark=vdd ...`` = ``python run.py ...``."""
-    import sys
+# ---------------------------------------------------------------------- Hydra's writes, deferred
+CALLBACK = "gift_cl_outputs"  # hydra.callbacks.<CALLBACK>: also how the task knows what main() deferred
 
+
+class DeferredOutputs(Callback):
+    """A Hydra callback: creates the output directory before Hydra does, so that one that cannot be
+    created (read-only, no permission) is one error line rather than Hydra's traceback. ``record`` and
+    ``log`` say which of Hydra's writes ``main`` deferred to the run (:class:`HydraRecord`)."""
+
+    def __init__(self, record: Optional[str] = None, log: bool = False):
+        self.record, self.log = record, log
+
+    @staticmethod
+    def _create(path: str) -> None:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"error: {type(err).__name__}: cannot create the output directory {path}: "
+                  f"{err.strerror or err}; choose another hydra.run.dir (or hydra.sweep.dir)", file=sys.stderr)
+            sys.exit(1)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._create(config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._create(config.hydra.sweep.dir)
+
+
+def with_deferred_outputs(args: list) -> list:
+    """``args`` (the command line) plus the Hydra overrides that defer its writes into the run directory:
+    ``.hydra/`` (``hydra.output_subdir=null``) and the job log file (Hydra's default job logging without
+    its file handler). What the user sets about either is left to Hydra, as before."""
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a]
+    if any(k.startswith(f"hydra.callbacks.{CALLBACK}") for k in keys):
+        return args
+    extra = [f"+hydra.callbacks.{CALLBACK}._target_={__name__}.DeferredOutputs"]
+    if "hydra.output_subdir" not in keys:
+        extra += ["hydra.output_subdir=null", f"+hydra.callbacks.{CALLBACK}.record=.hydra"]
+    if not any(k.startswith(("hydra.job_logging", "hydra/job_logging")) for k in keys):
+        extra += ["~hydra.job_logging.handlers.file", "hydra.job_logging.root.handlers=[console]",
+                  f"+hydra.callbacks.{CALLBACK}.log=true"]
+    return [*args, *extra]
+
+
+def hydra_record(cfg) -> HydraRecord:
+    """What ``main`` deferred of Hydra's writes for this job (nothing when it ran without ``main``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.get()
+    deferred = hydra_cfg.callbacks.get(CALLBACK) or {}
+    record = HydraRecord(log_file=f"{hydra_cfg.job.name}.log" if deferred.get("log") else None)
+    if deferred.get("record"):  # Hydra's own three files, as run_job writes them
+        record.subdir = deferred.get("record")
+        record.files = {"config.yaml": OmegaConf.to_yaml(cfg),
+                        "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+                        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
+    return record
+
+
+def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     import gift_cl.config  # noqa: F401  (resolvers)
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-    def _main(cfg: DictConfig) -> float:
+    def _main(cfg) -> float:
         try:
             hydra_cfg = HydraConfig.get()
-            results = run(cfg, Path(hydra_cfg.runtime.output_dir), tuple(hydra_cfg.overrides.task))
+            results = run(cfg, Path(hydra_cfg.runtime.output_dir), tuple(hydra_cfg.overrides.task),
+                          record=hydra_record(cfg))
         except Exception as exc:
             err = user_error(exc)
             if err is None:
@@ -100,3 +254,15 @@ def main() -> None:
         return results["average_accuracy"]  # the value a sweeper optimises
 
     _main()
+
+
+def main() -> None:
+    """The ``gift-cl`` console script: ``gift-cl strategy=gift_multitask benchmark=vdd ...`` = ``python run.py ...``.
+    Ctrl-C ends it with one line and exit status 130 (a run's checkpoint is consistent: resume it)."""
+    sys.argv[1:] = with_deferred_outputs(sys.argv[1:])
+    try:
+        _hydra_main()
+    except KeyboardInterrupt as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the message short
+        print(interrupted_message(exc), file=sys.stderr)
+        sys.exit(INTERRUPTED)

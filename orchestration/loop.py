@@ -7,9 +7,10 @@ Protocols (``strategy.protocol``):
   so far is evaluated, filling the accuracy matrix R[i][j];
 - ``joint``: one model, one experience holding every task, batches mixed across tasks.
 
-A checkpoint (trainable state, optimizer, schedule, RNG, stream position, results so far, plugin state) is
-written atomically every ``checkpoint_every`` epochs and after each evaluated experience; a killed run
-continues with ``resume=`` and reproduces the uninterrupted run's numbers exactly.
+A checkpoint (trainable state, optimizer, schedule, RNG, stream position, results so far, plugin state,
+the evaluation's clock, metrics and logged values) is written atomically every ``checkpoint_every`` epochs
+and after each evaluated experience; a killed run continues with ``resume=`` and reproduces the
+uninterrupted run's numbers and logs exactly.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from gift_cl.reporting import read_predictions, write_predictions
 from gift_cl.rng import rng_state, seed_everything, set_rng_state
 from strategies import TaskAwareStrategy
 from strategies.distributed import DataParallel
-from strategies.evaluation import make_evaluator
-from strategies.plugins import EpochCheckpointPlugin, PredictionRecorder
+from strategies.evaluation import close_loggers, evaluation_state, make_evaluator, restore_evaluation
+from strategies.plugins import AugmentationSeeds, EpochCheckpointPlugin, PredictionRecorder
 
 from .device import runtime
 from .distributed import broadcast_object
@@ -77,6 +78,10 @@ class Run:
         self.protocol = cfg.strategy.protocol
         self.optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
         self.tasks = instantiate(cfg.benchmark)
+        # augmentation seeded per sample: num_workers cannot change the results (strategies/plugins.py)
+        self.augmentation = AugmentationSeeds(cfg.seed)
+        for i, task in enumerate(self.tasks):
+            task.train = self.augmentation.wrap(task.train, i)
         self.names = [t.name for t in self.tasks]
         self.stream = build_stream(self.tasks)
         for exp, name in zip(self.stream.train_stream, self.names):
@@ -103,6 +108,7 @@ class Run:
         backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
         self.model = instantiate(cfg.strategy.method, backbone)
         self.plugins = list(instantiate(cfg.strategy.plugins) or [])
+        checkpoints = EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)
         self.strategy = TaskAwareStrategy(
             model=self.model,
             optim=self.optim,
@@ -111,13 +117,17 @@ class Run:
             evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent",
                                      loggers=cfg.logger if self.env.is_main else (),
                                      run_name=f"{cfg.strategy.name}/{cfg.benchmark_name}/{log_dir.name}"),
-            plugins=[*self.plugins, EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience),
-                     self.recorder],
+            plugins=[*self.plugins, self.augmentation, checkpoints, self.recorder],
             progress=cfg.progress and self.env.is_main,
             precision=self.env.precision,
             compile=self.env.compile,
             distributed=DataParallel.from_process_group(cfg.seed) if self.env.distributed else None,
         )
+        # an epoch's checkpoint after the evaluator has logged the epoch (Avalanche calls plugins in list
+        # order, the evaluator after ours): it then holds the logs of every epoch it has the weights of
+        plugins = self.strategy.plugins
+        plugins.remove(checkpoints)
+        plugins.insert(plugins.index(self.strategy.clock), checkpoints)
 
     def _model_for(self, i: int) -> None:
         if self.protocol == "independent" and self._unit != i:
@@ -142,6 +152,7 @@ class Run:
             "training": training,
             "rng": rng_state(),
             "plugins": [p.state_dict() for p in self._resumable_plugins()],
+            "evaluation": None if between_independent_tasks else evaluation_state(self.strategy),
         }
 
     def _save_mid_experience(self, strategy, epochs_done: int) -> None:
@@ -184,6 +195,11 @@ class Run:
                                   f"{len(plugins)}")
         for plugin, plugin_state in zip(plugins, state["plugins"]):
             plugin.load_state_dict(plugin_state)
+        # the clock (every logger's step), the metrics that span experiences (forgetting), what was logged
+        if "evaluation" not in state:
+            log.warning("%s: a checkpoint without the evaluation's state (an older gift_cl): the logs are "
+                        "appended to, and forgetting is logged only for the experiences trained from now", path)
+        restore_evaluation(self.strategy, state.get("evaluation"), path)
         # Avalanche's clock counts finished experiences (EWC reads it); the model knows its tasks.
         self.strategy.clock.train_exp_counter = 0 if self.protocol == "independent" else progress["position"]
         self.model.known_train_tasks_labels = set(int(t) for t in state["tasks"])
@@ -219,6 +235,7 @@ class Run:
                 tensors = {k: v for k, v in self.model.trainable_state_dict().items() if torch.is_tensor(v)}
                 if self.env.is_main:
                     save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
+                close_loggers(self.strategy)  # the task's logs are complete on disk before it counts as done
             self.progress["position"] = i + 1
             if self.env.is_main:  # before the checkpoint: a resumed run always finds the predictions it had
                 write_predictions(self.predictions, self.run_dir)
@@ -245,4 +262,7 @@ def run_protocol(cfg: DictConfig, run_dir: Path, resume_from: Optional[Path]) ->
     if resume_from is not None:
         run.restore(resume_from)
     run.train_and_evaluate()
-    return broadcast_object(run.write_results(final=True) if run.env.is_main else None)
+    results = run.write_results(final=True) if run.env.is_main else None
+    if run.strategy is not None:
+        close_loggers(run.strategy)
+    return broadcast_object(results)

@@ -3,11 +3,16 @@
 - ``resume=false``: Hydra's new directory; one that already holds a run is refused (no silent reuse).
 - ``resume=<dir>``: that run; its saved configuration must equal this one (keys that cannot change
   results, :data:`IGNORED_KEYS`, may differ; ``allow_config_change=true`` accepts other differences).
+  A directory whose run was killed in start-up, before it saved its configuration, holds nothing of it
+  but start-up debris (:data:`START_UP_DEBRIS`): the run starts afresh there, so a requeue loop
+  (``hydra.run.dir=D resume=D``) recovers. A directory holding anything else is refused.
 - ``resume=true``: the newest unfinished run of the same configuration beside Hydra's new directory.
-- A directory is locked (``fcntl`` on ``.lock``) while a run uses it: a second run there stops at once.
+- A directory is locked (``fcntl`` on ``.lock``) while a run uses it: a second run there stops at once,
+  having written nothing there; a directory that cannot be written gets one :class:`RunDirError`.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -25,6 +30,9 @@ OVERRIDES_FILE = "overrides.yaml"  # the command line that started the run
 # keys that cannot change a run's numbers: a resume may change them freely
 IGNORED_KEYS = ("threads", "num_workers", "progress", "resume", "checkpoint_every", "allow_config_change",
                 "logger")
+# what a run leaves in its directory before it saves its configuration: the lock, the sweep's claim, its
+# command line, Hydra's record (.hydra/) and the job log (orchestration/cli.py)
+START_UP_DEBRIS = frozenset({".lock", ".claim", OVERRIDES_FILE, ".hydra", "gift_cl.log"})
 
 
 class RunDirError(RuntimeError):
@@ -61,7 +69,14 @@ def saved_config(run_dir: Path) -> dict:
 
 
 def holds_a_run(run_dir: Path) -> bool:
-    return (run_dir / "results.json").is_file() or (run_dir / "checkpoints").is_dir()
+    """Whether a run has started in ``run_dir`` (saved its configuration) or left results there."""
+    return any((run_dir / name).exists() for name in (CONFIG_FILE, "results.json", "checkpoints"))
+
+
+def aborted_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a directory in which a run was started and stopped before it saved its
+    configuration: it holds nothing but :data:`START_UP_DEBRIS` (or nothing at all)."""
+    return run_dir.is_dir() and all(p.name in START_UP_DEBRIS for p in run_dir.iterdir())
 
 
 def run_finished(run_dir: Path) -> bool:
@@ -84,7 +99,12 @@ def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
     if cfg.resume is not True:
         path = Path(str(cfg.resume)).expanduser()
         if not (path / CONFIG_FILE).is_file():
-            raise RunDirError(f"resume={path}: not a run directory (no {CONFIG_FILE} in it)")
+            if aborted_start(path):
+                log.warning("resume=%s: the run there stopped before it saved its configuration: starting it "
+                            "afresh", path)
+                return path, False
+            raise RunDirError(f"resume={path}: not a run directory (no {CONFIG_FILE} in it"
+                              + (", and files other than start-up debris" if path.is_dir() else "") + ")")
         diffs = config_differences(saved_config(path), current)
         if diffs and not cfg.get("allow_config_change", False):
             raise RunDirError(f"resume={path}: the configuration differs from the saved run's, which would mix "
@@ -106,6 +126,12 @@ def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
     return chosen, True
 
 
+_WRITE_HINT = {errno.EROFS: "choose a hydra.run.dir on a writable file system",
+               errno.EACCES: "make it writable, or choose another hydra.run.dir",
+               errno.EPERM: "make it writable, or choose another hydra.run.dir",
+               errno.ENOSPC: "free disk space, or choose another hydra.run.dir"}
+
+
 class RunLock:
     """An exclusive lock on a run directory (released when the process dies). ``.lock`` is held for the lifetime of
     a run (a second run there is refused); the sweep's workers claim a run with ``.claim`` before starting it."""
@@ -116,8 +142,12 @@ class RunLock:
         self.holder = ""
 
     def try_acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunDirError(f"cannot use {self.path.parent}: cannot create {self.path}: {err.strerror or err}; "
+                              f"{_WRITE_HINT.get(err.errno, 'choose another hydra.run.dir')}") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,5 +1,6 @@
-"""Plugins of our strategy: the timm LR schedule, progress bars, checkpoints inside an experience, and
-Avalanche's EWC, LwF and Replay with state that survives a checkpoint.
+"""Plugins of our strategy: the timm LR schedule, progress bars, checkpoints inside an experience, data
+augmentation that does not depend on the data-loader workers, and Avalanche's EWC, LwF and Replay with
+state that survives a checkpoint.
 
 A plugin whose state must survive a checkpoint provides ``state_dict()`` / ``load_state_dict(state)``
 returning and taking tensors and plain containers only (checkpoints load with ``weights_only=True``); the
@@ -7,11 +8,15 @@ run loop saves and restores every plugin that does, by its position in the plugi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 from typing import Callable, Optional
 
+import numpy as np
 from avalanche.core import SupervisedPlugin
 import torch
+from torch.utils.data import DataLoader, Dataset
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData
@@ -137,6 +142,78 @@ class EpochCheckpointPlugin(SupervisedPlugin):
         done = strategy.clock.train_exp_epochs + 1  # the Clock plugin runs after us
         if self.every and done % self.every == 0 and done < strategy.train_epochs:
             self.save(strategy, epochs_done=done)
+
+
+class AugmentationSeeds(SupervisedPlugin):
+    """Makes every random augmentation a function of (run seed, task, experience, epoch, sample index),
+    so ``num_workers`` (0 in the main process, or any number of worker processes, persistent or not)
+    cannot change what a model is trained on.
+
+    Without it a transform draws from whichever process loads the sample: the main process's generators
+    (shared with dropout and shuffling) with ``num_workers=0``, a worker's (seeded per worker, samples
+    dealt out by position) otherwise. :meth:`wrap` puts a training split behind a :class:`SeededDataset`;
+    this plugin tells those datasets the experience and epoch before each epoch's loader starts, through
+    a shared-memory tensor that (persistent) worker processes read too.
+
+    It also keeps the main process's random stream (shuffling, dropout) independent of persistent workers
+    (CUDA's default): a new loader iterator draws one seed from it each epoch, a persistent one only in its
+    first epoch; in the later ones the plugin draws that seed instead."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed) % 2**63
+        self.position = torch.zeros(2, dtype=torch.int64).share_memory_()  # [experiences trained, epoch]
+
+    def wrap(self, dataset, task: int) -> "SeededDataset":
+        if isinstance(dataset, SeededDataset):  # wrapped by an earlier run: seeded by this one's epochs only
+            dataset = dataset.dataset
+        return SeededDataset(dataset, (self.seed, int(task)), self.position)
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.position[0] = strategy.clock.train_exp_counter
+        self.position[1] = strategy.clock.train_exp_epochs
+        loader = getattr(strategy.dataloader, "_persistent_loader", None)  # where Avalanche's loaders keep it
+        if isinstance(loader, DataLoader) and loader._iterator is not None:  # reused: no seed drawn this epoch
+            torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+
+
+@contextlib.contextmanager
+def seeded_generators(seed: int):
+    """torch (CPU), Python and NumPy generators seeded with ``seed`` inside the block and given back their
+    state after it: the caller's random streams are as if the block had not run."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+
+
+class SeededDataset(Dataset):
+    """A dataset whose item ``i`` is loaded (transform included) with generators seeded from ``key``, the
+    experience and epoch in ``position`` and ``i``: the same sample gets the same augmentation in whatever
+    process, and in whatever order, it is loaded. Everything else reads through to the wrapped dataset."""
+
+    def __init__(self, dataset, key: tuple, position: torch.Tensor):
+        self.dataset, self.key, self.position = dataset, tuple(key), position
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("dataset", "key", "position"):  # unpickling: not set yet
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, idx):
+        entropy = [*self.key, *self.position.tolist(), int(idx)]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) % 2**63
+        with seeded_generators(seed):
+            return self.dataset[idx]
 
 
 def _tensors(params: dict) -> dict:
