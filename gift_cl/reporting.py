@@ -213,7 +213,8 @@ def format_summary(results: dict) -> str:
                   f"{'after':<{width}}" + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
         for i, row in enumerate(results["accuracy_matrix"]):
             label = "joint" if results["protocol"] == "joint" else names[i]
-            lines.append(f"{label[:width - 1]:<{width}}" + "".join(f"{100 * a:>{width}.1f}" for a in row))
+            cells = "".join(f"{100 * a:>{width}.1f}" for a in row) if row else "  (not evaluated)"
+            lines.append(f"{label[:width - 1]:<{width}}" + cells)
         lines.append("")
     per_task, adapters = list(p["per_task"].values()), list(p["per_task_excl_classifier"].values())
     if results.get("forgetting") is not None:
@@ -281,7 +282,8 @@ def plot_accuracy_matrix(results: dict, path: str | os.PathLike) -> None:
     ax.set_yticks(range(len(matrix)), rows, fontsize=8)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training")
-    ax.set_title(f"{results['strategy']} on {results['benchmark']}: avg {100 * results['average_accuracy']:.1f}%")
+    avg = results["average_accuracy"]
+    ax.set_title(f"{results['strategy']} on {results['benchmark']}" + ("" if avg is None else f": avg {100 * avg:.1f}%"))
     fig.colorbar(im, ax=ax, label="top-1 %")
     fig.tight_layout()
     with atomic_path(path) as tmp:

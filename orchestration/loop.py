@@ -135,6 +135,11 @@ class Run:
         self._unit = i
 
     def _eval_experiences(self, i: int) -> list:
+        """What is evaluated after experience ``i`` (nothing before the last one with ``evaluate=last_experience``
+        in the sequential protocol: its rows of the accuracy matrix stay empty)."""
+        if (self.protocol == "sequential" and self.cfg.get("evaluate") == "last_experience"
+                and i < len(self.experiences) - 1):
+            return []
         return {"independent": [self.test[i]], "sequential": self.test[: i + 1], "joint": self.test}[self.protocol]
 
     # ------------------------------------------------------------------ checkpoints
@@ -218,8 +223,14 @@ class Run:
             self.strategy.train(self.experiences[i], **self.env.loader)
             seen = self._eval_experiences(i)
             row = None
-            if self.env.is_main:  # distributed: rank 0 evaluates, the other ranks receive its row
+            if self.env.is_main and not seen:
+                row = []
+            elif self.env.is_main:  # distributed: rank 0 evaluates, the other ranks receive its row
+                # evaluation never changes what trains next: the RNGs it draws from (DataLoader seeds) are put
+                # back, so evaluate=last_experience gives exactly the last row of evaluate=every_experience
+                before = rng_state()
                 row = experience_accuracies(self.strategy.eval(seen, **self.env.loader), seen)
+                set_rng_state(before)
                 for exp in seen:
                     self.predictions[self.names[exp.current_experience]] = self.recorder.predictions[exp.task_label]
             row = broadcast_object(row)
@@ -242,7 +253,8 @@ class Run:
             self._save_boundary()
             if self.env.is_main:
                 self.write_results(final=False)
-            log.info("after %s: %s", self.experiences[i].name, " ".join(f"{100 * a:.1f}" for a in row))
+            log.info("after %s: %s", self.experiences[i].name,
+                     " ".join(f"{100 * a:.1f}" for a in row) if row else "(not evaluated: evaluate=last_experience)")
 
     def write_results(self, final: bool) -> dict:
         inference = None

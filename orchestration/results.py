@@ -87,7 +87,8 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
     names = [t.name for t in tasks]
     matrix = progress["matrix"]
     finals = final_accuracies(protocol, matrix)
-    sequential = protocol == "sequential" and bool(matrix)
+    # forgetting and BWT need every row of the matrix (evaluate=every_experience)
+    sequential = protocol == "sequential" and bool(matrix) and all(len(row) == i + 1 for i, row in enumerate(matrix))
     results = {
         "schema_version": SCHEMA_VERSION,
         "strategy": cfg.strategy.name,

@@ -45,6 +45,9 @@ def _choice(value: Any, key: str, allowed) -> None:
         raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
 
 
+EVALUATE = ("every_experience", "last_experience")
+
+
 def validate(cfg: DictConfig) -> None:
     # ----------------------------------------------------------- strategy
     strategy = cfg.strategy
@@ -86,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
     # ----------------------------------------------------------- run
     SEED_RANGE.check(cfg.seed, "seed")
     _number(cfg.eval_batch_size, "eval_batch_size", 1, integer=True)
+    _choice(cfg.get("evaluate", "every_experience"), "evaluate", EVALUATE)
     if cfg.num_workers is not None:
         _number(cfg.num_workers, "num_workers", 0, integer=True)
     _number(cfg.checkpoint_every, "checkpoint_every", 0, integer=True)

@@ -110,3 +110,23 @@ def test_bad_input_is_one_clear_message(tmp_path):
                   check=False, timeout=120)
     assert proc.returncode != 0
     assert "nowhere" in proc.stderr and "DataError" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluating_after_the_last_experience_only_gives_its_row_exactly(tmp_path):
+    """Evaluation never changes what trains (the RNG it draws from is put back): ``evaluate=last_experience``
+    reproduces the final row of the full accuracy matrix bit for bit, leaves the other rows empty, has no
+    forgetting, and still writes every task's per-image predictions."""
+    from gift_cl.reporting import read_predictions
+    from runs import compose_cfg, run_in_process
+
+    common = [*TINY[1:], *PROCEDURAL, "strategy=lora_multitask", "benchmark.domains=[digits,pedestrians,signs]"]
+    every = run_in_process(compose_cfg(*common), tmp_path / "every")
+    last = run_in_process(compose_cfg(*common, "evaluate=last_experience"), tmp_path / "last")
+    assert last["accuracy_matrix"] == [[], [], every["accuracy_matrix"][-1]]
+    assert last["final_accuracy"] == every["final_accuracy"] and last["task_inference"] == every["task_inference"]
+    assert every["forgetting"] == 0.0 and last["forgetting"] is None and last["bwt"] is None
+    preds = read_predictions(tmp_path / "last")
+    assert set(preds) == {"digits", "pedestrians", "signs"}
+    for name, (pred, target) in preds.items():
+        assert len(pred) == 24 and float((pred == target).mean()) == last["final_accuracy"][name]
+    assert "(not evaluated)" in (tmp_path / "last" / "summary.txt").read_text()
