@@ -64,6 +64,7 @@ def test_probe_summary_and_markdown(tmp_path):
                                   "mean": {"mean": 0.375, "ci95": 0.05}}}}
     md = evidence.probe_markdown(doc)
     assert "| raw pixels | 50.0 | 25.0 | **37.5** ± 5.0 |" in md
+    assert evidence.probe_figure(doc, tmp_path / "probe.png").stat().st_size > 10_000
 
 
 def test_report_collects_the_sweeps(tmp_path):
@@ -115,3 +116,22 @@ def test_model_card_figure(tmp_path):
     path.write_text(json.dumps({**card, "accuracy_curve": []}))
     with pytest.raises(SystemExit, match="no accuracy curve"):
         evidence.card_figure(path, tmp_path / "x.png")
+
+
+def test_concept_statistics_of_a_finished_gift_run(tmp_path):
+    from runs import PROCEDURAL, TINY, compose_cfg, run_in_process
+
+    run_dir = tmp_path / "run"
+    run_in_process(compose_cfg(*TINY[1:], *PROCEDURAL, "strategy=gift_multitask",
+                               "benchmark.domains=[digits,signs,textures]"), run_dir)
+    stats = evidence.concept_stats(run_dir)
+    assert stats["strategy"] == "gift_multitask" and 0 <= stats["average_accuracy"] <= 1
+    assert set(stats["layers"]) == {"blocks.0.attn.proj", "blocks.1.attn.proj"}
+    for layer in stats["layers"].values():
+        assert layer["assignment_std_over_tokens"] > 0 and len(layer["concepts_used"]) == 3
+        assert all(1 <= n for n in layer["concepts_used"])
+        # NMI/ARI are defined exactly for the task pairs whose hard assignments use two or more concepts
+        assert layer["nmi_defined_pairs"] == sum(1 for i, a in enumerate(layer["concepts_used"])
+                                                 for b in layer["concepts_used"][i + 1:] if a > 1 and b > 1)
+    md = evidence._concepts_section({"tiny": stats})
+    assert "| tiny | `blocks.1.attn.proj` |" in md
