@@ -112,6 +112,18 @@ def untrained_head(gift: GiftModel, head: str = "0", seed: int = 0):
             gen.heads[head] = saved[key]
 
 
+def untrained_concepts(gift: GiftModel, layer: str, head: str = "0", source: str = "auto",
+                       block: int = -1) -> Callable[[int], torch.Tensor]:
+    """``seed -> C`` of ``layer`` with head ``head`` freshly initialised from ``seed`` (:func:`untrained_head`):
+    the draws of the untrained-head null of :func:`gift_cl.maskscore.concept_null`."""
+
+    def draw(seed: int) -> torch.Tensor:
+        with untrained_head(gift, head, seed):
+            return concept_matrix(gift, layer, head, source, block)
+
+    return draw
+
+
 # ---------------------------------------------------------------------- cluster maps
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module):
@@ -143,12 +155,61 @@ def layer_outputs(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], 
     return captured
 
 
+def patch_grid(y: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """A layer's output tokens ``(B, N, d)`` as the patch grid ``(B, gh, gw, d)``: the prefix tokens
+    ([CLS], registers) dropped, the rest laid out row by row as the patch embedding emits them."""
+    y = y[:, getattr(backbone, "num_prefix_tokens", 1):]  # patches only
+    gh, gw = backbone.patch_embed.grid_size
+    return rearrange(y, "b (h w) d -> b h w d", h=gh, w=gw)
+
+
+def grid_maps(y: torch.Tensor, c: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """``Y C`` on the patch grid, one value per patch token, before any upsampling: ``(B, M, gh, gw)``.
+    What :mod:`gift_cl.maskscore` scores against object masks brought down to the same grid."""
+    return rearrange(patch_grid(y, backbone).float() @ c.float(), "b h w m -> b m h w")
+
+
 def maps_from_outputs(y: torch.Tensor, c: torch.Tensor, backbone: nn.Module, size: Sequence[int]) -> torch.Tensor:
     """``Y C`` on the patch grid, upsampled bilinearly (``align_corners=False``) to ``size``: ``(B, M, H, W)``."""
-    y = y[:, getattr(backbone, "num_prefix_tokens", 1):].float()  # patches only
-    gh, gw = backbone.patch_embed.grid_size
-    maps = rearrange(y @ c.float(), "b (h w) m -> b m h w", h=gh, w=gw)
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(grid_maps(y, c, backbone), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def frozen_patch_tokens(model: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+    """Patch tokens ``(B, gh, gw, d)`` of a plain timm ViT: the output of module ``layer`` (e.g.
+    ``"blocks.3"``), or with ``layer=None`` the final normed tokens of ``forward_features``. The frozen
+    model's own representation, the reference a concept map has to beat (:mod:`gift_cl.maskscore`)."""
+    with _eval_mode(model):
+        if layer is None:
+            return patch_grid(model.forward_features(images), model)
+        captured = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.__setitem__("y", o))
+        try:
+            model.forward_features(images)
+        finally:
+            handle.remove()
+    return patch_grid(captured["y"], model)
+
+
+@torch.no_grad()
+def cls_attention(model: nn.Module, images: torch.Tensor, block: int = -1) -> torch.Tensor:
+    """How much the [CLS] query attends to each patch in ``model.blocks[block]`` (a timm ViT), averaged over
+    heads: ``(B, gh, gw)``. The attention weights are recomputed from the input the block's attention
+    receives (timm's fused kernel never materialises them), exactly as timm's unfused path computes them."""
+    attn = model.blocks[block].attn
+    captured = {}
+    handle = attn.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
+    try:
+        with _eval_mode(model):
+            model.forward_features(images)
+    finally:
+        handle.remove()
+    x = captured["x"]
+    b, n, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
+    return patch_grid(weights.mean(dim=1).transpose(1, 2), model)[..., 0].float()
 
 
 @torch.no_grad()

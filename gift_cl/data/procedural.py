@@ -16,6 +16,15 @@ unit image coordinates ([0, 1]^2) by ``_place``; analytic patterns use the pixel
 ``_grid01`` / ``_grid_pm1``. Nuisance parameters are drawn in unit coordinates, so a domain has the
 same statistics at 32, 64 or 72 px (individual images differ between sizes: pixel noise consumes a
 size-dependent amount of randomness).
+
+Masks (ground truth for interpretability, ``generate(..., masks=True)``): every domain that draws an
+object records, beside the image, a per-pixel label map from the very draws that paint it: 0 background,
+1 distractor (everything drawn that is not the class object: clutter, poles, stripes, shadows, leaves,
+flanking digits, look-alike confusers), 2.. the object's parts (``MASK_LABELS``; the object mask is
+``labels >= OBJECT``). Recording draws no random numbers, so images and labels are bit-identical with
+or without masks. A layer claims a pixel where it covers at least half of it (alpha >= 0.5: from there on
+its colour dominates the pixel); later layers overwrite earlier ones, as paint does. Blur, lighting and
+noise applied after painting do not move labels.
 """
 from __future__ import annotations
 
@@ -38,6 +47,11 @@ from gift_cl.data.base import ArrayDataset, DataError, TaskData, require_unique
 
 # Bump whenever any generator's output changes: it is part of every cache key.
 VERSION = 1
+# Bump whenever a mask changes while the images do not: it is part of the mask cache key only.
+MASK_VERSION = 1
+
+# Mask labels shared by every domain with masks; labels >= OBJECT are the object's parts (MASK_LABELS).
+BACKGROUND, DISTRACTOR, OBJECT = 0, 1, 2
 
 _SPLITS = ("train", "val", "test")
 _MIN_SIZE, _MAX_SIZE = 16, 256
@@ -48,7 +62,11 @@ _CHUNK = 256  # images per vectorised batch, bounds peak memory at large n and s
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """One procedural domain. ``generate(labels, rng, size)`` returns uint8 images (n, size, size, 3)."""
+    """One procedural domain. ``generate(labels, rng, size)`` returns uint8 images (n, size, size, 3).
+
+    Domains that draw an object also have ``generate_masked(labels, rng, size)``, returning the same
+    images (same draws, same order) and uint8 label masks (n, size, size), and ``mask_labels``, the name
+    of every mask label (index = label value)."""
 
     name: str
     num_classes: int
@@ -58,6 +76,8 @@ class DomainSpec:
     mimics: str
     # True when a horizontal mirror image keeps the class (safe for flip augmentation)
     hflip_ok: bool
+    generate_masked: Callable[[np.ndarray, np.random.Generator, int], tuple[np.ndarray, np.ndarray]] | None = None
+    mask_labels: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +262,105 @@ class _Mask:
         return np.asarray(small, dtype=np.float32) / 255.0
 
 
+# ---------------------------------------------------------------------------------------------
+# masks: per-pixel labels recorded while painting
+# ---------------------------------------------------------------------------------------------
+
+
+class _Segmentation:
+    """Per-pixel labels written beside a rendering (module docstring, "Masks").
+
+    The renderer reports every layer it paints with the same alpha it paints with, so a mask can never
+    drift from its image; recording consumes no random numbers."""
+
+    recording = True
+
+    def __init__(self, size: int):
+        self.labels = np.zeros((size, size), np.uint8)
+
+    def paint(self, alpha: np.ndarray, label: int) -> None:
+        """A layer painted with coverage `alpha` claims the pixels it covers at least half of."""
+        self.labels[alpha >= 0.5] = label
+
+    def paint_parts(self, alpha: np.ndarray, parts: list[tuple[int, np.ndarray]]) -> None:
+        """One layer (coverage `alpha`) made of parts drawn in one colour: each claimed pixel gets the
+        label of the part covering most of it; ties go to the earlier part in `parts` (the part on top
+        where parts overlap). The object's extent is that of `alpha`, the union actually painted, even at
+        edges where no single part reaches half a pixel."""
+        claimed = alpha >= 0.5
+        ids = np.array([label for label, _ in parts], np.uint8)
+        best = np.argmax(np.stack([a for _, a in parts]), axis=0)
+        self.labels[claimed] = ids[best[claimed]]
+
+    def paint_canvas(self, canvas: Image.Image) -> None:
+        """Replace the labels by those of a supersampled label canvas (a scene drawn with Pillow, one
+        label per primitive, painter's order): each pixel takes the label most of its _SS x _SS
+        subsamples carry (the one that dominates its box-filtered colour), ties to the higher label."""
+        size = self.labels.shape[0]
+        sub = np.asarray(canvas, dtype=np.uint8).reshape(size, _SS, size, _SS)
+        present = np.unique(sub)
+        counts = np.stack([(sub == k).sum(axis=(1, 3)) for k in present])
+        # reversed so that argmax's first-maximum rule prefers the higher label on a tie
+        self.labels[...] = present[::-1][np.argmax(counts[::-1], axis=0)]
+
+
+class _NoSegmentation:
+    """The default recorder: ignores every call, so renderers report layers unconditionally."""
+
+    recording = False
+
+    def paint(self, alpha: np.ndarray, label: int) -> None:
+        pass
+
+    def paint_parts(self, alpha: np.ndarray, parts: list[tuple[int, np.ndarray]]) -> None:
+        pass
+
+    def paint_canvas(self, canvas: Image.Image) -> None:
+        pass
+
+
+_NO_SEG = _NoSegmentation()  # stateless, so one shared default is safe
+
+
+def _per_image_masked(render):
+    """Like `_per_image`, with a `_Segmentation` per image: (labels, rng, size) -> (images, masks)."""
+
+    def generate_masked(labels: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        images = np.empty((len(labels), size, size, 3), np.uint8)
+        masks = np.empty((len(labels), size, size), np.uint8)
+        for i, y in enumerate(labels):
+            seg = _Segmentation(size)
+            images[i] = render(int(y), rng, size, seg)
+            masks[i] = seg.labels
+        return images, masks
+
+    generate_masked.__name__ = render.__name__.lstrip("_") + "_masked"
+    return generate_masked
+
+
+class _Pen:
+    """Draws each Pillow primitive on an image canvas and, when masks are recorded, the same primitive
+    in its label on a label canvas of the same size (identical rasterisation, so labels match pixels)."""
+
+    def __init__(self, image: Image.Image, labels: Image.Image | None):
+        self.image = ImageDraw.Draw(image)
+        self.labels = ImageDraw.Draw(labels) if labels is not None else None
+
+    def _both(self, method: str, xy, fill: int, label: int, **kw) -> None:
+        getattr(self.image, method)(xy, fill=fill, **kw)
+        if self.labels is not None:
+            getattr(self.labels, method)(xy, fill=label, **kw)
+
+    def line(self, xy, fill: int, label: int, **kw) -> None:
+        self._both("line", xy, fill, label, **kw)
+
+    def ellipse(self, xy, fill: int, label: int) -> None:
+        self._both("ellipse", xy, fill, label)
+
+    def rectangle(self, xy, fill: int, label: int) -> None:
+        self._both("rectangle", xy, fill, label)
+
+
 def _draw_parts(mask: _Mask, parts, cx: float, cy: float, scale: float, angle: float = 0.0, sx: float = 1.0) -> None:
     """Draw canonical (points, fill) polygons; fill 0 cuts holes into what was drawn before."""
     for pts, fill in parts:
@@ -256,7 +375,8 @@ def _colour_background(rng: np.random.Generator, size: int, cells: int = 4, sat=
     return img, v
 
 
-def _scatter_distractors(img: np.ndarray, rng: np.random.Generator, size: int, k_range=(2, 5), sat=(0.2, 1.0)) -> np.ndarray:
+def _scatter_distractors(img: np.ndarray, rng: np.random.Generator, size: int, k_range=(2, 5), sat=(0.2, 1.0),
+                         seg=_NO_SEG) -> np.ndarray:
     """Small discs and boxes of random colour: clutter that carries no class information."""
     for _ in range(int(rng.integers(*k_range))):
         cx, cy = rng.random(2)
@@ -264,6 +384,7 @@ def _scatter_distractors(img: np.ndarray, rng: np.random.Generator, size: int, k
         colour = _hsv(rng.random(), rng.uniform(*sat), rng.uniform(0.1, 1.0))
         alpha = _disc(size, cx, cy, r) if rng.random() < 0.5 else _box(size, cx - r, cy - r * 0.6, cx + r, cy + r * 0.6)
         img = _paint(img, alpha, colour)
+        seg.paint(alpha, DISTRACTOR)
     return img
 
 
@@ -355,18 +476,20 @@ def _object_icons() -> list[list[tuple[np.ndarray, int]]]:
     ]
 
 
-def _objects(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _objects(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics ImageNet: 20 everyday-object icons (house, tree, car, key, cup, ...) on cluttered colour
     backgrounds. Class signal: the silhouette. Nuisance: object colour, size, aspect, position, rotation
     (+-35 deg), random coloured distractor blobs, background texture, noise."""
     img, v_bg = _colour_background(rng, size)
-    img = _scatter_distractors(img, rng, size)
+    img = _scatter_distractors(img, rng, size, seg=seg)
     mask = _Mask(size)
     scale = rng.uniform(0.26, 0.4)
     cx, cy = 0.5 + rng.uniform(-0.12, 0.12, 2)
     _draw_parts(mask, _object_icons()[label], cx, cy, scale, rng.uniform(-0.6, 0.6), rng.uniform(0.85, 1.15))
     colour = _hsv(rng.random(), rng.uniform(0.3, 1.0), _far_value(rng, v_bg))
-    img = _paint(img, mask.alpha(), colour)
+    alpha = mask.alpha()
+    img = _paint(img, alpha, colour)
+    seg.paint(alpha, OBJECT)
     return _finish(img, rng, 0.03)
 
 
@@ -378,7 +501,15 @@ _WINGS = {
 }
 
 
-def _aircraft_parts(label: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+_AIRCRAFT_PARTS = ("fuselage", "wings", "engines", "stabilisers")  # mask labels OBJECT, OBJECT + 1, ...
+_FUSELAGE, _WING, _ENGINE, _STABILISER = (OBJECT + i for i in range(len(_AIRCRAFT_PARTS)))
+# where parts overlap (nacelles on a wing, wing roots on the fuselage) the pixel goes to the part on top
+_AIRCRAFT_PART_PRIORITY = (_ENGINE, _FUSELAGE, _STABILISER, _WING)
+
+
+def _aircraft_parts(label: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int, int]]:
+    """Canonical (polygon, fill, mask label) parts of one airliner; the stabilisers are the tailplane or,
+    for canard classes, the foreplane."""
     wing_kind = ("straight", "swept", "delta")[label // 4]
     four_engines = bool((label // 2) % 2)
     canard = bool(label % 2)
@@ -388,7 +519,7 @@ def _aircraft_parts(label: int, rng: np.random.Generator) -> list[tuple[np.ndarr
 
     wing = np.array(_WINGS[wing_kind], dtype=np.float64)
     wing[1:-1, 0] *= span
-    parts = [(_ell(0, 0, 0.085, 0.9 * length), 255), (wing, 255), (wing * mirror, 255)]
+    parts = [(_ell(0, 0, 0.085, 0.9 * length), 255, _FUSELAGE), (wing, 255, _WING), (wing * mirror, 255, _WING)]
 
     root, tip = wing[0], wing[1]
     for f in ((0.32, 0.62) if four_engines else (0.42,)):
@@ -396,17 +527,17 @@ def _aircraft_parts(label: int, rng: np.random.Generator) -> list[tuple[np.ndarr
         x = root[0] + f * (tip[0] - root[0])
         y = root[1] + f * (tip[1] - root[1]) - 0.08
         for m in (1.0, -1.0):
-            parts.append((_ell(m * x, y, 0.06, 0.12, k=12), 255))
+            parts.append((_ell(m * x, y, 0.06, 0.12, k=12), 255, _ENGINE))
 
     if canard:
         fore = np.array([(0.04, -0.55), (0.27, -0.45), (0.27, -0.37), (0.04, -0.41)]) * np.array([1.0, length])
     else:
         fore = np.array([(0.04, 0.6), (0.33, 0.76), (0.33, 0.85), (0.04, 0.8)]) * np.array([1.0, length])
-    parts += [(fore, 255), (fore * mirror, 255)]
+    parts += [(fore, 255, _STABILISER), (fore * mirror, 255, _STABILISER)]
     return parts
 
 
-def _aircraft(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _aircraft(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics FGVC-Aircraft (fine-grained), grey: top-down airliner silhouettes. Class signal: wing
     planform (straight / swept / delta) x 2 or 4 engine nacelles x rear tailplane or front canard
     (12 classes). Nuisance: any heading (0-360 deg), size, span and fuselage length, polarity and
@@ -414,18 +545,31 @@ def _aircraft(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     g = rng.uniform(0.25, 0.75)
     img = g + 0.3 * (_smooth_noise(rng, size, 4, 1)[..., 0] - 0.5)
     for _ in range(int(rng.integers(0, 3))):
-        img = _paint(img, _band(size, rng.uniform(0, np.pi), rng.uniform(-0.4, 0.4), rng.uniform(0.02, 0.08)), rng.random())
+        stripe = _band(size, rng.uniform(0, np.pi), rng.uniform(-0.4, 0.4), rng.uniform(0.02, 0.08))
+        img = _paint(img, stripe, rng.random())
+        seg.paint(stripe, DISTRACTOR)
 
     mask = _Mask(size)
     scale = rng.uniform(0.36, 0.46)
     cx, cy = 0.5 + rng.uniform(-0.07, 0.07, 2)
-    _draw_parts(mask, _aircraft_parts(label, rng), cx, cy, scale, rng.uniform(0, _TAU))
+    parts = _aircraft_parts(label, rng)
+    heading = rng.uniform(0, _TAU)
+    _draw_parts(mask, [(pts, fill) for pts, fill, _ in parts], cx, cy, scale, heading)
     alpha = mask.alpha()
     if rng.random() < 0.5:
         a = rng.uniform(0, _TAU)
         shift = np.round(rng.uniform(0.03, 0.08) * size * np.array([np.cos(a), np.sin(a)])).astype(int)
-        img = img * (1.0 - 0.35 * np.roll(alpha, tuple(shift), axis=(0, 1)))
+        shadow = np.roll(alpha, tuple(shift), axis=(0, 1))
+        img = img * (1.0 - 0.35 * shadow)
+        seg.paint(shadow, DISTRACTOR)  # the silhouette's look-alike, but not the aircraft
     img = _paint(img, alpha, _far_value(rng, g, 0.3))
+    if seg.recording:
+        part_alphas = []
+        for part in _AIRCRAFT_PART_PRIORITY:
+            m = _Mask(size)
+            _draw_parts(m, [(pts, fill) for pts, fill, kind in parts if kind == part], cx, cy, scale, heading)
+            part_alphas.append((part, m.alpha()))
+        seg.paint_parts(alpha, part_alphas)
     img = _blur(img, rng.uniform(0.0, 0.7) * size / 32)
     return _finish(img, rng, 0.04)
 
@@ -459,7 +603,11 @@ def _gabor100(labels: np.ndarray, rng: np.random.Generator, size: int) -> np.nda
     return out
 
 
-def _stick_figure(draw: ImageDraw.ImageDraw, rng: np.random.Generator, dim: int, fill: int) -> None:
+_PEDESTRIAN_PARTS = ("head", "torso", "arms", "legs")  # mask labels OBJECT, OBJECT + 1, ...
+_HEAD, _TORSO, _ARM, _LEG = (OBJECT + i for i in range(len(_PEDESTRIAN_PARTS)))
+
+
+def _stick_figure(pen: _Pen, rng: np.random.Generator, dim: int, fill: int) -> None:
     h = rng.uniform(0.45, 0.8)
     foot = rng.uniform(0.85, 0.96)
     top = foot - h
@@ -470,15 +618,15 @@ def _stick_figure(draw: ImageDraw.ImageDraw, rng: np.random.Generator, dim: int,
     shoulder = neck + 0.05 * h
     width = max(1, int(round(rng.uniform(0.06, 0.1) * h * dim)))
     p = lambda xx, yy: (xx * dim, yy * dim)  # noqa: E731 - unit -> canvas pixels
-    draw.ellipse([(xc - head_r) * dim, top * dim, (xc + head_r) * dim, (top + 2 * head_r) * dim], fill=fill)
-    draw.line([p(xc, neck), p(xc, hip)], fill=fill, width=width)
+    pen.ellipse([(xc - head_r) * dim, top * dim, (xc + head_r) * dim, (top + 2 * head_r) * dim], fill, _HEAD)
+    pen.line([p(xc, neck), p(xc, hip)], fill, _TORSO, width=width)
     for side in (-1, 1):
-        draw.line([p(xc, hip), p(xc + side * rng.uniform(0.0, 0.25) * h, foot)], fill=fill, width=width, joint="curve")
-        draw.line([p(xc, shoulder), p(xc + side * rng.uniform(0.08, 0.25) * h, shoulder + rng.uniform(0.2, 0.4) * h)],
-                  fill=fill, width=width)
+        pen.line([p(xc, hip), p(xc + side * rng.uniform(0.0, 0.25) * h, foot)], fill, _LEG, width=width, joint="curve")
+        pen.line([p(xc, shoulder), p(xc + side * rng.uniform(0.08, 0.25) * h, shoulder + rng.uniform(0.2, 0.4) * h)],
+                 fill, _ARM, width=width)
 
 
-def _pedestrians(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _pedestrians(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics Daimler pedestrians (DPed), binary, grey. Class signal: a walking stick figure (head,
     torso, two legs, two arms) is present (1) or not (0). Nuisance: street clutter drawn in both
     classes (poles, window boxes, lamp-like discs on poles, V-shaped struts), figure position, height,
@@ -486,34 +634,37 @@ def _pedestrians(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     dim = size * _SS
     g = rng.uniform(0.2, 0.8)
     canvas = Image.new("L", (dim, dim), int(g * 255))
-    draw = ImageDraw.Draw(canvas)
+    label_canvas = Image.new("L", (dim, dim), BACKGROUND) if seg.recording else None
+    pen = _Pen(canvas, label_canvas)
     for _ in range(int(rng.integers(3, 8))):
         x0, y0 = rng.random(2)
         fill = int(rng.uniform(0, 255))
         w = max(1, int(rng.uniform(0.02, 0.06) * dim))
         if rng.random() < 0.6:  # pole-like near-vertical stroke
             x1, y1 = x0 + rng.uniform(-0.1, 0.1), y0 + rng.uniform(0.3, 0.9)
-            draw.line([(x0 * dim, y0 * dim), (x1 * dim, y1 * dim)], fill=fill, width=w)
+            pen.line([(x0 * dim, y0 * dim), (x1 * dim, y1 * dim)], fill, DISTRACTOR, width=w)
         else:  # window / box
             x1, y1 = x0 + rng.uniform(0.05, 0.3), y0 + rng.uniform(0.05, 0.3)
-            draw.rectangle([x0 * dim, y0 * dim, x1 * dim, y1 * dim], fill=fill)
+            pen.rectangle([x0 * dim, y0 * dim, x1 * dim, y1 * dim], fill, DISTRACTOR)
     # confusers that share parts with a person, so 'a disc' or 'a vertical bar' never decides the class
     contrast = lambda: int(255 * np.clip(g + rng.choice([-1, 1]) * rng.uniform(0.2, 0.5), 0, 1))  # noqa: E731
     if rng.random() < 0.6:
         xc, top, h = rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.4), rng.uniform(0.4, 0.8)
         fill, w = contrast(), max(1, int(rng.uniform(0.03, 0.07) * dim))
-        draw.line([(xc * dim, top * dim), (xc * dim, (top + h) * dim)], fill=fill, width=w)
+        pen.line([(xc * dim, top * dim), (xc * dim, (top + h) * dim)], fill, DISTRACTOR, width=w)
         if rng.random() < 0.5:
             r = rng.uniform(0.04, 0.09)
-            draw.ellipse([(xc - r) * dim, (top - r) * dim, (xc + r) * dim, (top + r) * dim], fill=fill)
+            pen.ellipse([(xc - r) * dim, (top - r) * dim, (xc + r) * dim, (top + r) * dim], fill, DISTRACTOR)
     if rng.random() < 0.5:
         xc, yt, h = rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.35)
         fill, w = contrast(), max(1, int(rng.uniform(0.03, 0.07) * dim))
         for side in (-1, 1):
             x1 = xc + side * rng.uniform(0.05, 0.15)
-            draw.line([(xc * dim, yt * dim), (x1 * dim, (yt + h) * dim)], fill=fill, width=w)
+            pen.line([(xc * dim, yt * dim), (x1 * dim, (yt + h) * dim)], fill, DISTRACTOR, width=w)
     if label == 1:
-        _stick_figure(draw, rng, dim, contrast())
+        _stick_figure(pen, rng, dim, contrast())
+    if label_canvas is not None:
+        seg.paint_canvas(label_canvas)
     img = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255.0
     img = img + 0.25 * (_smooth_noise(rng, size, 3, 1)[..., 0] - 0.5)
     img = _blur(img, rng.uniform(0.0, 0.8) * size / 32)
@@ -641,17 +792,23 @@ def _sign_symbols() -> list[list[tuple[np.ndarray, int]]]:
     ]
 
 
-def _signs(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+_SIGN_PARTS = ("border", "face", "symbol")  # mask labels OBJECT, OBJECT + 1, OBJECT + 2
+_SIGN_BORDER, _SIGN_FACE, _SIGN_SYMBOL = (OBJECT + i for i in range(len(_SIGN_PARTS)))
+
+
+def _signs(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics GTSRB (43 classes): 4 sign types (red-rimmed disc, blue disc, red-rimmed warning
     triangle, yellow diamond) x 10 pictograms, plus stop octagon, yield triangle and end-of-restriction
     disc. Class signal: sign shape x rim/fill colour x pictogram. Nuisance: position, size, tilt,
     perspective squash, lighting (very dark to bright), background clutter, pole, blur and noise."""
     img, _ = _colour_background(rng, size, cells=4, sat=(0.0, 0.5))
-    img = _scatter_distractors(img, rng, size, (1, 4), sat=(0.0, 0.6))
+    img = _scatter_distractors(img, rng, size, (1, 4), sat=(0.0, 0.6), seg=seg)
     cx, cy = 0.5 + rng.uniform(-0.1, 0.1, 2)
     radius = rng.uniform(0.3, 0.44)
     if rng.random() < 0.5:
-        img = _paint(img, _box(size, cx - 0.03, cy, cx + 0.03, 1.0), rng.uniform(0.3, 0.6))
+        pole = _box(size, cx - 0.03, cy, cx + 0.03, 1.0)
+        img = _paint(img, pole, rng.uniform(0.3, 0.6))
+        seg.paint(pole, DISTRACTOR)  # carries no class information
     angle, sx = rng.uniform(-0.15, 0.15), rng.uniform(0.8, 1.0)
     jit = lambda: rng.uniform(-0.02, 0.02)  # noqa: E731 - colour jitter
     red = _hsv(0.99 + jit(), rng.uniform(0.7, 1), rng.uniform(0.6, 1))
@@ -683,14 +840,18 @@ def _signs(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
         layers, sym_colour, sym_scale, sym_dy = [(circle, black), (circle * 0.92, white)], black, 0.75, 0.0
         symbol = [(_rect(-1.0, -0.12, 1.0, 0.12) @ _rot(-np.pi / 4).T, 255)]
 
-    for poly, colour in layers:
+    for (poly, colour), part in zip(layers, (_SIGN_BORDER, _SIGN_FACE), strict=True):  # outer, then inner
         m = _Mask(size)
         m.poly(_place(poly, cx, cy, radius, angle, sx))
-        img = _paint(img, m.alpha(), colour)
+        alpha = m.alpha()
+        img = _paint(img, alpha, colour)
+        seg.paint(alpha, part)
     if symbol:
         m = _Mask(size)
         _draw_parts(m, [(p * sym_scale + [0.0, sym_dy], fill) for p, fill in symbol], cx, cy, radius, angle, sx)
-        img = _paint(img, m.alpha(), sym_colour)
+        alpha = m.alpha()
+        img = _paint(img, alpha, sym_colour)
+        seg.paint(alpha, _SIGN_SYMBOL)
     img = img * rng.uniform(0.35, 1.15) * (1 + rng.uniform(-0.1, 0.1, 3)).astype(np.float32)
     img = _blur(img, rng.uniform(0.0, 1.0) * size / 32)
     return _finish(img, rng, 0.03)
@@ -705,7 +866,11 @@ def _petal(length: float, width: float, pointed: bool, k: int = 10) -> np.ndarra
     return np.concatenate([upper, lower])
 
 
-def _flowers(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+_FLOWER_PARTS = ("petals", "centre")  # mask labels OBJECT, OBJECT + 1
+_PETALS, _FLOWER_CENTRE = OBJECT, OBJECT + 1
+
+
+def _flowers(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics Oxford Flowers-102 (fine-grained): 24 classes = petal count 3..8 x rounded or pointed
     petals x warm (red-yellow) or cool (blue-purple) palette. Class signal: petal count and shape,
     coarse hue family. Nuisance: exact hue, saturation, brightness, rotation, size, position, per-petal
@@ -725,6 +890,7 @@ def _flowers(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
         rl, rw = rng.uniform(0.1, 0.25), rng.uniform(0.03, 0.07)
         leaf = _step(1.0 - np.hypot(du / rl, dv / rw), 2.0 / (size * rw))
         img = _paint(img, leaf, _hsv(rng.uniform(0.22, 0.4), rng.uniform(0.5, 1), rng.uniform(0.1, 0.55)))
+        seg.paint(leaf, DISTRACTOR)
 
     cx, cy = 0.5 + rng.uniform(-0.08, 0.08, 2)
     radius = rng.uniform(0.34, 0.46)
@@ -734,9 +900,13 @@ def _flowers(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     for i in range(count):
         a = a0 + i * _TAU / count + rng.uniform(-0.05, 0.05)
         mask.poly(_place(_petal(rng.uniform(0.9, 1.0), width, pointed), cx, cy, radius, a))
-    img = _paint(img, mask.alpha(), _hsv(hue, rng.uniform(0.45, 1.0), rng.uniform(0.75, 1.0)))
+    petals = mask.alpha()
+    img = _paint(img, petals, _hsv(hue, rng.uniform(0.45, 1.0), rng.uniform(0.75, 1.0)))
+    seg.paint(petals, _PETALS)
     centre = _hsv(rng.uniform(0.06, 0.16), rng.uniform(0.6, 1.0), rng.uniform(0.3, 0.9))
-    img = _paint(img, _disc(size, cx, cy, radius * rng.uniform(0.15, 0.25)), centre)
+    disc = _disc(size, cx, cy, radius * rng.uniform(0.15, 0.25))
+    img = _paint(img, disc, centre)
+    seg.paint(disc, _FLOWER_CENTRE)
     return _finish(img, rng, 0.03)
 
 
@@ -780,7 +950,7 @@ def _glyph_source(label: int, font_idx: int, stroke: int, m: int) -> Image.Image
     return out
 
 
-def _glyphs(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _glyphs(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics Omniglot (few-shot, many classes), grey: 100 characters from Greek, Cyrillic, Armenian,
     Georgian, Hebrew, Canadian syllabics, Tifinagh and N'Ko. Class signal: character identity.
     Nuisance: 'drawer' (font face), pen width, rotation (+-15 deg), shear, scale, aspect, position,
@@ -801,6 +971,7 @@ def _glyphs(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     warped = src.transform((out, out), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR,
                            fillcolor=0).reduce(2)
     ink = np.asarray(warped, dtype=np.float32) / 255.0
+    seg.paint(ink, OBJECT)
     paper, pen = rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.25)
     return _finish(paper + ink * (pen - paper), rng, 0.03)
 
@@ -809,7 +980,7 @@ _DIGIT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "Dej
                 "DejaVuSansMono-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf")
 
 
-def _digits(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _digits(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Mimics SVHN: a house-number crop, 10 classes. Class signal: the digit nearest the centre.
     Nuisance: typeface (8 DejaVu faces), digit size, colour and polarity, flanking digits of the same
     number cut by the crop, position jitter, tilt (+-10 deg), background texture, blur and noise."""
@@ -824,13 +995,28 @@ def _digits(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     yc = pad + size * (0.5 + rng.uniform(-0.06, 0.06))
     gap = font.size * rng.uniform(-0.05, 0.15)
     centre_w = font.getlength(str(label))
+    # coverage canvases: the same text in white on black, turned and cropped like the image
+    centre_ink = Image.new("L", canvas.size, 0) if seg.recording else None
+    flank_ink = Image.new("L", canvas.size, 0) if seg.recording else None
     draw.text((xc, yc), str(label), font=font, fill=colour, anchor="mm")
+    if centre_ink is not None:
+        ImageDraw.Draw(centre_ink).text((xc, yc), str(label), font=font, fill=255, anchor="mm")
     for side in (-1, 1):
         if rng.random() < 0.7:
             d = str(int(rng.integers(10)))
-            draw.text((xc + side * ((centre_w + font.getlength(d)) / 2 + gap), yc), d, font=font, fill=colour, anchor="mm")
-    canvas = canvas.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BILINEAR)
-    img = np.asarray(canvas.crop((pad, pad, pad + size, pad + size)), dtype=np.float32) / 255.0
+            xy = (xc + side * ((centre_w + font.getlength(d)) / 2 + gap), yc)
+            draw.text(xy, d, font=font, fill=colour, anchor="mm")
+            if flank_ink is not None:
+                ImageDraw.Draw(flank_ink).text(xy, d, font=font, fill=255, anchor="mm")
+    tilt = float(rng.uniform(-10, 10))
+    crop = (pad, pad, pad + size, pad + size)
+    canvas = canvas.rotate(tilt, resample=Image.Resampling.BILINEAR)
+    if seg.recording:
+        ink = lambda im: np.asarray(im.rotate(tilt, resample=Image.Resampling.BILINEAR).crop(crop),  # noqa: E731
+                                    dtype=np.float32) / 255.0
+        seg.paint(ink(flank_ink), DISTRACTOR)
+        seg.paint(ink(centre_ink), OBJECT)  # the class digit wins where the glyphs touch
+    img = np.asarray(canvas.crop(crop), dtype=np.float32) / 255.0
     img = _blur(img, rng.uniform(0.0, 0.9) * size / 32)
     return _finish(img, rng, 0.04)
 
@@ -896,19 +1082,21 @@ _BASIC_SHAPES = (
 )
 
 
-def _up_shapes(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _up_shapes(label: int, rng: np.random.Generator, size: int, seg=_NO_SEG) -> np.ndarray:
     """Upstream: 36 classes = 6 basic shapes (disc, square, triangle, hexagon, bar, ring) x 6 hue
     bins. Class signal: shape and colour. Nuisance: exact hue, saturation, brightness, size, rotation,
     position, grey clutter, textured low-saturation background, noise."""
     shape, hue_bin = divmod(label, 6)
     img, v_bg = _colour_background(rng, size, cells=4, sat=(0.0, 0.2))
-    img = _scatter_distractors(img, rng, size, (1, 4), sat=(0.0, 0.1))
+    img = _scatter_distractors(img, rng, size, (1, 4), sat=(0.0, 0.1), seg=seg)
     scale = rng.uniform(0.18, 0.35)
     cx, cy = rng.uniform(scale, 1 - scale, 2)
     mask = _Mask(size)
     _draw_parts(mask, _BASIC_SHAPES[shape], cx, cy, scale, rng.uniform(0, _TAU))
     colour = _hsv((hue_bin + rng.uniform(-0.25, 0.25)) / 6, rng.uniform(0.6, 1.0), _far_value(rng, v_bg, 0.25))
-    return _finish(_paint(img, mask.alpha(), colour), rng, 0.03)
+    alpha = mask.alpha()
+    seg.paint(alpha, OBJECT)
+    return _finish(_paint(img, alpha, colour), rng, 0.03)
 
 
 def _up_edges(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -1008,25 +1196,30 @@ def _up_blocks(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _spec(name: str, num_classes: int, grey: bool, fn, mimics: str, hflip_ok: bool, vectorised: bool = False) -> DomainSpec:
+def _spec(name: str, num_classes: int, grey: bool, fn, mimics: str, hflip_ok: bool, vectorised: bool = False,
+          parts: tuple[str, ...] = ()) -> DomainSpec:
+    """`parts`: names of the object's mask labels (OBJECT, OBJECT + 1, ...); empty for a domain without
+    objects, which then has no masks."""
     return DomainSpec(name=name, num_classes=num_classes, grey=grey, description=" ".join(fn.__doc__.split()),
-                      generate=fn if vectorised else _per_image(fn), mimics=mimics, hflip_ok=hflip_ok)
+                      generate=fn if vectorised else _per_image(fn), mimics=mimics, hflip_ok=hflip_ok,
+                      generate_masked=_per_image_masked(fn) if parts else None,
+                      mask_labels=("background", "distractor") + parts if parts else ())
 
 
 DOMAINS: dict[str, DomainSpec] = {
     s.name: s
     for s in (
-        _spec("objects", 20, False, _objects, "ImageNet", True),
-        _spec("aircraft", 12, True, _aircraft, "FGVC-Aircraft", True),
+        _spec("objects", 20, False, _objects, "ImageNet", True, parts=("object",)),
+        _spec("aircraft", 12, True, _aircraft, "FGVC-Aircraft", True, parts=_AIRCRAFT_PARTS),
         _spec("gabor100", 100, False, _gabor100, "CIFAR-100", False, vectorised=True),
-        _spec("pedestrians", 2, True, _pedestrians, "Daimler pedestrians (DPed)", True),
+        _spec("pedestrians", 2, True, _pedestrians, "Daimler pedestrians (DPed)", True, parts=_PEDESTRIAN_PARTS),
         _spec("textures", 20, False, _textures, "DTD", True),
-        _spec("signs", 43, False, _signs, "GTSRB", False),
-        _spec("flowers", 24, False, _flowers, "Flowers-102", True),
-        _spec("glyphs", 100, True, _glyphs, "Omniglot", False),
-        _spec("digits", 10, False, _digits, "SVHN", False),
+        _spec("signs", 43, False, _signs, "GTSRB", False, parts=_SIGN_PARTS),
+        _spec("flowers", 24, False, _flowers, "Flowers-102", True, parts=_FLOWER_PARTS),
+        _spec("glyphs", 100, True, _glyphs, "Omniglot", False, parts=("glyph",)),
+        _spec("digits", 10, False, _digits, "SVHN", False, parts=("digit",)),
         _spec("motion", 12, False, _motion, "UCF101 (dynamic images)", False),
-        _spec("up_shapes", 36, False, _up_shapes, "upstream: shape and colour", True),
+        _spec("up_shapes", 36, False, _up_shapes, "upstream: shape and colour", True, parts=("shape",)),
         _spec("up_edges", 16, True, _up_edges, "upstream: oriented edges", False),
         _spec("up_spectra", 15, False, _up_spectra, "upstream: texture statistics", False),
         _spec("up_blocks", 7, False, _up_blocks, "upstream: part layout", False),
@@ -1037,6 +1230,13 @@ DOMAINS: dict[str, DomainSpec] = {
 DECATHLON: list[str] = ["objects", "aircraft", "gabor100", "pedestrians", "textures", "signs", "flowers", "glyphs",
                         "digits", "motion"]
 UPSTREAM: list[str] = ["up_shapes", "up_edges", "up_spectra", "up_blocks"]
+# {domain: name of every mask label (index = label value)} for the domains that draw an object
+MASK_LABELS: dict[str, tuple[str, ...]] = {name: spec.mask_labels for name, spec in DOMAINS.items() if spec.mask_labels}
+
+
+def object_mask(masks: np.ndarray) -> np.ndarray:
+    """Boolean object mask (all object parts) of label masks from ``generate(..., masks=True)``."""
+    return np.asarray(masks) >= OBJECT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1058,6 +1258,11 @@ def _cache_dir() -> Path:
 
 def _cache_path(domain: str, seed: int, split: str, n: int, size: int) -> Path:
     return _cache_dir() / f"{domain}-v{VERSION}-seed{seed}-{split}-n{n}-{size}px.npz"
+
+
+def _mask_cache_path(domain: str, seed: int, split: str, n: int, size: int) -> Path:
+    # a file of its own: runs that never ask for masks never read, write or depend on it
+    return _cache_dir() / f"{domain}-v{VERSION}-seed{seed}-{split}-n{n}-{size}px-masks-m{MASK_VERSION}.npz"
 
 
 # What a truncated, corrupt or foreign .npz raises: a cut-off archive is a BadZipFile (neither an
@@ -1083,14 +1288,31 @@ def _read_cache(path: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray] 
     return images, labels.astype(np.int64, copy=False)
 
 
-def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _read_mask_cache(path: Path, n: int, size: int, num_labels: int) -> np.ndarray | None:
+    """The cached masks, or None (with a warning naming a damaged file), as `_read_cache`."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            masks = z["masks"]
+    except _CACHE_ERRORS as exc:
+        warnings.warn(f"procedural: ignoring unreadable cache file {path} ({exc}); regenerating", stacklevel=3)
+        return None
+    if masks.shape != (n, size, size) or masks.dtype != np.uint8 or (masks.size and masks.max() >= num_labels):
+        warnings.warn(f"procedural: mask cache file {path} has unexpected shape, type or labels; regenerating",
+                      stacklevel=3)
+        return None
+    return masks
+
+
+def _write_cache(path: Path, **arrays: np.ndarray) -> None:
     # tmp file + os.replace: concurrent workers never read a half-written archive
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, images=images, labels=labels)
+                np.savez(fh, **arrays)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -1107,12 +1329,17 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def generate(domain: str, n: int, *, split: str = "train", seed: int = 0,
-             image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def generate(domain: str, n: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
+             masks: bool = False) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`n` images of `domain`: uint8 (n, image_size, image_size, 3) and balanced int64 labels.
 
     A pure function of its arguments (and VERSION); results are cached on disk. Different splits and
     seeds are independent draws.
+
+    ``masks=True`` also returns uint8 label masks (n, image_size, image_size): values index
+    ``MASK_LABELS[domain]`` (0 background, 1 distractor, >= OBJECT the object's parts; module docstring).
+    Images and labels are the same, bit for bit, as without masks. Only domains in ``MASK_LABELS`` have
+    masks. Masks are cached in a file of their own (rendering them costs a full image rendering).
     """
     spec = _lookup(domain)
     n = _check_int("n", n, 1)
@@ -1120,18 +1347,49 @@ def generate(domain: str, n: int, *, split: str = "train", seed: int = 0,
     image_size = _check_int("image_size", image_size, _MIN_SIZE, _MAX_SIZE)
     if split not in _SPLITS:
         raise DataError(f"procedural: split must be one of {_SPLITS}, got {split!r}")
+    if not isinstance(masks, (bool, np.bool_)):
+        raise DataError(f"procedural: masks must be True or False, got {masks!r}")
+    if masks and spec.generate_masked is None:
+        raise DataError(f"procedural: domain {domain!r} draws no object, so it has no masks; "
+                        f"domains with masks: {', '.join(MASK_LABELS)}")
 
     path = _cache_path(domain, seed, split, n, image_size)
     cached = _read_cache(path, n, image_size)
-    if cached is not None:
-        return cached
+    if not masks:
+        if cached is not None:
+            return cached
+        rng = np.random.default_rng(_derive_seed(seed, domain, split))
+        labels = _balanced_labels(n, spec.num_classes, rng)
+        images = spec.generate(labels, rng, image_size)
+        _check_images(domain, images, n, image_size)
+        _write_cache(path, images=images, labels=labels)
+        return images, labels
+
+    mask_path = _mask_cache_path(domain, seed, split, n, image_size)
+    cached_masks = _read_mask_cache(mask_path, n, image_size, len(spec.mask_labels))
+    if cached is not None and cached_masks is not None:
+        return (*cached, cached_masks)
+    # the same seed, the same draws in the same order as the image-only path: the same images
     rng = np.random.default_rng(_derive_seed(seed, domain, split))
     labels = _balanced_labels(n, spec.num_classes, rng)
-    images = spec.generate(labels, rng, image_size)
-    if images.shape != (n, image_size, image_size, 3) or images.dtype != np.uint8:
+    images, label_masks = spec.generate_masked(labels, rng, image_size)
+    _check_images(domain, images, n, image_size)
+    if label_masks.shape != (n, image_size, image_size) or label_masks.dtype != np.uint8:
+        raise DataError(f"procedural: generator {domain!r} returned masks {label_masks.dtype} {label_masks.shape}")
+    if cached is None:
+        _write_cache(path, images=images, labels=labels)
+    elif not (np.array_equal(cached[0], images) and np.array_equal(cached[1], labels)):
+        # only a generator changed without a VERSION bump gets here; serve and store what the code draws now
+        warnings.warn(f"procedural: cache file {path} differs from the regenerated images (a generator changed "
+                      "without a VERSION bump?); replacing it", stacklevel=2)
+        _write_cache(path, images=images, labels=labels)
+    _write_cache(mask_path, masks=label_masks)
+    return images, labels, label_masks
+
+
+def _check_images(domain: str, images: np.ndarray, n: int, size: int) -> None:
+    if images.shape != (n, size, size, 3) or images.dtype != np.uint8:
         raise DataError(f"procedural: generator {domain!r} returned {images.dtype} {images.shape}")
-    _write_cache(path, images, labels)
-    return images, labels
 
 
 def _per_domain(value, domains: list[str], what: str, default: int) -> dict[str, int]:
