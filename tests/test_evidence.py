@@ -121,9 +121,12 @@ def test_model_card_figure(tmp_path):
 def test_concept_statistics_of_a_finished_gift_run(tmp_path):
     from runs import PROCEDURAL, TINY, compose_cfg, run_in_process
 
+    from omegaconf import OmegaConf
+
     run_dir = tmp_path / "run"
-    run_in_process(compose_cfg(*TINY[1:], *PROCEDURAL, "strategy=gift_multitask",
-                               "benchmark.domains=[digits,signs,textures]"), run_dir)
+    cfg = compose_cfg(*TINY[1:], *PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=[digits,signs,textures]")
+    run_in_process(cfg, run_dir)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # as run.py does
     stats = evidence.concept_stats(run_dir)
     assert stats["strategy"] == "gift_multitask" and 0 <= stats["average_accuracy"] <= 1
     assert set(stats["layers"]) == {"blocks.0.attn.proj", "blocks.1.attn.proj"}

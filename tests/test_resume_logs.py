@@ -22,9 +22,10 @@ from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
 from strategies.evaluation import close_loggers
 
 QUICK = [*TINY, *PROCEDURAL, "optim.epochs=1", "benchmark.domains=[digits,pedestrians]"]
-# a free trunk and a high learning rate: the first task is forgotten, so forgetting is not 0 in the logs
+# a free trunk and a high learning rate: the second task moves the first task's accuracy, so forgetting is not 0
+# in the logs (a resume that lost the stored first accuracies would log 0 there)
 FORGETS = ["strategy=gift_multitask", "strategy.method.trunk=free", "optim.lr=0.05", "optim.epochs=2",
-           "benchmark.domains=[digits,pedestrians]", "benchmark.n_train=32"]
+           "benchmark.domains=[pedestrians,digits]", "benchmark.n_train=32"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -105,11 +106,11 @@ def test_killed_sequential_run_logs_continue_the_uninterrupted_series(tmp_path):
     for name in ("training_results.csv", "eval_results.csv"):
         assert (killed / "logs" / name).read_text() == (reference / "logs" / name).read_text(), name
     forgetting = [row.split(",")[4] for row in (reference / "logs" / "eval_results.csv").read_text().splitlines()[1:]]
-    assert any(float(f) > 0 for f in forgetting)  # the series compared is one that a lost state would zero
+    assert any(float(f) != 0 for f in forgetting)  # the series compared is one that a lost state would zero
 
     got, expected = scalars(killed / "logs" / "tensorboard"), scalars(reference / "logs" / "tensorboard")
     assert got == expected
-    assert any(v > 0 for tag, series in got.items() if tag.startswith("ExperienceForgetting") for _, v in series)
+    assert any(v != 0 for tag, series in got.items() if tag.startswith("ExperienceForgetting") for _, v in series)
     for tag, series in got.items():
         steps = [step for step, _ in series]
         assert steps == sorted(set(steps)), tag  # one value per step, in order
@@ -154,7 +155,7 @@ def test_resumed_run_logs_the_whole_series_to_wandb_offline(tmp_path, monkeypatc
     got = latest_wandb_history(tmp_path / "killed" / "logs")
     expected = latest_wandb_history(tmp_path / "uninterrupted" / "logs")
     assert got == expected and sorted(got) == list(got)
-    assert any(v > 0 for row in got.values() for k, v in row.items() if k.startswith("ExperienceForgetting"))
+    assert any(v != 0 for row in got.values() for k, v in row.items() if k.startswith("ExperienceForgetting"))
 
 
 # ----------------------------------------------------------------------------- start-up, refusals
