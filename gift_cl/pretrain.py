@@ -112,7 +112,12 @@ def _hardware(device: torch.device) -> str:
     return f"CPU: {cpu}, {torch.get_num_threads()} torch threads"
 
 
-def _lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 1e-6) -> float:
+def _lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 1e-6, shortened: dict | None = None) -> float:
+    """Linear warm-up, then a cosine from ``peak`` to ``floor`` at ``total``. A schedule ``shortened`` at a
+    step goes on from the learning rate it had there along a cosine to ``floor`` at the new end."""
+    if shortened and step >= shortened["at_step"]:
+        t = (step - shortened["at_step"]) / max(1, shortened["total_steps"] - shortened["at_step"])
+        return floor + (shortened["lr"] - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     if step < warmup:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
@@ -144,6 +149,7 @@ class Pretraining:
         self.total_steps = max(1, math.ceil(args.samples / args.batch_size))
         self.warmup = max(1, int(0.03 * self.total_steps))
         self.step, self.wall, self.history = 0, 0.0, []
+        self.shortened = None  # {"at_step", "lr", "total_steps"} once --shorten-to has cut the schedule
         # a fixed held-out formula set from its own generator: the accuracy curve is comparable across checkpoints
         g = torch.Generator(self.device).manual_seed(10_000 + args.data_seed)
         self.val_x, self.val_y = self.formula.batch(args.val_size, g)
@@ -152,7 +158,7 @@ class Pretraining:
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "step": self.step, "wall": self.wall, "history": json.dumps(self.history),
-                "args": json.dumps(self._identity())}
+                "args": json.dumps(self._identity()), "shortened": json.dumps(self.shortened)}
 
     def _identity(self) -> dict:
         """What must match for a resume to continue the same run."""
@@ -178,7 +184,28 @@ class Pretraining:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.wall, self.history = int(state["step"]), float(state["wall"]), json.loads(state["history"])
+        self.shortened = json.loads(state.get("shortened", "null"))
+        self._shorten()
         return True
+
+    def _shorten(self) -> None:
+        """``--shorten-to``: end the schedule earlier than ``--samples`` planned, from the current step on."""
+        want = self.args.shorten_to
+        if want is None:
+            return
+        steps = math.ceil(want / self.args.batch_size)
+        if self.shortened is not None:
+            if self.shortened["total_steps"] != steps:
+                raise CheckpointError(f"{self.state_path}: the schedule was already shortened to "
+                                      f"{self.shortened['total_steps']} steps; pass --shorten-to "
+                                      f"{self.shortened['total_steps'] * self.args.batch_size} or leave it out")
+            return
+        if not self.step < steps < self.total_steps:
+            raise CheckpointError(f"--shorten-to {want}: must end after the saved step {self.step} "
+                                  f"({self.step * self.args.batch_size} samples) and before the planned "
+                                  f"{self.total_steps * self.args.batch_size}")
+        self.shortened = {"at_step": self.step, "total_steps": steps, "planned_steps": self.total_steps,
+                          "lr": _lr_at(self.step, self.total_steps, self.warmup, self.args.lr)}
 
     # --------------------------------------------------------------------------- train
     def _batch(self, step: int):
@@ -261,7 +288,7 @@ class Pretraining:
                 "steps": self.step,
                 "batch_size": a.batch_size,
                 "optimizer": {"name": "AdamW", "lr": a.lr, "weight_decay": a.weight_decay, "betas": [0.9, 0.999],
-                              "schedule": f"linear warm-up {self.warmup} steps, cosine to 1e-6 at step {self.total_steps}"},
+                              "schedule": self._schedule_text()},
                 "seed": a.seed,
                 "wall_time_s": round(self.wall, 1),
                 "hardware": _hardware(self.device),
@@ -273,9 +300,20 @@ class Pretraining:
             "accuracy_curve": self.history,
         }
 
+    def _schedule_text(self) -> str:
+        if not self.shortened:
+            return f"linear warm-up {self.warmup} steps, cosine to 1e-6 at step {self.total_steps}"
+        cut = self.shortened
+        return (f"linear warm-up {self.warmup} steps, cosine to 1e-6 at step {cut['planned_steps']}; shortened at "
+                f"step {cut['at_step']} (lr {cut['lr']:.3g}): cosine from there to 1e-6 at step {cut['total_steps']}")
+
     def run(self) -> dict:
         a = self.args
         resumed = self.try_resume()
+        if a.shorten_to is not None and not resumed:
+            raise CheckpointError("--shorten-to cuts the schedule of a saved run: use it with --resume")
+        if self.shortened:
+            self.total_steps = self.shortened["total_steps"]
         print(f"pretrain: {'resuming at step ' + str(self.step) if resumed else 'starting'}; "
               f"{self.total_steps} steps of {a.batch_size} on {_hardware(self.device)}", flush=True)
         self.model.train()
@@ -286,7 +324,7 @@ class Pretraining:
         deadline = start + a.time_limit if a.time_limit else None
         stop_at = self.step + a.stop_after if a.stop_after else None
         while self.step < self.total_steps:
-            lr = _lr_at(self.step, self.total_steps, self.warmup, a.lr)
+            lr = _lr_at(self.step, self.total_steps, self.warmup, a.lr, shortened=self.shortened)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             x, labels = self._batch(self.step)
@@ -345,8 +383,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (~15 %% faster on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt (otherwise it must not exist)")
+    p.add_argument("--shorten-to", type=float, default=None,
+                   help="with --resume: end the schedule at this many samples instead of --samples; the learning "
+                        "rate goes on from its current value along a cosine to 1e-6 there (the card records it)")
     a = p.parse_args(argv)
     a.samples = int(a.samples)
+    a.shorten_to = None if a.shorten_to is None else int(a.shorten_to)
     if not 0 <= a.upstream_fraction < 1:
         p.error("--upstream-fraction must be in [0, 1)")
     return a

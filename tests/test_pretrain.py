@@ -109,6 +109,26 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         _run(tmp_path, "--resume", "--lr", "0.01")
 
 
+def test_a_shortened_schedule_goes_on_from_the_current_learning_rate(tmp_path):
+    from gift_cl.checkpoint import CheckpointError
+    from gift_cl.pretrain import _lr_at
+
+    _run(tmp_path, "--samples", "320", "--stop-after", "8")  # 20 steps planned
+    with pytest.raises(CheckpointError, match="must end after"):
+        _run(tmp_path, "--samples", "320", "--resume", "--shorten-to", "64")
+    _run(tmp_path, "--samples", "320", "--resume", "--shorten-to", "192", "--stop-after", "1")
+    with pytest.raises(CheckpointError, match="already shortened"):
+        _run(tmp_path, "--samples", "320", "--resume", "--shorten-to", "256")
+    _run(tmp_path, "--samples", "320", "--resume")  # the recorded cut holds without the flag
+    card = json.loads((tmp_path / "bb.json").read_text())["pretraining"]
+    assert card["steps"] == 12 and card["samples_seen"] == 192 and card["samples_planned"] == 192
+    assert "shortened at step 8" in card["optimizer"]["schedule"] and "1e-6 at step 12" in card["optimizer"]["schedule"]
+    cut = {"at_step": 8, "total_steps": 12, "lr": _lr_at(8, 20, 1, 1e-3)}
+    assert _lr_at(8, 20, 1, 1e-3, shortened=cut) == cut["lr"]  # continuous where it is cut
+    lrs = [_lr_at(s, 20, 1, 1e-3, shortened=cut) for s in range(8, 13)]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(1e-6)
+
+
 def test_the_pretrained_backbone_loads_through_the_model_config(tmp_path):
     from gift_cl.backbones import backbone_data_config, create_backbone
     from gift_cl.pretrain import ARCH, ARCH_KWARGS
