@@ -39,7 +39,7 @@ def main():
     p.add_argument("--layer", action="append", help="target layer (repeatable; default: the last one)")
     p.add_argument("--source", choices=SOURCES, default="auto",
                    help="concept matrix: PaCa assignment, W φᵀ projection, or generator hidden states")
-    p.add_argument("--block", type=int, default=-1, help="generator block whose assignment/hidden state is used")
+    p.add_argument("--block", type=int, default=0, help="generator block whose assignment/hidden state is used (0: the first; -1: the last)")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--clusters", type=int, default=8, help="cluster maps shown per image")
     p.add_argument("--norm", choices=["meanstd", "minmax"], default="meanstd")

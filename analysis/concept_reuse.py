@@ -54,7 +54,7 @@ def main():
     p.add_argument("--layer", action="append", help="target layer (repeatable; default: every target layer)")
     p.add_argument("--task", action="append", help="task to include (repeatable; default: every task)")
     p.add_argument("--source", choices=SOURCES, default="auto", help="concept vectors (see gift_cl.interpret)")
-    p.add_argument("--block", type=int, default=-1, help="generator block of the assignment/hidden state")
+    p.add_argument("--block", type=int, default=0, help="generator block of the assignment/hidden state (0: the first; -1: the last)")
     p.add_argument("--gains", help="JSON {task: accuracy gain} to set reuse against")
     p.add_argument("--baseline", help="run directory of a baseline (e.g. linear probe): gain = ours − baseline")
     p.add_argument("--raw-cosine", action="store_true", help="cosine of raw vectors instead of centred ones")

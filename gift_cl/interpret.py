@@ -12,6 +12,12 @@
   generators that have no assignment;
 - ``"auto"``: ``assignment`` when the generator has PaCa blocks, else ``projection``.
 
+**Which block** (``block=``, default 0: the first). The first block's assignments read the weight tokens
+themselves, which differ (pairwise cosine ≈ 0.05 on the shipped backbone); its residual branch adds a component
+common to every token, so from the second block on the tokens are nearly parallel (cosine > 0.999) and their
+assignments nearly constant over the tokens: every cluster map is then the same map. ``block=-1`` (the last) is
+still there for comparison.
+
 **Cluster maps** (SPEC §2): the layer's output tokens ``Y`` on an image (patches only, ``N_p × d_out``)
 give ``maps = Y C`` (``N_p × M``), reshaped to the patch grid and upsampled bilinearly to the image.
 
@@ -63,7 +69,7 @@ def resolve_source(gift: GiftModel, layer: str, source: str = "auto") -> str:
 
 
 @torch.no_grad()
-def concept_matrix(gift: GiftModel, layer: str, head: str = "0", source: str = "auto", block: int = -1) -> torch.Tensor:
+def concept_matrix(gift: GiftModel, layer: str, head: str = "0", source: str = "auto", block: int = 0) -> torch.Tensor:
     """``C`` (``d_out × M``) of ``layer`` under generator head ``head`` (see the module docstring)."""
     source = resolve_source(gift, layer, source)
     key, idx = _group_of(gift, layer)
@@ -89,7 +95,7 @@ def concept_matrix(gift: GiftModel, layer: str, head: str = "0", source: str = "
     return captured["h"][idx].float()
 
 
-def concept_vectors(gift: GiftModel, layer: str, head: str = "0", source: str = "auto", block: int = -1) -> torch.Tensor:
+def concept_vectors(gift: GiftModel, layer: str, head: str = "0", source: str = "auto", block: int = 0) -> torch.Tensor:
     """``(M, d_out)``: each concept (cluster) as a vector over the parameter tokens, not normalised.
     The input of :mod:`gift_cl.concepts`."""
     return concept_matrix(gift, layer, head, source, block).T.contiguous()
@@ -113,7 +119,7 @@ def untrained_head(gift: GiftModel, head: str = "0", seed: int = 0):
 
 
 def untrained_concepts(gift: GiftModel, layer: str, head: str = "0", source: str = "auto",
-                       block: int = -1) -> Callable[[int], torch.Tensor]:
+                       block: int = 0) -> Callable[[int], torch.Tensor]:
     """``seed -> C`` of ``layer`` with head ``head`` freshly initialised from ``seed`` (:func:`untrained_head`):
     the draws of the untrained-head null of :func:`gift_cl.maskscore.concept_null`."""
 
@@ -214,7 +220,7 @@ def cls_attention(model: nn.Module, images: torch.Tensor, block: int = -1) -> to
 
 @torch.no_grad()
 def cluster_maps_by_layer(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], head: str = "0",
-                          block: int = -1, pre_delta: bool = False, source: str = "auto",
+                          block: int = 0, pre_delta: bool = False, source: str = "auto",
                           center: bool = False) -> dict[str, torch.Tensor]:
     """:func:`cluster_maps` for several layers from one forward pass."""
     outputs = layer_outputs(gift, images, layers, head, pre_delta)
@@ -226,7 +232,7 @@ def cluster_maps_by_layer(gift: GiftModel, images: torch.Tensor, layers: Sequenc
     return maps
 
 
-def cluster_maps(gift: GiftModel, images: torch.Tensor, layer: str, head: str = "0", block: int = -1,
+def cluster_maps(gift: GiftModel, images: torch.Tensor, layer: str, head: str = "0", block: int = 0,
                  pre_delta: bool = False, source: str = "auto", center: bool = False) -> torch.Tensor:
     """``(B, M, H, W)`` maps ``Y C`` of ``layer`` for the task whose generator head is ``head``: ``Y`` from
     the model adapted with that head's residuals, ``C`` that head's concept matrix (module docstring).
@@ -314,7 +320,7 @@ class TaskView:
     def cluster_maps(self, images: torch.Tensor, layer: str, **kw) -> torch.Tensor:
         return cluster_maps(self.gift, images, layer, self.head, **kw)
 
-    def concept_vectors(self, layer: str, source: str = "auto", block: int = -1) -> torch.Tensor:
+    def concept_vectors(self, layer: str, source: str = "auto", block: int = 0) -> torch.Tensor:
         return concept_vectors(self.gift, layer, self.head, source, block)
 
     def test_images(self, n: int = 4) -> torch.Tensor:
@@ -368,7 +374,7 @@ class GiftRun:
         """The run's ``results.json`` (``None`` if the run wrote none yet)."""
         return read_results(self.run_dir)
 
-    def concept_vectors(self, layers: Optional[Sequence[str]] = None, source: str = "auto", block: int = -1,
+    def concept_vectors(self, layers: Optional[Sequence[str]] = None, source: str = "auto", block: int = 0,
                         tasks: Optional[Sequence[str]] = None, untrained_heads: bool = False,
                         seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
         """``{layer: {task: (M, d_out)}}`` for :func:`gift_cl.concepts.analyze`. ``untrained_heads``: every

@@ -73,7 +73,7 @@ def test_each_task_gets_maps_from_its_own_residuals_and_assignments(pre_delta):
         with torch.no_grad():
             deltas = gift.delta_weights(head)
         y = layer_tokens_by_hand(gift, x, layer, deltas, pre_delta)
-        c = gift.cluster_assignments(head)[layer][-1]
+        c = gift.cluster_assignments(head)[layer][0]  # the default block: the first
         maps[head] = cluster_maps(gift, x, layer, head=head, pre_delta=pre_delta)
         assert maps[head].shape == (2, 5, 32, 32)
         torch.testing.assert_close(maps[head], expected_maps(y, c), rtol=1e-4, atol=1e-5)
