@@ -157,26 +157,34 @@ def probe_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def concept_stats(run_dir: Path) -> dict:
-    """Per target layer of a finished GIFT run: the spread of the PaCa assignments over the parameter tokens
-    (std over tokens of every concept column of C, averaged over concepts and tasks), how many distinct
-    concepts the tokens' hard assignments use, and the off-diagonal NMI / ARI of those assignments."""
+def concept_stats(run_dir: Path, block: int = 0) -> dict:
+    """Per target layer of a finished GIFT run, at generator block ``block`` (the analysis default, the first):
+    the spread of the PaCa assignments over the parameter tokens (std over tokens of every concept column of C,
+    averaged over concepts and tasks), how many distinct concepts the tokens' hard assignments use, the
+    off-diagonal NMI / ARI of those assignments, and the same spread at every block (where it collapses)."""
     from gift_cl.concepts import agreement_matrices, hard_assignments, off_diagonal_mean
     from gift_cl.interpret import load_run
 
+    def spread(per_task: dict) -> float:
+        return float(np.mean([float(v.double().std(1).mean()) for v in per_task.values()]))  # (M, d): over tokens
+
     run = load_run(run_dir)
-    vectors = run.concept_vectors()
+    gift = run.task(run.names[0]).gift
+    depth = max(g.config.depth for g in gift.generators.values())
+    by_block = [run.concept_vectors(block=b) for b in range(depth)] if depth else [run.concept_vectors()]
+    vectors = by_block[block]
     out = {}
     for layer, per_task in vectors.items():
-        spread = [float(v.double().std(1).mean()) for v in per_task.values()]  # (M, d): std over tokens
         used = [int(len(np.unique(hard_assignments(v)))) for v in per_task.values()]
         _, nmi, ari = agreement_matrices(per_task)
-        out[layer] = {"assignment_std_over_tokens": float(np.mean(spread)), "concepts_used": used,
+        out[layer] = {"assignment_std_over_tokens": spread(per_task), "concepts_used": used,
                       "nmi": off_diagonal_mean(nmi), "ari": off_diagonal_mean(ari),
-                      "nmi_defined_pairs": int(np.isfinite(nmi[np.triu_indices(len(nmi), 1)]).sum())}
+                      "nmi_defined_pairs": int(np.isfinite(nmi[np.triu_indices(len(nmi), 1)]).sum()),
+                      "assignment_std_by_block": [spread(v[layer]) for v in by_block]}
     res = run.results or {}
     return {"run": str(run_dir), "strategy": run.config.strategy.name, "model": run.config.model.checkpoint,
-            "average_accuracy": res.get("average_accuracy"), "wall_time_s": res.get("wall_time_s"), "layers": out}
+            "block": block, "average_accuracy": res.get("average_accuracy"), "wall_time_s": res.get("wall_time_s"),
+            "layers": out}
 
 
 def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
@@ -220,14 +228,17 @@ def _fmnist_section(sweep: Path) -> str:
 
 
 def _concepts_section(doc: dict) -> str:
-    lines = ["| run | layer | std of the PaCa assignments over parameter tokens | concepts used (per task) | NMI | ARI |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | layer | std of the PaCa assignments over parameter tokens | concepts used (per task) | NMI | ARI "
+             "| std at blocks 0, 1, … |", "|---|---|---|---|---|---|---|"]
     for name, d in doc.items():
         for layer, s in d["layers"].items():
             nmi = "undefined" if not np.isfinite(s["nmi"]) else f"{s['nmi']:.3f}"
             ari = "undefined" if not np.isfinite(s["ari"]) else f"{s['ari']:.3f}"
+            by_block = ", ".join(f"{v:.4f}" for v in s.get("assignment_std_by_block", []))
             lines.append(f"| {name} | `{layer}` | {s['assignment_std_over_tokens']:.4f} | "
-                         f"{min(s['concepts_used'])}–{max(s['concepts_used'])} | {nmi} | {ari} |")
+                         f"{min(s['concepts_used'])}–{max(s['concepts_used'])} | {nmi} | {ari} | {by_block} |")
+    blocks = {d.get("block", 0) for d in doc.values()}
+    lines.append(f"\nAt generator block {', '.join(map(str, sorted(blocks)))} (the analysis default: the first PaCa block).")
     return "\n".join(lines) + "\n"
 
 
@@ -301,6 +312,7 @@ def main(argv=None):
     co = sub.add_parser("concepts", help="PaCa assignment spread and NMI/ARI of finished GIFT runs")
     co.add_argument("runs", nargs="+", type=Path, help="NAME=RUN_DIR")
     co.add_argument("--out", type=Path, default=Path("docs/results/evidence"))
+    co.add_argument("--block", type=int, default=0, help="generator block of the assignments (0: the first)")
     rp = sub.add_parser("report", help="evidence.md from what probe / the sweeps / concepts wrote")
     rp.add_argument("--out", type=Path, default=Path("docs/results/evidence"))
     rp.add_argument("--sweep", type=Path, default=Path("sweeps/evidence"))
@@ -317,7 +329,7 @@ def main(argv=None):
         doc = {}
         for spec in a.runs:
             name, _, path = str(spec).partition("=")
-            doc[name] = concept_stats(Path(path))
+            doc[name] = concept_stats(Path(path), a.block)
             last = list(doc[name]["layers"].values())[-1]
             print(name, json.dumps({k: last[k] for k in ("assignment_std_over_tokens", "nmi", "ari")}))
         a.out.mkdir(parents=True, exist_ok=True)
