@@ -1,8 +1,9 @@
 """Backbones: a timm name, pretrained from the hub when online or from a local checkpoint file offline.
 
-The project's own small "pretrained" ViT (trained on the held-out procedural upstream domains by
-``python -m gift_cl.pretrain``) ships as ``gift_cl/assets/vit_procedural.safetensors`` and loads
-through exactly the same local-checkpoint path a user with real ViT-B weights takes.
+The project's own small pretrained ViT (formula-driven images and the held-out procedural upstream domains,
+``python -m gift_cl.pretrain``) ships as ``gift_cl/assets/vit_formula.safetensors`` (the previous one as
+``vit_procedural.safetensors``) and loads through exactly the same local-checkpoint path a user with real ViT-B
+weights takes.
 
 A local checkpoint must fit: every backbone tensor present with its shape, nothing left over, every value
 finite. Otherwise the frozen backbone would stay random (timm only logs missing keys) and the run would
