@@ -38,6 +38,7 @@ from strategies.plugins import AugmentationSeeds, EpochCheckpointPlugin, Predict
 
 from .device import runtime
 from .distributed import broadcast_object
+from .export import write_run_model, write_task
 from .results import task_inference_accuracy, write_results
 
 log = logging.getLogger("gift_cl")
@@ -246,6 +247,7 @@ class Run:
                 tensors = {k: v for k, v in self.model.trainable_state_dict().items() if torch.is_tensor(v)}
                 if self.env.is_main:
                     save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
+                    write_task(self.run_dir, self.model, i, self.names[i])  # model/tasks/: the shareable model
                 close_loggers(self.strategy)  # the task's logs are complete on disk before it counts as done
             self.progress["position"] = i + 1
             if self.env.is_main:  # before the checkpoint: a resumed run always finds the predictions it had
@@ -275,6 +277,8 @@ def run_protocol(cfg: DictConfig, run_dir: Path, resume_from: Optional[Path]) ->
         run.restore(resume_from)
     run.train_and_evaluate()
     results = run.write_results(final=True) if run.env.is_main else None
+    if run.env.is_main:  # <run_dir>/model/: the trained model as save_pretrained writes it
+        write_run_model(cfg, run.run_dir, run.model, run.names, [t.info for t in run.tasks], results)
     if run.strategy is not None:
         close_loggers(run.strategy)
     return broadcast_object(results)

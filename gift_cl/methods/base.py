@@ -28,6 +28,7 @@ from avalanche.models import MultiTaskModule
 from torch import nn
 
 from ..injection import backbone_parameter_count, count_parameters
+from .arguments import RecordsArguments
 
 # Logit for the classes a sample's task does not have. Avalanche 0.6 pads with 0, which lets
 # phantom classes win argmax and enter the loss (avalanche-0.6-notes §2.2).
@@ -56,8 +57,11 @@ def headless(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-class TaskAwareModel(MultiTaskModule, abc.ABC):
-    """Per-task classifier heads over ``features(x, task)``, −∞-style padding, task-id inference."""
+class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
+    """Per-task classifier heads over ``features(x, task)``, −∞-style padding, task-id inference.
+
+    Its constructor arguments are recorded (:class:`~gift_cl.methods.arguments.RecordsArguments`): what
+    :meth:`save_pretrained` writes so that :meth:`from_pretrained` can rebuild the model."""
 
     # True when features(x, task) does not depend on the task: every head then reads one forward pass
     shared_features = False
@@ -241,6 +245,21 @@ class TaskAwareModel(MultiTaskModule, abc.ABC):
 
     def set_extra_state(self, state) -> None:
         self.prototypes = {int(t): p for t, p in state["prototypes"].items()}
+
+    # --------------------------------------------------------------- sharing (gift_cl/pretrained.py)
+    def save_pretrained(self, directory, **metadata):
+        """Write the model as a directory from_pretrained (and the Hugging Face Hub) reads: see
+        :func:`gift_cl.pretrained.save_pretrained`."""
+        from ..pretrained import save_pretrained
+
+        return save_pretrained(self, directory, **metadata)
+
+    @classmethod
+    def from_pretrained(cls, source, backbone: Optional[nn.Module] = None, **kwargs) -> "TaskAwareModel":
+        """The model saved in ``source`` (a directory or a Hub id): see :func:`gift_cl.pretrained.from_pretrained`."""
+        from ..pretrained import load_method
+
+        return load_method(source, cls, backbone=backbone, **kwargs)
 
     def trainable_parameter_count(self) -> dict:
         per_task = {t: count_parameters(self.task_parameters(t)) for t in self.tasks}

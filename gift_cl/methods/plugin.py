@@ -26,8 +26,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .arguments import RecordsArguments
 
-class ModelPlugin(nn.Module, abc.ABC):
+
+class ModelPlugin(RecordsArguments, nn.Module, abc.ABC):
     """Base class; see the module docstring for the protocol."""
 
     def __init__(self):
