@@ -450,11 +450,22 @@ def strip_recipe(runs: list[Run], common: tuple[str, ...]) -> None:
         r.hp = tuple(o for o in r.hp if o not in common)
 
 
+COUNTS = ("params", "params_excl_head")  # numbers of parameters: whole numbers, thousands separated in markdown
+
+
+def cell(row: dict, column: str) -> str:
+    """A markdown cell: parameter counts as ``18,688``; the CSV keeps the plain number."""
+    value = row.get(column, "")
+    if column in COUNTS and isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
 def to_markdown(tasks: list[str], rows: list[dict], common: tuple[str, ...] = ()) -> str:
     cols = columns(tasks)
     lines = ([f"recipe: `{' '.join(common)}`", ""] if common else []) + ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(row, c) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,15 @@ mean ± std over seeds.
 
 Reads only the results schema (``results.json``, ``schema_version`` 1; README "Results schema"): one column
 per task (final accuracy), the average, forgetting and BWT (sequential), task-id accuracy, trainable
-parameters per task (with and without its classifier), shared parameters, wall time (train + eval seconds). Runs that differ only in ``seed`` form one row.
+parameters per task (with and without its classifier), shared parameters, wall time (train + eval seconds).
+Runs that differ only in ``seed`` form one row.
+
+The printed table is sorted by strategy, then overrides; overrides every row shares (a CPU recipe such as
+``benchmark.n_train=200 optim.epochs=5``) are printed once above it instead of in every row; accuracies are
+``mean ± std`` in percent (just the mean for one seed; ``(k/n)`` when only k of the n runs have the number),
+parameter counts whole numbers with thousands separators. ``--csv`` keeps every row's full overrides and the
+raw numbers (mean and std in separate columns).
+
 Only finished runs are averaged (an unfinished run's numbers are those of the tasks it reached); ``--all``
 includes them and says so. A ``results.json`` that is not the schema stops the tool with one line naming the
 file and the field (:func:`gift_cl.reporting.read_results`).
@@ -19,9 +27,9 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 from gift_cl.reporting import find_result_dirs, read_results
-
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -70,18 +78,21 @@ def metrics(res: dict) -> dict[str, float]:
     return out
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (n - 1); the deviation of a single value is undefined: None."""
     m = sum(values) / len(values)
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
     return m, s
 
 
 def table(runs: list[dict]) -> list[dict]:
+    """One row per (strategy, overrides), sorted by them: each metric as ``(mean, std)``, or ``(mean, std,
+    "k/n")`` when only k of the row's n runs have it."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for res in runs:
         groups[group_key(res)].append(res)
     rows = []
-    for (strategy, overrides), members in groups.items():
+    for (strategy, overrides), members in sorted(groups.items()):
         row = {"strategy": strategy, "protocol": members[0]["protocol"], "overrides": overrides,
                "seeds": ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"])),
                "finished": all(r["finished"] for r in members)}
@@ -90,18 +101,48 @@ def table(runs: list[dict]) -> list[dict]:
             for k, v in metrics(r).items():
                 collected[k].append(v)
         for k, vals in collected.items():
-            row[k] = mean_std(vals) if len(vals) == len(members) else mean_std(vals) + ("partial",)
+            row[k] = mean_std(vals) if len(vals) == len(members) else (*mean_std(vals), f"{len(vals)}/{len(members)}")
         rows.append(row)
     return rows
 
 
-def fmt(v) -> str:
+COUNTS = ("params_per_task", "params_per_task_excl_head", "params_shared")  # numbers of parameters
+
+
+def fmt(v, column: str = "") -> str:
+    """A cell: counts as whole numbers with thousands separators, other numbers with two decimals, each
+    ``mean ± std`` (the mean alone for one seed), and ``(k/n)`` when only k of n runs have the number."""
     if isinstance(v, tuple):
         m, s = v[0], v[1]
-        if abs(m) >= 1000:
-            return f"{m:,.0f}" if s == 0 else f"{m:,.0f} ± {s:,.0f}"
-        return f"{m:.2f} ± {s:.2f}"
+        if column in COUNTS:  # the same model has the same count whatever the seed: no "± 0"
+            text = f"{m:,.0f}" if not s else f"{m:,.0f} ± {s:,.0f}"
+        else:
+            text = f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}"
+        return text + (f" ({v[2]})" if len(v) > 2 else "")
     return "" if v is None else str(v)
+
+
+def shared_overrides(rows: list[dict]) -> list[str]:
+    """The overrides every row has (the table's recipe), in command-line order of the first row."""
+    if not rows:
+        return []
+    common = set(rows[0]["overrides"].split())
+    for r in rows[1:]:
+        common &= set(r["overrides"].split())
+    return [o for o in rows[0]["overrides"].split() if o in common]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The text table ``main`` prints: the shared overrides once above it, the rest in each row."""
+    common = shared_overrides(rows)
+    shown = [{**r, "overrides": " ".join(o for o in r["overrides"].split() if o not in common) or "-"}
+             for r in rows]
+    cols = list(dict.fromkeys(k for r in shown for k in r))
+    widths = {c: max(len(c), *(len(fmt(r.get(c), c)) for r in shown)) for c in cols}
+    lines = [f"overrides of every row: {' '.join(common)}"] if common else []
+    lines.append("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    lines += ["  ".join(fmt(r.get(c), c).ljust(widths[c]) for c in cols).rstrip() for r in shown]
+    return "\n".join(lines)
 
 
 def main():
@@ -117,25 +158,25 @@ def main():
     if not runs:
         raise SystemExit(f"no finished results.json under {a.paths} (--all includes unfinished runs)")
     rows = table(runs)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    widths = {c: max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(fmt(r.get(c)).ljust(widths[c]) for c in cols))
+    print(format_table(rows))
     if a.csv:
         from gift_cl.reporting import write_csv
 
+        cols = list(dict.fromkeys(k for r in rows for k in r))
         flat = []
         for r in rows:
             out = {}
             for c in cols:
                 v = r.get(c)
                 if isinstance(v, tuple):
-                    out[c], out[f"{c}_std"] = v[0], v[1]
+                    out[c], out[f"{c}_std"] = v[0], "" if v[1] is None else v[1]
+                    if len(v) > 2:
+                        out[f"{c}_runs"] = v[2]
                 else:
                     out[c] = "" if v is None else v
             flat.append(out)
-        write_csv(flat, a.csv)
+        fields = list(dict.fromkeys(k for r in flat for k in r))  # rows may differ in which numbers they have
+        write_csv([{k: r.get(k, "") for k in fields} for r in flat], a.csv)
 
 
 if __name__ == "__main__":

@@ -473,8 +473,10 @@ def save_report(report: dict, out_dir: str | Path, figures: bool = True) -> None
 # ---------------------------------------------------------------------- figures
 # Builders return a ``matplotlib.figure.Figure`` made without pyplot: no global backend switch (a notebook
 # keeps its inline backend; ``display(fig)`` or a cell ending in ``fig`` shows it), no figure registry to
-# leak. ``save_figure`` writes one atomically; ``plot_*`` build and save.
-DPI = 110
+# leak. ``save_figure`` writes one atomically; ``plot_*`` build and save. Colour scales span the data
+# they show (a matrix's off-diagonal pairs when its diagonal is 1 by definition), never a fixed range the
+# data fill a sliver of; a legend lists only what is drawn.
+DPI = 150
 
 
 def figure(figsize) -> "Figure":
@@ -490,8 +492,30 @@ def save_figure(fig, path: str | Path, dpi: int = DPI) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def matrix_figure(names: Sequence[str], m: np.ndarray, title: str, vmin=0.0, vmax=1.0, cmap="magma"):
+def data_range(m: np.ndarray, diagonal: bool = True) -> tuple[float, float]:
+    """The finite values' (min, max) of ``m`` (without its diagonal when ``diagonal`` is False), widened to
+    a nonzero span; (0, 1) when nothing is finite."""
+    values = np.asarray(m, dtype=float)
+    if not diagonal and values.ndim == 2 and values.shape[0] == values.shape[1]:
+        values = values[~np.eye(len(values), dtype=bool)]
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    return (lo - 0.005, hi + 0.005) if hi - lo < 0.01 else (lo, hi)
+
+
+def matrix_figure(names: Sequence[str], m: np.ndarray, title: str, vmin=None, vmax=None, cmap="magma",
+                  diagonal: bool = True, label: str = ""):
+    """A labelled matrix with its values written in. The colour scale (sequential ``cmap``) spans
+    ``vmin``..``vmax``, by default the data's range; ``diagonal=False`` leaves out (blank, unscaled) a
+    diagonal that is 1 by definition (a task's reuse with itself). ``label`` names the colour bar."""
     n = len(names)
+    m = np.array(m, dtype=float)
+    if not diagonal:
+        np.fill_diagonal(m, np.nan)
+    lo, hi = data_range(m)
+    vmin, vmax = lo if vmin is None else vmin, hi if vmax is None else vmax
     fig = figure((0.55 * n + 2.5, 0.55 * n + 2))
     ax = fig.subplots()
     im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
@@ -500,23 +524,29 @@ def matrix_figure(names: Sequence[str], m: np.ndarray, title: str, vmin=0.0, vma
     if n <= 20:
         for (i, j), v in np.ndenumerate(m):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if v < vmin + 0.6 * (vmax - vmin) else "black")
     ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax)
+    bar = fig.colorbar(im, ax=ax)
+    bar.ax.tick_params(labelsize=7)
+    if label:
+        bar.set_label(label, fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def plot_matrix(names: Sequence[str], m: np.ndarray, title: str, path: Path, vmin=0.0, vmax=1.0, cmap="magma") -> None:
-    save_figure(matrix_figure(names, m, title, vmin, vmax, cmap), path)
+def plot_matrix(names: Sequence[str], m: np.ndarray, title: str, path: Path, vmin=None, vmax=None, cmap="magma",
+                diagonal: bool = True, label: str = "") -> None:
+    save_figure(matrix_figure(names, m, title, vmin, vmax, cmap, diagonal, label), path)
 
 
-def reuse_figure(rep: dict, layer: str):
-    """The task × task reuse matrix of one layer's report, chance level in the title."""
+def reuse_figure(rep: dict, layer: str, vmin=None, vmax=None):
+    """The task × task reuse matrix of one layer's report (task pairs; a task's reuse with itself is 1),
+    chance level in the title; the colour scale spans the pairs' values unless ``vmin``/``vmax`` are given
+    (one scale for two matrices compared side by side)."""
     return matrix_figure(rep["tasks"], rep["reuse"],
-                         f"concept reuse (matched cosine) · {layer}\nchance {rep['chance_reuse']:.2f}",
-                         vmin=-1.0 if rep["center"] else 0.0)
+                         f"concept reuse · {layer}\nchance {rep['chance_reuse']:.2f}", vmin=vmin, vmax=vmax,
+                         diagonal=False, label="matched cosine" + (" (centred)" if rep["center"] else ""))
 
 
 def dendrogram_figure(rep: dict, layer: str):
@@ -542,8 +572,9 @@ def tsne_figure(rep: dict, layer: str):
     coords = np.asarray(t["coords"])
     for i, n in enumerate(names):
         sel = [k for k, tk in enumerate(t["task"]) if tk == n]
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=10, color=cmap(i % cmap.N), label=n)
-    ax.legend(fontsize=6, markerscale=0.8, loc="best")
+        if sel:  # a legend entry only for points drawn
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=10, color=cmap(i % cmap.N), label=n)
+    ax.legend(fontsize=7, markerscale=0.8, loc="best")
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(f"concept vectors (t-SNE) · {layer}", fontsize=8)
     fig.tight_layout()
@@ -582,8 +613,9 @@ def relations_figure(rep: dict, layer: str):
             rel = rep["reuse_vs_task_similarity"]
             iu = np.triu_indices(len(rep["tasks"]), k=1)
             ax.scatter(np.asarray(rep["task_similarity"])[iu], np.asarray(rep["reuse"])[iu], s=14)
-            ax.axhline(rep["chance_reuse"], color="gray", ls="--", lw=0.8, label="chance")
-            ax.legend(fontsize=6)
+            if np.isfinite(rep["chance_reuse"]):
+                ax.axhline(rep["chance_reuse"], color="gray", ls="--", lw=0.8, label="chance")
+                ax.legend(fontsize=7)
             ax.set_xlabel("task similarity (prototype cosine)", fontsize=7)
             ax.set_ylabel("concept reuse", fontsize=7)
             ax.set_title(f"task pairs · spearman {_fmt(rel['spearman'])}", fontsize=7)
@@ -591,7 +623,7 @@ def relations_figure(rep: dict, layer: str):
             rows = [r for r in rep["reuse_vs_gain"]["per_task"] if r["gain"] is not None]
             ax.scatter([r["mean_reuse"] for r in rows], [r["gain"] for r in rows], s=14)
             for r in rows:
-                ax.annotate(r["task"], (r["mean_reuse"], r["gain"]), fontsize=6)
+                ax.annotate(r["task"], (r["mean_reuse"], r["gain"]), fontsize=7)
             ax.set_xlabel("mean reuse with other tasks", fontsize=7)
             ax.set_ylabel("accuracy gain", fontsize=7)
             ax.set_title(f"tasks · spearman {_fmt(rep['reuse_vs_gain']['mean_reuse']['spearman'])}", fontsize=7)
@@ -608,10 +640,11 @@ def depth_figure(report: dict):
     for key, label in (("reuse", "reuse (matched cosine)"), ("control", "reuse, untrained heads"),
                        ("chance", "chance reuse"), ("within_groups", "reuse within groups"),
                        ("between_groups", "reuse between groups"), ("nmi", "NMI"), ("ari", "ARI")):
-        if key in depth[0]:
-            ax.plot(x, [np.nan if r[key] is None else r[key] for r in depth], marker="o", ms=3, label=label)
-    ax.set_xticks(list(x), [r["layer"] for r in depth], rotation=60, ha="right", fontsize=6)
-    ax.legend(fontsize=6)
+        y = np.array([np.nan if r.get(key) is None else r[key] for r in depth], dtype=float)
+        if np.isfinite(y).any():  # a series with no defined value (NMI of constant assignments) has no entry
+            ax.plot(x, y, marker="o", ms=3, label=label)
+    ax.set_xticks(list(x), [r["layer"] for r in depth], rotation=60, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
     ax.set_title("concept reuse across depth (mean over task pairs)", fontsize=8)
     fig.tight_layout()
     return fig
@@ -620,13 +653,14 @@ def depth_figure(report: dict):
 def cross_layer_figure(report: dict):
     cl = report["cross_layer"]
     center = next(iter(report["layers"].values()))["center"]
-    return matrix_figure(cl["layers"], cl["reuse"], "the same task's concepts at two depths",
-                         vmin=-1.0 if center else 0.0)
+    return matrix_figure(cl["layers"], cl["reuse"], "the same task's concepts at two depths", diagonal=False,
+                         label="matched cosine" + (" (centred)" if center else ""))
 
 
 def plot_layer(rep: dict, layer: str, d: Path) -> None:
     save_figure(reuse_figure(rep, layer), d / "reuse.png")
-    save_figure(matrix_figure(rep["tasks"], rep["nmi"], f"NMI of hard assignments · {layer}"), d / "nmi.png")
+    save_figure(matrix_figure(rep["tasks"], rep["nmi"], f"NMI of hard assignments · {layer}", vmin=0.0, vmax=1.0,
+                              cmap="viridis", diagonal=False, label="NMI (0–1)"), d / "nmi.png")
     if rep.get("linkage") is not None:
         save_figure(dendrogram_figure(rep, layer), d / "dendrogram.png")
     if rep.get("tsne"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ class HydraRecord:
         root.addHandler(handler)
         try:
             yield
+        except Exception as exc:
+            err = user_error(exc)
+            if err is not None:  # the run's log says why it stopped; the terminal gets the line once, from main
+                handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s",
+                                              (type(err).__name__, err), None))
+            raise
         finally:
             root.removeHandler(handler)
             handler.close()
@@ -102,15 +109,32 @@ def recorded_overrides(overrides) -> list:
     return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
 
 
+def progress_bars(value) -> bool:
+    """Whether the run draws tqdm bars (``progress``): ``auto`` (the default) when stderr is a terminal,
+    ``true`` / ``false`` to force it. Bars redraw with carriage returns, which a file or a pipe keeps as
+    kilobytes of half-drawn lines; without them the run logs one line per epoch and evaluated experience."""
+    if value == "auto":
+        return sys.stderr.isatty()
+    if isinstance(value, bool):
+        return value
+    from gift_cl.config import ConfigError
+
+    raise ConfigError(f"progress={value!r}: must be one of auto, true, false")
+
+
 def run(cfg, hydra_dir: Path, overrides: tuple = (), record: Optional[HydraRecord] = None) -> dict:
     """Validate, choose and lock the run directory, run the protocol. ``overrides`` (the command line) are
     recorded as the run's own ``overrides.yaml``; ``record`` is what Hydra deferred (``main``)."""
+    cfg.progress = progress_bars(cfg.progress)  # what this process does: saved so, a resume may change it
     import torch
+
+    from strategies.evaluation import logger_options
 
     from . import distributed
     from .validation import validate
 
     validate(cfg)
+    logger_options(cfg.logger)  # each logger's options (logger.wandb.mode, ...), before anything is written
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     # under torchrun (distributed=true) every rank trains; rank 0 alone picks, locks and writes the run dir
@@ -139,10 +163,36 @@ def _run(cfg, hydra_dir: Path, overrides: tuple, is_main: bool, record: HydraRec
                 results = _run_locked(cfg, run_dir, resuming, overrides, is_main, record)
         except KeyboardInterrupt:
             raise RunInterrupted(run_dir, (run_dir / CHECKPOINT).is_file()) from None
+        except Exception:
+            if is_main and not resuming:  # this process owns the directory (locked) and started the run
+                discard_unstarted(run_dir)
+            raise
     if is_main:
         print(format_summary(results))
         print(f"run directory: {run_dir}")
     return results
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """A new run that failed before it trained or logged anything (data that cannot be built, a model that
+    cannot be made) leaves no half-made run behind: when ``run_dir`` holds only what the start wrote (the
+    configuration, the command line, Hydra's record, the log, the lock), those files go; the error was
+    printed. Anything more (a checkpoint, results, logs) and the directory stays as it is."""
+    import shutil
+
+    from .rundir import CONFIG_FILE, START_UP_DEBRIS
+
+    try:
+        entries = list(run_dir.iterdir())  # the lock too: unlinked while held, released on its open descriptor
+        if not entries or not all(p.name in START_UP_DEBRIS | {CONFIG_FILE} for p in entries):
+            return
+        for p in entries:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    except OSError:  # what could not go stays: the error being reported matters more
+        pass
 
 
 def _run_locked(cfg, run_dir: Path, resuming: bool, overrides: tuple, is_main: bool, record: HydraRecord) -> dict:
@@ -166,14 +216,57 @@ def _run_locked(cfg, run_dir: Path, resuming: bool, overrides: tuple, is_main: b
 
 
 def config_dir() -> str:
-    """The configs shipped with the package (``gift_cl/configs``: the repository's ``configs/`` in a checkout)."""
-    import gift_cl
+    """The configs shipped with the package (``gift_cl/configs``: the repository's ``configs/`` in a checkout),
+    found without importing ``gift_cl`` (which imports torch): Hydra's own errors come in a second."""
+    import importlib.util
 
-    return str(Path(gift_cl.__file__).resolve().parent / "configs")
+    return str(Path(importlib.util.find_spec("gift_cl").submodule_search_locations[0]).resolve() / "configs")
+
+
+def register_resolvers() -> None:
+    """The project's resolvers (``${asset:...}``, ``${backbone_data:...}``, :mod:`gift_cl.config`) as stand-ins
+    that import it at their first use: composing the configuration, and reporting a mistyped key, needs
+    neither torch nor timm. Importing :mod:`gift_cl.config` replaces them with the real ones."""
+    from omegaconf import OmegaConf
+
+    def asset(name):
+        from gift_cl.backbones import asset_path
+
+        return asset_path(name)
+
+    def backbone_data(key, *, _parent_):
+        from gift_cl.config import _backbone_data
+
+        return _backbone_data(key, _parent_=_parent_)
+
+    for name, resolver, cache in (("asset", asset, False), ("backbone_data", backbone_data, False)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
 
 
 # ---------------------------------------------------------------------- Hydra's writes, deferred
 CALLBACK = "gift_cl_outputs"  # hydra.callbacks.<CALLBACK>: also how the task knows what main() deferred
+CREATED: list = []  # the output folders DeferredOutputs created (the top one of each path)
+
+
+def remove_unstarted(output_dir: Path) -> None:
+    """A command refused before its run started (a configuration error, a run directory it may not use)
+    leaves nothing behind: ``output_dir`` if this process created it and it is still empty, and the empty
+    folders above it that it created with it (``outputs/<strategy>/<benchmark>/``). A folder that was there
+    before, or that holds anything, stays."""
+    output_dir = Path(output_dir).absolute()
+    top = next((c for c in CREATED if c == output_dir or c in output_dir.parents), None)
+    if top is None:
+        return
+    path = output_dir
+    while True:
+        try:
+            path.rmdir()  # only an empty folder
+        except OSError:
+            return
+        if path == top:
+            return
+        path = path.parent
 
 
 class DeferredOutputs(Callback):
@@ -186,6 +279,9 @@ class DeferredOutputs(Callback):
 
     @staticmethod
     def _create(path: str) -> None:
+        new = [p for p in (Path(path), *Path(path).parents) if not p.exists()]
+        if new:
+            CREATED.append(new[-1].absolute())  # the top folder this process creates
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -232,24 +328,44 @@ def hydra_record(cfg) -> HydraRecord:
     return record
 
 
+def requeued_job(cfg, hydra_cfg) -> bool:
+    """Whether this process is a submitit job (``hydra/launcher=slurm`` or ``local``) started again in a job
+    directory that already holds its run: requeued after a pre-emption or a time-out (submitit resubmits
+    the job with its command line unchanged, ``max_num_timeout`` times at most for time-outs), or the same
+    sweep launched again into the same ``hydra.sweep.dir``. Such a job continues its run from the last
+    checkpoint (``resume=`` its own directory, with the usual check that the configuration is the same)
+    instead of being refused as a new run in an occupied directory."""
+    from hydra.types import RunMode
+
+    if not os.environ.get("SUBMITIT_EXECUTOR") or hydra_cfg.mode != RunMode.MULTIRUN or cfg.resume:
+        return False
+    from .rundir import holds_a_run  # imports torch: only in a submitit job
+
+    return holds_a_run(Path(hydra_cfg.runtime.output_dir))
+
+
 def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    import gift_cl.config  # noqa: F401  (resolvers)
+    register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
     def _main(cfg) -> float:
+        hydra_cfg = HydraConfig.get()
         try:
-            hydra_cfg = HydraConfig.get()
+            if requeued_job(cfg, hydra_cfg):
+                log.info("submitit job %s started again in %s: continuing its run", os.environ.get(
+                    "SUBMITIT_LOCAL_JOB_ID") or os.environ.get("SLURM_JOB_ID", "?"), hydra_cfg.runtime.output_dir)
+                cfg.resume = str(hydra_cfg.runtime.output_dir)
             results = run(cfg, Path(hydra_cfg.runtime.output_dir), tuple(hydra_cfg.overrides.task),
                           record=hydra_record(cfg))
         except Exception as exc:
             err = user_error(exc)
             if err is None:
                 raise
-            log.error("%s: %s", type(err).__name__, err)
-            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)  # once (the run's log has it too)
+            remove_unstarted(Path(hydra_cfg.runtime.output_dir))
             sys.exit(1)
         return results["average_accuracy"]  # the value a sweeper optimises
 
@@ -258,7 +374,12 @@ def _hydra_main() -> None:
 
 def main() -> None:
     """The ``gift-cl`` console script: ``gift-cl strategy=gift_multitask benchmark=vdd ...`` = ``python run.py ...``.
-    Ctrl-C ends it with one line and exit status 130 (a run's checkpoint is consistent: resume it)."""
+    Ctrl-C ends it with one line and exit status 130 (a run's checkpoint is consistent: resume it).
+    ``gift-cl export <run dir>`` writes a run's model as a shareable directory (``orchestration/export.py``)."""
+    if sys.argv[1:2] == ["export"]:
+        from .export import main as export_main
+
+        sys.exit(export_main(sys.argv[2:]))
     sys.argv[1:] = with_deferred_outputs(sys.argv[1:])
     try:
         _hydra_main()

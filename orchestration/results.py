@@ -125,6 +125,17 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
     return results
 
 
+def experience_times(protocol: str, seconds: list[float], n_tasks: int) -> list[Optional[float]]:
+    """``results.csv``'s ``train_time_s`` per task: the seconds of the experience that trained the task, as
+    the run measured them (training and the evaluation after it). Independent: the task's own model;
+    sequential: experience i trains task i, and its evaluation covers tasks 0..i; joint: the one experience
+    that trained every task at once, so every row holds the same total (not a per-task share). A task not
+    trained yet (an unfinished run) has none."""
+    if protocol == "joint":
+        return [seconds[0] if seconds else None] * n_tasks
+    return [seconds[i] if i < len(seconds) else None for i in range(n_tasks)]
+
+
 def write_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts: Optional[dict],
                   inference: Optional[dict], final: bool) -> dict:
     """``results.json``, ``results.csv``, ``accuracy.png`` and, with an accuracy matrix,
@@ -134,11 +145,11 @@ def write_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
     write_json(results, run_dir / "results.json")
     names = [t["name"] for t in results["tasks"]]
     p = results["params"]
-    times = results["train_time_s"] if results["protocol"] == "independent" else [None] * len(names)
+    times = experience_times(results["protocol"], results["train_time_s"], len(names))
     write_csv([{"task": n, "num_classes": t["num_classes"], "accuracy": results["final_accuracy"].get(n, ""),
                 "trainable_params": p["per_task"].get(n, ""),
                 "trainable_params_excl_classifier": p["per_task_excl_classifier"].get(n, ""),
-                "train_time_s": times[i] if i < len(times) and times[i] is not None else ""}
+                "train_time_s": "" if times[i] is None else times[i]}
                for i, (n, t) in enumerate(zip(names, results["tasks"]))], run_dir / "results.csv")
     if results["final_accuracy"]:
         plot_task_accuracies(results, run_dir / "accuracy.png")

@@ -8,6 +8,13 @@ directory named after its overrides under ``--out``, so a second call with the s
 - resumes the ones a stop interrupted from their last checkpoint (exactly, as ``resume=<dir>``),
 - starts the rest.
 
+The plan is printed at once: how many runs are finished, started and pending, and every unfinished run with
+its state and directory; ``--status`` and ``--list`` (and a call on a finished sweep) answer without importing
+torch. A run's directory is named after the overrides that vary across the plan (``seed`` always, where the
+plan sets it), shortened only where a name would be too long, plus a hash of all
+of its overrides that identifies it (a directory with the same hash is the run's, whatever its readable
+part); ``index.tsv`` in ``--out`` lists every run's directory with its full overrides.
+
 ``--jobs N`` runs N worker processes that take runs from the plan in order (a claim lock per run, so two
 calls on one folder never run a run twice); each run gets ``threads = cores // N`` unless its line sets
 ``threads``. Runs execute in-process (one interpreter per worker: no import cost per run), each with its own
@@ -32,9 +39,12 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from .rundir import CONFIG_FILE, RunLock, run_finished
-
 log = logging.getLogger("gift_cl.sweep")
+
+# orchestration.rundir's names, not imported from it: it imports torch, which planning and --status need not
+CONFIG_FILE = "config_resolved.yaml"
+INDEX_FILE = "index.tsv"  # directory <tab> overrides, one line per run of the plans run on --out
+MAX_NAME = 150  # characters of a directory name's readable part
 
 # options every sweep run gets unless its line sets them: a bar in a log file is noise
 DEFAULTS = ("progress=false",)
@@ -73,11 +83,76 @@ def read_plans(paths: list[str]) -> list[list[str]]:
     return unique
 
 
-def run_name(overrides: list[str]) -> str:
-    """A readable, unique directory name for a run: its overrides, shortened, plus a hash of all of them."""
-    text = ",".join(overrides)
-    readable = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", text)[:120]
-    return f"{readable}__{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+def _key(override: str) -> str:
+    return override.split("=", 1)[0]
+
+
+def varying_keys(runs: list[list[str]]) -> set[str]:
+    """The override keys whose value differs between the runs (or that some runs lack), plus ``seed``."""
+    values: dict[str, set] = {}
+    for run in runs:
+        for o in run:
+            values.setdefault(_key(o), set()).add(o)
+    return {k for k, v in values.items() if len(v) > 1 or any(not any(_key(o) == k for o in r) for r in runs)} | {"seed"}
+
+
+def run_hash(overrides: list[str]) -> str:
+    """What identifies a run's directory: a hash of all its overrides, in order."""
+    return hashlib.sha1(",".join(overrides).encode()).hexdigest()[:8]
+
+
+def run_name(overrides: list[str], varying: Optional[set] = None) -> str:
+    """A readable, unique directory name for a run: the overrides in ``varying`` (all of them by default, or
+    when none varies), shortened only if the name would pass :data:`MAX_NAME` characters (keys to their
+    last part, ``optim.lr`` -> ``lr``, then every item cut to an equal share, so none is lost), plus
+    :func:`run_hash`."""
+    shown = [o for o in overrides if varying is None or _key(o) in varying] or list(overrides)
+    items = [re.sub(r"[^A-Za-z0-9_.=+,-]", "_", o) for o in shown]
+    if len(",".join(items)) > MAX_NAME:
+        items = [i.split("=", 1)[0].rsplit(".", 1)[-1] + ("=" + i.split("=", 1)[1] if "=" in i else "") for i in items]
+    if len(",".join(items)) > MAX_NAME:
+        share = max(8, MAX_NAME // len(items) - 1)
+        items = [i[:share] for i in items]
+    return f"{','.join(items)}__{run_hash(overrides)}"
+
+
+def run_dirs(runs: list[list[str]], out: Path) -> list[Path]:
+    """Each run's directory under ``out``: the one already there with the run's hash (named by an earlier
+    plan, or by the naming of earlier versions), else a new name from the overrides that vary in ``runs``."""
+    existing = {}
+    if out.is_dir():
+        for d in out.iterdir():
+            if "__" in d.name and d.is_dir():
+                existing.setdefault(d.name.rsplit("__", 1)[1], d)
+    varying = varying_keys(runs)
+    return [existing.get(run_hash(r)) or out / run_name(r, varying) for r in runs]
+
+
+def write_index(runs: list[list[str]], dirs: list[Path], out: Path) -> None:
+    """``out/index.tsv``: every run's directory name and full overrides (those of earlier plans kept)."""
+    path = out / INDEX_FILE
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines()[1:]:
+            name, _, overrides = line.partition("\t")
+            rows[name] = overrides
+    rows.update({d.name: " ".join(r) for r, d in zip(runs, dirs)})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("directory\toverrides\n" + "".join(f"{n}\t{o}\n" for n, o in sorted(rows.items())))
+    os.replace(tmp, path)
+
+
+def finished(run_dir: Path) -> bool:
+    """``orchestration.rundir.run_finished`` without its imports: ``results.json`` says ``finished: true``
+    (an unreadable or half-written file: not finished)."""
+    try:
+        return bool(json.loads((run_dir / "results.json").read_text()).get("finished"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def state(run_dir: Path) -> str:
+    return "finished" if finished(run_dir) else "started" if (run_dir / CONFIG_FILE).is_file() else "pending"
 
 
 # ------------------------------------------------------------------------------------------- one run
@@ -128,15 +203,17 @@ def full_overrides(overrides: list[str], threads: int) -> list[str]:
     return full
 
 
-def check_configs(runs: list[list[str]], out: Path, threads: int) -> list[str]:
+def check_configs(runs: list[list[str]], dirs: list[Path], threads: int) -> list[str]:
     """Compose and validate every unfinished run's configuration before any run starts (~0.1 s a run), so a typo
     on line 40 of a plan stops the sweep now, not hours later; returns one line per bad run."""
+    todo = [o for o, d in zip(runs, dirs) if not finished(d)]
+    if not todo:
+        return []
+    log.info("checking the configuration of %d runs", len(todo))
     from .validation import validate
 
     bad = []
-    for overrides in runs:
-        if run_finished(out / run_name(overrides)):
-            continue
+    for overrides in todo:
         try:
             validate(compose(full_overrides(overrides, threads)))
         except Exception as exc:  # noqa: BLE001 (Hydra's and our config errors; all of them are reported)
@@ -145,18 +222,19 @@ def check_configs(runs: list[list[str]], out: Path, threads: int) -> list[str]:
     return bad
 
 
-def work(runs: list[list[str]], out: Path, threads: int) -> list[str]:
+def work(runs: list[list[str]], dirs: list[Path], threads: int) -> list[str]:
     """Take unclaimed, unfinished runs in plan order and run them; returns the failed runs' directories."""
     failed = []
-    for overrides in runs:
-        run_dir = out / run_name(overrides)
-        if run_finished(run_dir):
+    for overrides, run_dir in zip(runs, dirs):
+        if finished(run_dir):
             continue
+        from .rundir import RunLock
+
         claim = RunLock(run_dir, ".claim")
         if not claim.try_acquire():
             continue  # another worker has it
         try:
-            if run_finished(run_dir):
+            if finished(run_dir):
                 continue
             full = full_overrides(overrides, threads)
             (run_dir / "overrides.txt").write_text(" ".join(overrides) + "\n")
@@ -177,13 +255,19 @@ def work(runs: list[list[str]], out: Path, threads: int) -> list[str]:
     return failed
 
 
-def status(runs: list[list[str]], out: Path) -> dict[str, int]:
+def status(dirs: list[Path]) -> dict[str, int]:
     counts = {"finished": 0, "started": 0, "pending": 0}
-    for overrides in runs:
-        run_dir = out / run_name(overrides)
-        key = "finished" if run_finished(run_dir) else "started" if (run_dir / CONFIG_FILE).is_file() else "pending"
-        counts[key] += 1
+    for run_dir in dirs:
+        counts[state(run_dir)] += 1
     return counts
+
+
+def plan_lines(runs: list[list[str]], dirs: list[Path]) -> list[str]:
+    """The plan as printed when a sweep starts: the counts, then every run not finished (state, directory)."""
+    counts = status(dirs)
+    lines = [f"plan: {len(runs)} runs, " + ", ".join(f"{n} {k}" for k, n in counts.items())]
+    lines += [f"  {state(d):8s} {d.name}" for d in dirs if not finished(d)]
+    return lines
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -200,32 +284,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs, out = read_plans(args.plans), Path(args.out)
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+    dirs = run_dirs(runs, out)
     if args.list:
-        for overrides in runs:
-            print(out / run_name(overrides), " ".join(overrides))
+        for overrides, run_dir in zip(runs, dirs):
+            print(f"{state(run_dir)}\t{run_dir}\t{' '.join(overrides)}")
         return 0
     if args.status:
-        print(json.dumps(status(runs, out)))
+        print(json.dumps(status(dirs)))
         return 0
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     if args.worker:  # one of --jobs workers: its own failures only (the others may still be running)
-        return 1 if work(runs, out, threads) else 0
-    bad = check_configs(runs, out, threads)
+        return 1 if work(runs, dirs, threads) else 0
+    log.info("%s", "\n".join(plan_lines(runs, dirs)))
+    bad = check_configs(runs, dirs, threads)
     if bad:
         log.error("%d of %d runs have a configuration run.py would refuse; nothing was started:%s", len(bad),
                   len(runs), "".join(f"\n  {b}" for b in bad))
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    write_index(runs, dirs, out)
     if args.jobs == 1:
-        failed = work(runs, out, threads)
+        failed = work(runs, dirs, threads)
     else:
         cmd = [sys.executable, "-m", "orchestration.sweep", *args.plans, "--out", str(out), "--worker",
                "--threads", str(threads)]
         procs = [subprocess.Popen(cmd) for _ in range(args.jobs)]
         codes = [p.wait() for p in procs]
         failed = [str(out)] if any(codes) else []
-    counts = status(runs, out)
+    counts = status(dirs)
     log.info("sweep %s: %s", out, counts)
     if failed or counts["finished"] != len(runs):
         log.error("%d of %d runs did not finish%s", len(runs) - counts["finished"], len(runs),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import random
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -23,6 +25,8 @@ from avalanche.training.utils import ParamData
 from tqdm.auto import tqdm
 
 from gift_cl.optim import OptimConfig, build_scheduler
+
+log = logging.getLogger("gift_cl")
 
 
 class TimmSchedulerPlugin(SupervisedPlugin):
@@ -68,43 +72,96 @@ class TimmSchedulerPlugin(SupervisedPlugin):
 
 
 class ProgressBarPlugin(SupervisedPlugin):
-    """One tqdm bar per training epoch (loss, lr) and one per evaluated experience."""
+    """What a run shows while it trains: one INFO line on the ``gift_cl`` logger per training epoch (task,
+    epoch, mean loss, learning rate, seconds) and per evaluated experience (task, accuracy, images, seconds),
+    and, when ``enabled``, a tqdm bar for each (running loss and learning rate).
+
+    The bars redraw themselves with carriage returns: on a terminal that is a live display, in a file or a
+    pipe it is kilobytes of half-drawn lines. The run therefore turns them on only where they can be seen
+    (``progress=auto``: stderr is a terminal; ``progress=true|false`` forces it), and the log lines, which
+    also go to ``gift_cl.log``, say the same in a form a redirected log can be read in. A line is written
+    after its bar is closed, so the two never interleave. Only rank 0 of a data-parallel run logs (its loss
+    is the mean over its share of each batch)."""
 
     def __init__(self, enabled: bool = True):
         super().__init__()
         self.enabled = enabled
         self.bar = None
-        self.running = None
+        self.running = None  # the bar's smoothed loss
+        self._names: dict[int, str] = {}  # task label -> name, from the (one-task) experiences trained
+        self._start = 0.0
+        self._loss_sum = self._count = 0  # the epoch's sample-weighted loss (a tensor once training ran)
+        self._lr: tuple = ()  # the learning rates of the epoch's first and last update
+        self.desc = ""
+
+    @staticmethod
+    def _main(strategy) -> bool:
+        distributed = getattr(strategy, "distributed", None)
+        return distributed is None or distributed.rank == 0
+
+    def _bar(self, total: int, desc: str):
+        if not self.enabled:
+            return None
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _task(self, experience) -> str:
+        name = getattr(experience, "name", None)
+        labels = list(getattr(experience, "task_labels", []) or [])
+        if name is None and len(labels) == 1:
+            name = self._names.get(int(labels[0]))
+        return name or f"task {experience.current_experience}"
 
     def before_training_epoch(self, strategy, **kwargs):
-        name = getattr(strategy.experience, "name", None) or f"task {strategy.experience.current_experience}"
-        self.bar = tqdm(
-            total=len(strategy.dataloader),
-            desc=f"train {name} ep {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}",
-            disable=not self.enabled,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        self.running = None
+        exp = strategy.experience
+        labels = list(getattr(exp, "task_labels", []) or [])
+        if getattr(exp, "name", None) and len(labels) == 1:
+            self._names[int(labels[0])] = exp.name  # evaluation names its experiences by these
+        self.desc = f"{self._task(exp)} epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}"
+        self.bar = self._bar(len(strategy.dataloader), f"train {self.desc}")
+        self.running, self._loss_sum, self._count, self._lr = None, 0, 0, ()
+        self._start = time.perf_counter()
+
+    def before_training_iteration(self, strategy, **kwargs):
+        lr = strategy.optimizer.param_groups[-1]["lr"]  # the rate this update uses (a schedule may step after it)
+        self._lr = (self._lr[0] if self._lr else lr, lr)
 
     def after_training_iteration(self, strategy, **kwargs):
-        loss = strategy.loss.item()
-        self.running = loss if self.running is None else 0.9 * self.running + 0.1 * loss
-        self.bar.set_postfix(loss=f"{self.running:.3f}", lr=f"{strategy.optimizer.param_groups[-1]['lr']:.2e}")
-        self.bar.update(1)
+        n = len(strategy.mb_y)
+        loss = strategy.loss.detach()
+        self._loss_sum, self._count = self._loss_sum + loss.float() * n, self._count + n  # no sync per step
+        if self.bar is not None:
+            value = loss.item()
+            self.running = value if self.running is None else 0.9 * self.running + 0.1 * value
+            self.bar.set_postfix(loss=f"{self.running:.3f}", lr=f"{self._lr[-1]:.2e}")
+            self.bar.update(1)
 
     def after_training_epoch(self, strategy, **kwargs):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self._main(strategy) and self._count:
+            loss = float(self._loss_sum) / self._count
+            first, last = self._lr
+            lr = f"{last:.3g}" if first == last else f"{first:.3g} -> {last:.3g}"  # per-update schedules
+            log.info("train %s: loss %.4f, lr %s, %.1f s", self.desc, loss, lr, time.perf_counter() - self._start)
 
     def before_eval_exp(self, strategy, **kwargs):
-        self.bar = tqdm(total=len(strategy.dataloader), desc=f"eval task {strategy.experience.current_experience}",
-                        disable=not self.enabled, leave=False, dynamic_ncols=True)
+        self.desc = self._task(strategy.experience)
+        self.bar = self._bar(len(strategy.dataloader), f"eval {self.desc}")
+        self._correct = self._count = 0
+        self._start = time.perf_counter()
 
     def after_eval_iteration(self, strategy, **kwargs):
-        self.bar.update(1)
+        self._correct = self._correct + (strategy.mb_output.argmax(-1) == strategy.mb_y).sum()
+        self._count += len(strategy.mb_y)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def after_eval_exp(self, strategy, **kwargs):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self._main(strategy) and self._count:
+            log.info("eval %s: accuracy %.2f %% of %d images, %.1f s", self.desc,
+                     100 * float(self._correct) / self._count, self._count, time.perf_counter() - self._start)
 
 
 class PredictionRecorder(SupervisedPlugin):

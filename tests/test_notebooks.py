@@ -1,10 +1,14 @@
 """The analysis notebooks (analysis/notebooks/*.ipynb) run end to end on a small finished run, so they never
 go stale: a tiny GIFT run (sequential, 4 procedural tasks, 1 epoch) and a linear-probe baseline are made
 here, and every notebook is executed with nbclient against them, in a fresh kernel of this interpreter.
+Without ``GIFT_CL_RUN`` a notebook reads the newest finished GIFT run under ``outputs/`` (from Jupyter's
+working directory, the notebook's folder, or a folder above it); a run that is not there is one message.
 
 nbclient, nbformat and ipykernel are the `notebooks` extra (`make install` installs it). Without them this
 module FAILS at import: it never skips."""
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,14 +38,21 @@ def runs(tmp_path_factory):
     return gift, linear
 
 
-def execute(name: str, run_dir: Path, baseline: Path) -> nbformat.NotebookNode:
+def execute(name: str, run_dir, baseline, cwd: Path = REPO, cells: int = None) -> nbformat.NotebookNode:
+    """Run the notebook (its first ``cells`` cells) in a fresh kernel started in ``cwd``; ``run_dir`` /
+    ``baseline`` None leave ``GIFT_CL_RUN`` / ``GIFT_CL_BASELINE`` unset."""
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nb.cells = nb.cells[:cells]
     threads = os.environ.get("GIFT_CL_TEST_THREADS", "2")
-    kernel_env = {**env(), "GIFT_CL_RUN": str(run_dir), "GIFT_CL_BASELINE": str(baseline),
-                  "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    # kernel "python3" is ipykernel's: jupyter_client starts it with this interpreter (sys.executable), in the
-    # repository root with PYTHONPATH=REPO, so the kernel imports this checkout's gift_cl
-    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(REPO)}})
+    kernel_env = {k: v for k, v in env().items() if k not in ("GIFT_CL_RUN", "GIFT_CL_BASELINE")}
+    kernel_env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                       "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+    for key, value in (("GIFT_CL_RUN", run_dir), ("GIFT_CL_BASELINE", baseline)):
+        if value is not None:
+            kernel_env[key] = str(value)
+    # kernel "python3" is ipykernel's: jupyter_client starts it with this interpreter (sys.executable), in ``cwd``
+    # with PYTHONPATH=REPO, so the kernel imports this checkout's gift_cl
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(cwd)}})
     client.execute(env=kernel_env)  # raises CellExecutionError on the first failing cell
     return nb
 
@@ -91,3 +102,46 @@ def test_stored_notebook_has_outputs_one_parameter_cell_and_stays_small(name):
     assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"]
     assert path.stat().st_size < 1_000_000
     assert nb.metadata.kernelspec.name == "python3"  # the stock ipykernel spec: this interpreter
+
+
+SETUP = 4  # markdown, parameters note, parameter cell, the cell that finds and loads the run
+
+
+def copy_run(src: Path, dst: Path, mtime: float, finished: bool = True) -> Path:
+    shutil.copytree(src, dst)
+    results_file = dst / "results.json"
+    res = json.loads(results_file.read_text())
+    res["finished"] = finished
+    results_file.write_text(json.dumps(res))
+    os.utime(results_file, (mtime, mtime))
+    return dst
+
+
+def test_without_gift_cl_run_the_newest_finished_gift_run_under_outputs_is_read(runs, tmp_path):
+    """`make run` writes outputs/<strategy>/<benchmark>/<time>/; Jupyter starts the kernel in the notebook's
+    folder. Unfinished runs and other methods are passed over; the baseline is the newest linear probe on the
+    same tasks."""
+    gift, linear = runs
+    out = tmp_path / "outputs"
+    copy_run(gift, out / "gift_multitask" / "procedural" / "older", 1_000_000)
+    newest = copy_run(gift, out / "gift_multitask" / "procedural" / "newest", 2_000_000)
+    copy_run(gift, out / "gift_multitask" / "procedural" / "unfinished", 3_000_000, finished=False)
+    baseline = copy_run(linear, out / "linear_multitask" / "procedural" / "probe", 4_000_000)
+    notebook_dir = tmp_path / "analysis" / "notebooks"
+    notebook_dir.mkdir(parents=True)
+    assert f"run {newest}\n" in text(execute("cluster_maps", None, None, cwd=notebook_dir, cells=SETUP))
+    out_text = text(execute("reuse_vs_similarity", None, None, cwd=notebook_dir, cells=SETUP))
+    assert f"run {newest}\n" in out_text and f"baseline: linear_multitask ({baseline})" in out_text
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_missing_run_is_one_message(tmp_path, given):
+    from nbclient.exceptions import CellExecutionError
+
+    (tmp_path / "outputs").mkdir()
+    with pytest.raises(CellExecutionError) as err:
+        execute("concept_reuse", tmp_path / "no_such_run" if given else None, None, cwd=tmp_path, cells=SETUP)
+    expected = "is not a run directory" if given else f"no finished GIFT run under {tmp_path / 'outputs'}"
+    assert err.value.ename == "RunNotFound" and expected in err.value.evalue, str(err.value)
+    shown = str(err.value).split("------------------")[-1]  # what Jupyter shows below the cell: the message alone
+    assert shown.strip() == f"RunNotFound: {err.value.evalue}", shown
