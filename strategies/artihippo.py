@@ -1,8 +1,9 @@
 """ArtiHippo's architecture search as an Avalanche plugin (``strategy=artihippo``).
 
 At the start of each experience, before the template adapts the model (so the task's head and the parts of
-its architecture exist when the optimizer is built), the plugin trains a one-shot supernet on a validation
-split carved deterministically from the experience's training data, runs the evolutionary search and fixes
+its architecture exist when the optimizer is built), the plugin carves a search split deterministically from
+the experience's training data (``val_fraction``, at most ``max_val`` images), trains a one-shot supernet on
+the *rest* of the training data, runs the evolutionary search scoring paths on the search split and fixes
 the task's architecture (``model.set_architecture``): its new/adapted parameters are created freshly
 initialised and the template's normal epochs train them with the normal optim recipe.
 
@@ -32,7 +33,8 @@ class ArtiHippoSearch(SupervisedPlugin):
                  val_fraction: float = 0.2, max_val: int = 100, population: int = 8, generations: int = 3,
                  parents: int = 4, mutation_prob: float = 0.25, eps_train: float = 0.3, eps_search: float = 0.5,
                  temperature: float = 0.2, pretrained_similarity: float = 0.0, tolerance: float = 0.02,
-                 eval_batch_size: int = 256, probe_steps: int = 200, new_lr_scale: float = 0.1):
+                 eval_batch_size: int = 256, probe_steps: int = 200, new_lr_scale: float = 0.1,
+                 level1: str = "aux"):
         super().__init__()
         args = dict(locals())
         self.cfg = SearchConfig(**{k: v for k, v in args.items() if k not in ("self", "__class__")})

@@ -276,3 +276,51 @@ def test_artihippo_learns_every_task(tmp_path):
     assert pedestrians_after_own > 0.6, res["accuracy_matrix"]  # chance 50 %
     assert res["forgetting"] == 0.0
     assert res["task_id_accuracy"] > 0.9
+
+
+def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
+    """``level1="separate"``: New and Skip are level-1 categories of their own and exploration is spread per
+    kind, so P(New) >= ε/3 at every task; the default Aux category thins out as old experts accumulate."""
+    from types import SimpleNamespace
+
+    from gift_cl.methods.artihippo import PRETRAINED
+
+    def sampler(n_old: int, level1: str) -> HierarchicalSampler:
+        fake = SimpleNamespace(depth=1, ops=("reuse", "adapt", "new", "skip"),
+                               candidates=lambda l, old: {PRETRAINED: [], **{t: [t] for t in old}})
+        sims = {t: 0.6 for t in range(n_old)}  # similar old tasks: ŝ = 0.8
+        return HierarchicalSampler(fake, sims, temperature=0.2, level1=level1,
+                                   generator=torch.Generator().manual_seed(0))
+
+    eps = 0.3
+    floor = eps / 3
+    aux_new = []
+    for n_old in range(10):  # the new task is task n_old + 1 (10 tasks)
+        dist = sampler(n_old, "separate").distribution(0, eps)
+        assert abs(sum(dist.values()) - 1) < 1e-12
+        assert dist[("new", None)] >= floor and dist[("skip", None)] >= floor, (n_old, dist)
+        aux_new.append(sampler(n_old, "aux").distribution(0, eps)[("new", None)])
+    assert aux_new[-1] < floor < aux_new[0]  # the default's collapse, which the option avoids
+    # draws follow the exact distribution
+    s = sampler(9, "separate")
+    draws = [s.sample_block(0, eps) for _ in range(2000)]
+    p = s.distribution(0, eps)[("new", None)]
+    got = sum(1 for d in draws if d == ("new", None))
+    assert abs(got - 2000 * p) < 5 * (2000 * p * (1 - p)) ** 0.5
+    with pytest.raises(ValueError, match="level1"):
+        sampler(1, "cheem")
+
+
+def test_level1_option_reaches_the_search_from_the_config():
+    from gift_cl.artihippo.search import SearchConfig
+    from orchestration.validation import validate
+    from runs import compose_cfg
+    from strategies.artihippo import ArtiHippoSearch
+
+    cfg = compose_cfg("strategy=artihippo", "strategy.plugins.0.level1=separate")
+    validate(cfg)
+    assert cfg.strategy.plugins[0].level1 == "separate"
+    assert ArtiHippoSearch(level1="separate").cfg.level1 == "separate"
+    assert ArtiHippoSearch().cfg.level1 == "aux"  # the default is unchanged
+    with pytest.raises(ValueError, match="level1"):
+        SearchConfig(level1="uniform")

@@ -1,4 +1,5 @@
-"""PEFT methods and model plug-ins beside GIFT: VPT-deep, Adapter, LoRA-qkv, GIST, Coeff-Tuning.
+"""PEFT methods and model plug-ins beside GIFT: VPT-deep, Adapter, GIST's adapter, LoRA-qkv, BitFit, GIST,
+Coeff-Tuning.
 
 Zero-initialised methods equal the frozen model bit for bit at step 0; trainable parameters per task match
 hand-computed counts; the plug-ins' mechanics (token position, loss, attention recombination, per-task
@@ -19,6 +20,7 @@ from gift_cl.methods import (
     FullFinetune,
     GiftMethod,
     Gist,
+    GistAdapterMethod,
     LinearProbe,
     LoraMethod,
     SharedBackbone,
@@ -58,6 +60,8 @@ ZERO_INIT = {
     "bitfit": lambda: BitFit(tiny_vit()),
     "linear": lambda: LinearProbe(tiny_vit()),
     "adapter_hidden4": lambda: AdapterMethod(tiny_vit(), hidden=4),
+    "bitfit_linear": lambda: BitFit(tiny_vit(), biases="linear"),
+    "gist_adapter_init0": lambda: GistAdapterMethod(tiny_vit(), init_std=0.0),  # identity: weights 0
 }
 
 
@@ -138,6 +142,7 @@ def test_coeff_tuning_keeps_fused_attention_where_alpha_is_unused(x, monkeypatch
 def test_gist_token_sits_after_cls_and_after_the_positional_embedding(x):
     model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
     model.add_task(0, 3)
+    model.eval()  # the token as inserted in evaluation (in training it goes through dropout 0.1)
     token = model.model_plugins["gist"].tokens["0"]
     assert token.shape == (1, 1, D) and token.abs().max() <= 0.5
     seen = {}
@@ -163,7 +168,7 @@ def test_gist_is_not_zero_initialised_and_leaves_the_frozen_path_alone(x):
 
 
 def test_gist_loss_matches_the_formula_and_detaches_nothing(x):
-    model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
+    model = LinearProbe(tiny_vit(), plugins={"gist": Gist(dropout=0.0)})  # the forward runs twice below
     model.add_task(0, 4)
     model.begin_task([0])
     model.train()
@@ -198,7 +203,7 @@ def test_symmetric_kl_is_zero_for_equal_logits_and_symmetric():
 
 
 def test_gist_mixed_batch_uses_each_tasks_token_and_head(x):
-    model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
+    model = LinearProbe(tiny_vit(), plugins={"gist": Gist(dropout=0.0)})  # forwards compared across calls
     model.add_task(0, 3)
     model.add_task(1, 2)
     model.begin_task([0, 1])
@@ -245,6 +250,14 @@ EXPECTED_COUNTS = {
     "vpt+gist": (lambda: VptDeep(tiny_vit(), plugins={"gist": Gist()}), DEPTH * 10 * D + D),  # 1344
     "adapter+gist+coeff": (lambda: AdapterMethod(tiny_vit(), plugins={"gist": Gist(), "coeff": CoeffTuning()}),
                            DEPTH * 2 * (D * 8 + 8 + 8 * D + D) + D + DEPTH * HEADS * HEADS),
+    # GIST's release adapter: ONE hidden-4 adapter per block (shared by both branches)
+    "gist_adapter": (lambda: GistAdapterMethod(tiny_vit()), DEPTH * (D * 4 + 4 + 4 * D + D)),  # 1160
+    "gist_adapter+gist": (lambda: GistAdapterMethod(tiny_vit(), plugins={"gist": Gist()}),
+                          DEPTH * (D * 4 + 4 + 4 * D + D) + D),
+    # BitFit: nn.Linear biases (qkv 3D, proj D, fc1 4D, fc2 D) vs every bias (+ norm1, norm2, patch embed, norm)
+    "bitfit_linear": (lambda: BitFit(tiny_vit(), biases="linear"), DEPTH * 9 * D),  # 1152
+    "bitfit_all": (lambda: BitFit(tiny_vit()), DEPTH * 11 * D + 2 * D),  # 1536
+    "vpt_dropout": (lambda: VptDeep(tiny_vit(), length=10, dropout=0.1), DEPTH * 10 * D),
 }
 
 
@@ -276,6 +289,7 @@ PLUGGED = {
     "gift": lambda p: gift(plugins=p),
     "lora": lambda p: LoraMethod(tiny_vit(), plugins=p),
     "adapter": lambda p: AdapterMethod(tiny_vit(), plugins=p),
+    "gist_adapter": lambda p: GistAdapterMethod(tiny_vit(), plugins=p),
     "vpt": lambda p: VptDeep(tiny_vit(), length=2, plugins=p),
     "bitfit": lambda p: BitFit(tiny_vit(), plugins=p),
     "finetune": lambda p: FullFinetune(tiny_vit(), plugins=p),
@@ -346,3 +360,142 @@ def test_plugins_make_features_task_dependent(x):
         for t in (0, 1):
             assert torch.equal(everything[t], model(x, t))
         assert not torch.equal(everything[0], model.classifiers["0"](model.features(x, None)))
+
+
+# ------------------------------------------------------------------ issue 21: methods faithful to their sources
+def _release_gist_adapter_forward(vit, adapters, scale, x):
+    """GIST's release, ``Block.forward`` with ``tuning_mode='gist_adapter'``, written out on a timm ViT:
+    ``x = x + attn(norm1(x)) + adapter(x); x = x + mlp(norm2(x)) + adapter(x)``, one adapter per block."""
+    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    for blk, ad in zip(vit.blocks, adapters):
+        h = h + blk.attn(blk.norm1(h)) + scale * ad.up(F.gelu(ad.down(h)))
+        h = h + blk.mlp(blk.norm2(h)) + scale * ad.up(F.gelu(ad.down(h)))
+    return vit.forward_head(vit.norm(h))
+
+
+def test_gist_adapter_is_the_release_block_one_shared_adapter_on_the_raw_stream(x):
+    model = GistAdapterMethod(tiny_vit())
+    model.add_task(0, 3)
+    adapters = model.adapters["0"]
+    assert len(adapters) == DEPTH  # one per block, not one per branch
+    for ad in adapters:  # the release's init: trunc-normal(0.02) weights, zero biases; hidden 4
+        assert ad.down.weight.shape == (4, D) and ad.up.weight.shape == (D, 4)
+        for layer in (ad.down, ad.up):
+            assert torch.count_nonzero(layer.bias) == 0
+            assert 0.01 < layer.weight.std() < 0.03 and layer.weight.abs().max() < 0.1
+    with torch.no_grad():  # larger weights, so that the adapter's term is far above float noise
+        for p in adapters.parameters():
+            p.normal_(0, 0.3)
+        ref = _release_gist_adapter_forward(tiny_vit(), adapters, 0.1, x)
+        frozen = tiny_vit()(x)
+    got = task_features(model, x, 0)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)  # x + (branch + adapter) vs (x + branch) + adapter
+    assert not torch.allclose(got, frozen, atol=1e-3)
+    # reading the normed stream instead (the Convpass-style adapter's input) is a different function
+    with torch.no_grad():
+        vit = tiny_vit()
+        h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for blk, ad in zip(vit.blocks, adapters):
+            h = h + blk.attn(blk.norm1(h)) + 0.1 * ad.up(F.gelu(ad.down(blk.norm1(h))))
+            h = h + blk.mlp(blk.norm2(h)) + 0.1 * ad.up(F.gelu(ad.down(blk.norm2(h))))
+        assert not torch.allclose(got, vit.forward_head(vit.norm(h)), atol=1e-3)
+        assert torch.equal(model.frozen_features(x), frozen)  # the task-id path sees no adapter
+
+
+def test_gist_adapter_is_not_zero_initialised_but_learns(x):
+    with torch.no_grad():
+        frozen = tiny_vit()(x)
+    model = GistAdapterMethod(tiny_vit())
+    model.add_task(0, 4)
+    assert not torch.equal(task_features(model, x, 0), frozen)  # trunc-normal up-projection: a non-zero term
+    model.begin_task([0])
+    model.train()
+    opt = torch.optim.Adam(model.task_parameters(0), lr=0.02)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(model(x, 0), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(p.grad.abs().sum() > 0 for p in model.adapters["0"].parameters())
+
+
+def test_gist_token_dropout_only_in_training():
+    plugin = Gist(dropout=0.5)
+    plugin.dim = D
+    plugin.add_task(0)
+    plugin.active = "0"
+    token = plugin.tokens["0"].detach()[0, 0]
+    seq = torch.zeros(64, 3, D)
+    plugin.eval()
+    assert torch.equal(plugin._insert(None, None, seq)[:, 1], token.expand(64, -1))
+    plugin.train()
+    torch.manual_seed(0)
+    out = plugin._insert(None, None, seq)[:, 1]
+    kept = out != 0
+    assert torch.equal(out[kept], (token * 2).expand(64, -1)[kept])  # inverted dropout, rate 0.5
+    assert 0.3 < kept.float().mean() < 0.7
+    assert not torch.equal(kept[0], kept[1])  # one mask per sample, as the release's expanded token
+    no_drop = Gist(dropout=0.0)
+    no_drop.dim = D
+    no_drop.add_task(0)
+    no_drop.active = "0"
+    no_drop.train()
+    assert torch.equal(no_drop._insert(None, None, seq)[:, 1], no_drop.tokens["0"].detach()[0, 0].expand(64, -1))
+    assert Gist().dropout == 0.1  # the release's default
+    with pytest.raises(ValueError, match="dropout"):
+        Gist(dropout=1.0)
+
+
+def test_vpt_prompt_dropout_only_in_training(x):
+    model = VptDeep(tiny_vit(), length=3, dropout=0.5)
+    model.add_task(0, 3)
+    plain = VptDeep(tiny_vit(), length=3)
+    plain.add_task(0, 3)
+    with torch.no_grad():
+        plain.prompts["0"].copy_(model.prompts["0"])
+    model.eval()
+    plain.eval()
+    evaluated = task_features(model, x, 0)
+    assert torch.equal(evaluated, task_features(plain, x, 0))  # eval: no dropout
+    model.train()
+    plain.train()
+    torch.manual_seed(3)
+    assert not torch.equal(task_features(model, x, 0), evaluated)
+    assert torch.equal(task_features(plain, x, 0), evaluated)  # dropout 0 (the default): training == eval
+    with pytest.raises(ValueError, match="dropout"):
+        VptDeep(tiny_vit(), dropout=-0.1)
+
+
+def test_bitfit_biases_choices():
+    linear = BitFit(tiny_vit(), biases="linear")
+    every = BitFit(tiny_vit())
+    assert every.bias_choice == "all"
+    assert all(".mlp.fc" in n or ".attn." in n for n in linear.bias_names)
+    assert set(linear.bias_names) < set(every.bias_names)
+    assert {n for n in every.bias_names if n not in linear.bias_names} == {
+        "patch_embed.proj.bias", "norm.bias", *(f"blocks.{i}.norm{j}.bias" for i in range(DEPTH) for j in (1, 2))}
+    with pytest.raises(ValueError, match="biases"):
+        BitFit(tiny_vit(), biases="norm")
+
+
+def test_bitfit_linear_learns_only_linear_biases(x):
+    model = BitFit(tiny_vit(), biases="linear")
+    model.add_task(0, 4)
+    model.begin_task([0])
+    model.train()
+    opt = torch.optim.Adam(model.task_parameters(0), lr=0.02)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    first = None
+    for _ in range(4):
+        loss = F.cross_entropy(model(x, 0), y)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+    with torch.no_grad():
+        assert torch.equal(model.frozen_features(x), tiny_vit()(x))

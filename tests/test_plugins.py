@@ -55,7 +55,7 @@ def _stop_and_resume(tmp_path, overrides, stop_after: int) -> tuple[dict, dict, 
 
 
 @pytest.mark.parametrize("overrides", [
-    ["strategy=adapter", "strategy.protocol=sequential", "+plugin=gist"],
+    ["strategy=gist_adapter", "strategy.protocol=sequential", "+plugin=gist"],  # GIST's own pairing
     ["strategy=lora_qkv", "strategy.protocol=sequential", "+plugin=coeff"],
     ["strategy=vpt", "strategy.protocol=sequential", "strategy.method.length=4", "+plugin=[gist,coeff]"],
 ], ids=["gist+adapter", "coeff+lora_qkv", "gist+coeff+vpt"])

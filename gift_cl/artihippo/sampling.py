@@ -1,5 +1,12 @@
 """Hierarchical, task-similarity-guided exploration-exploitation sampling of ArtiHippo architectures.
 
+The sources give the structure (a level-1 categorical over the old tasks' experts and ``Aux = {New, Skip}``,
+probabilities from task similarity mixed with uniform exploration; a level-2 Bernoulli reuse-vs-adapt; ε₁ = 0.3
+in supernet training, ε₂ = 0.5 in the search; normalised cosine similarity of mean [CLS] tokens). They give no
+formulas for the weights: every formula below (the softmax at temperature τ over ``ŝ``, Aux's weight
+``1 − max ŝ``, the credit ``pretrained_similarity`` of the pretrained projection, ``ρ = (1 − ε)·ŝ + ε/2`` and
+the 50/50 New/Skip split inside Aux) is the project's own.
+
 Per block ``l`` of the new task:
 
 - **Level 1**, a categorical over the distinct old experts at ``l`` (the pretrained projection and every old
@@ -8,9 +15,19 @@ Per block ``l`` of the new task:
   cosine between the new task's mean frozen [CLS] feature and the mean [CLS] of the most similar old task
   that runs this expert (the pretrained projection, which has no task of its own, counts at least
   ``pretrained_similarity``); ``Aux`` weighs ``1 − max ŝ`` (the less the new task resembles any old one, the
-  more it tries new/skip). ``p = (1 − ε)·softmax(w / τ) + ε·uniform``.
+  more it tries new/skip). ``p = (1 − ε)·softmax(w / τ) + ε·uniform``. A known consequence: as old experts
+  accumulate, Aux's share (and so New's) falls (about 16 % at task 1, 5 % at task 5, 2 % at task 9 with
+  ε₁ = 0.3 in the review of issue 21).
 - **Level 2**: for an old expert, Bernoulli(ρ) reuse vs adapt with ``ρ = (1 − ε)·ŝ + ε/2`` (similar experts are
   reused more, dissimilar ones adapted); for Aux, new vs skip with equal probability.
+
+``level1="separate"`` (an option, also the project's own formula) gives New and Skip their own level-1
+categories instead of one shared Aux: items are the old experts, ``new`` and ``skip``; exploitation weights
+``ŝ`` for an expert and ``1 − max ŝ`` for each of New and Skip, ``softmax(w / τ)``; exploration ε is spread
+uniformly over the *kinds* present (old experts as one kind, shared uniformly among them; New; Skip) rather
+than over the items, so exploration does not thin out as old experts accumulate: P(New) ≥ ε / 3 at every block
+and task (10 % at ε₁ = 0.3, 16.7 % at ε₂ = 0.5), however many tasks came before. ``level1="aux"`` (the
+default) is the behaviour described above.
 
 ε is ``eps_train`` (0.3, the reference's ε₁) while training the supernet and ``eps_search`` (0.5, ε₂) in the
 evolutionary search. Operations left out of the model's search space (``ops``) get no probability.
@@ -32,8 +49,14 @@ class HierarchicalSampler:
     """Samples one (op, source) per block for the task being searched, given its cosine similarity to
     each old task (``similarity``: {old task: cos})."""
 
+    LEVEL1 = ("aux", "separate")
+
     def __init__(self, model, similarity: dict[int, float], temperature: float = 0.2,
-                 pretrained_similarity: float = 0.0, generator: Optional[torch.Generator] = None):
+                 pretrained_similarity: float = 0.0, generator: Optional[torch.Generator] = None,
+                 level1: str = "aux"):
+        if level1 not in self.LEVEL1:
+            raise ValueError(f"level1={level1!r}: must be one of {list(self.LEVEL1)}")
+        self.level1_mode = level1
         self.model = model
         self.ops = set(model.ops)
         self.temperature = temperature
@@ -52,7 +75,10 @@ class HierarchicalSampler:
         self.aux = [op for op in ("new", "skip") if op in self.ops]
 
     def level1(self, block: int, eps: float) -> list[tuple[object, float]]:
-        """[(expert owner or "aux", probability)] at ``block``."""
+        """[(expert owner or "aux", probability)] at ``block``; with ``level1="separate"``, "new" and "skip"
+        instead of "aux"."""
+        if self.level1_mode == "separate":
+            return self._level1_separate(block, eps)
         experts = self.experts[block]
         items: list[object] = list(experts)
         weights = [experts[o] for o in experts]
@@ -61,6 +87,18 @@ class HierarchicalSampler:
             weights.append(1.0 - max(experts.values(), default=0.0))
         exploit = torch.softmax(torch.tensor(weights, dtype=torch.float64) / self.temperature, 0)
         probs = (1 - eps) * exploit + eps / len(items)
+        return list(zip(items, probs.tolist()))
+
+    def _level1_separate(self, block: int, eps: float) -> list[tuple[object, float]]:
+        experts = self.experts[block]
+        novelty = 1.0 - max(experts.values(), default=0.0)
+        items: list[object] = list(experts) + list(self.aux)
+        weights = [experts[o] for o in experts] + [novelty] * len(self.aux)
+        exploit = torch.softmax(torch.tensor(weights, dtype=torch.float64) / self.temperature, 0)
+        kinds = (1 if experts else 0) + len(self.aux)
+        explore = torch.tensor([1.0 / (kinds * len(experts))] * len(experts) + [1.0 / kinds] * len(self.aux),
+                               dtype=torch.float64)
+        probs = (1 - eps) * exploit + eps * explore
         return list(zip(items, probs.tolist()))
 
     def reuse_probability(self, block: int, owner: int, eps: float) -> float:
@@ -77,6 +115,8 @@ class HierarchicalSampler:
             if item == "aux":
                 for op in self.aux:
                     out[(op, None)] = p / len(self.aux)
+            elif item in ("new", "skip"):
+                out[(item, None)] = p
             else:
                 rho = self.reuse_probability(block, item, eps)
                 if rho > 0:
@@ -93,6 +133,8 @@ class HierarchicalSampler:
         item = level1[self._draw([p for _, p in level1])][0]
         if item == "aux":
             return self.aux[self._draw([1.0] * len(self.aux))], None
+        if item in ("new", "skip"):
+            return item, None
         rho = self.reuse_probability(block, item, eps)
         reuse = bool(torch.rand((), generator=self.generator, dtype=torch.float64) < rho)
         return ("reuse" if reuse else "adapt"), item

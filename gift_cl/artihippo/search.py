@@ -1,7 +1,19 @@
 """The ArtiHippo architecture search for one new task: SPOS supernet training with hierarchical
-similarity-guided sampling, then an evolutionary search over the supernet's validation accuracy that picks,
-among candidates within ``tolerance`` of the best, the one that adds the fewest parameters (then the most
-accurate, then the fewest FLOPs).
+similarity-guided sampling on the task's training data minus a held-out search split, then an evolutionary
+search over the supernet's accuracy on that search split that picks, among candidates within ``tolerance``
+of the best, the one that adds the fewest parameters (then the most accurate, then the fewest FLOPs).
+
+What comes from the sources and what is the project's own:
+
+- SPOS supernet + evolutionary search, exploration ε₁ (supernet) / ε₂ (search): ArtiHippo / CHEEM.
+- The selection rule is the project's own: CHEEM picks the fewest *FLOPs* within 2 % (relative) of the best
+  accuracy; here ``tolerance`` is an *absolute* accuracy margin and the primary key is the number of *added
+  parameters*. On a small search split the margin may be below one image (40 images: one image = 0.025), so
+  with the default 0.02 only exact ties qualify.
+- The task similarity is the project's simplification: one global cosine between mean frozen [CLS] features
+  (:func:`similarities`); CHEEM computes it per layer along the old task's path.
+- The supernet's head warm-started as a linear probe (:func:`linear_probe`) and the ``new_lr_scale`` for new
+  experts are the project's own.
 
 Everything here is deterministic given torch's RNG when :func:`search_task` starts (the plugin forks the RNG
 and seeds it from one draw of the run's RNG), so a run killed during a search redoes the same search.
@@ -42,6 +54,7 @@ class SearchConfig:
     eval_batch_size: int = 256
     probe_steps: int = 200
     new_lr_scale: float = 0.1
+    level1: str = "aux"
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
@@ -54,10 +67,13 @@ class SearchConfig:
         for name in ("eps_train", "eps_search"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
+        if self.level1 not in HierarchicalSampler.LEVEL1:
+            raise ValueError(f"level1={self.level1!r}: must be one of {list(HierarchicalSampler.LEVEL1)}")
 
 
 def split_indices(n: int, val_fraction: float, max_val: int, task: int) -> tuple[list[int], list[int]]:
-    """A validation split carved from a task's training data, the same for every run and seed."""
+    """``(train, search)`` indices: a search split carved from a task's training data (the same for every run
+    and seed); the supernet trains on ``train`` only and paths are scored on ``search``."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(1_000_003 + task)).tolist()
     n_val = max(1, min(max_val, int(round(val_fraction * n)), n - 1))
     return sorted(perm[n_val:]), sorted(perm[:n_val])
@@ -89,7 +105,8 @@ def linear_probe(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, ste
 
 
 def similarities(model, prototype: torch.Tensor) -> dict[int, float]:
-    """Cosine similarity of the new task's mean frozen [CLS] feature to each old task's."""
+    """Cosine similarity of the new task's mean frozen [CLS] feature to each old task's: one global value per
+    old task (the project's simplification; CHEEM computes it per layer along the old task's path)."""
     return {t: float(F.cosine_similarity(prototype, p.to(prototype.device), dim=0))
             for t, p in sorted(model.prototypes.items()) if t in model.arch}
 
@@ -128,8 +145,9 @@ def train_supernet(model, head: nn.Module, loader, sampler: HierarchicalSampler,
 def evolutionary_search(evaluate: Callable[[Arch], float], sampler: HierarchicalSampler, cost: Callable,
                         cfg: SearchConfig, generator: Optional[torch.Generator] = None) -> tuple[Arch, dict]:
     """SPOS's evolution (population, top-k parents, mutation and crossover, every path evaluated once), then
-    the computation-aware choice among the candidates within ``tolerance`` of the best: the fewest added
-    parameters, then the best accuracy, then the fewest FLOPs."""
+    the computation-aware choice among the candidates within ``tolerance`` (absolute accuracy) of the best: the
+    fewest added parameters, then the best accuracy, then the fewest FLOPs. This rule is the project's own;
+    CHEEM's is the fewest FLOPs within 2 % of the best."""
     scores: dict[tuple, float] = {}
 
     def score(arch: Arch) -> None:
@@ -178,7 +196,8 @@ def evolutionary_search(evaluate: Callable[[Arch], float], sampler: Hierarchical
 
 
 def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, device) -> tuple[Arch, dict]:
-    """Supernet training and evolutionary search for ``task`` on a validation split of its training data.
+    """Supernet training on ``task``'s training data minus a held-out search split, and evolutionary search
+    scoring paths on that split.
     Leaves the model as it found it (the supernet's parts are dropped); returns the chosen architecture and
     a log of the search (plain containers)."""
     t0 = time.time()
@@ -187,7 +206,8 @@ def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, 
     feats, labels = frozen_features(model, dataset.eval(), cfg.eval_batch_size, device)
     prototype = feats.mean(0)
     sims = similarities(model, prototype)
-    sampler = HierarchicalSampler(model, sims, cfg.temperature, cfg.pretrained_similarity, generator=gen)
+    sampler = HierarchicalSampler(model, sims, cfg.temperature, cfg.pretrained_similarity, generator=gen,
+                                  level1=cfg.level1)
     old = sorted(sims)
     lora_sources = [list(model.candidates(l, old)) for l in range(model.depth)]
     was_training = model.training

@@ -1,5 +1,5 @@
 """Task-aware models, one file per method; every protocol (independent, sequential, joint) uses them."""
-from .adapter import AdapterMethod
+from .adapter import AdapterMethod, GistAdapterMethod
 from .artihippo import ArtiHippo
 from .base import PAD_LOGIT, TaskAwareModel
 from .bitfit import BitFit
@@ -14,4 +14,4 @@ from .shared import SharedBackbone
 from .vpt import VptDeep
 
 __all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CoeffTuning", "FullFinetune",
-           "GiftMethod", "Gist", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]
+           "GiftMethod", "Gist", "GistAdapterMethod", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]

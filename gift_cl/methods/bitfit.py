@@ -1,6 +1,13 @@
-"""BitFit (Ben Zaken et al.): every bias of the backbone trains, everything else stays frozen — the
-official GIFT code's BitFit baseline. Each task gets its own copy of the biases (initialised from the
-pretrained ones), swapped into the frozen backbone for that task's forward pass.
+"""BitFit: only bias terms of the backbone train, everything else stays frozen. Two definitions, chosen by
+``biases``:
+
+- ``"all"`` (the default): Ben Zaken et al.'s BitFit, every bias of the backbone, LayerNorm biases and the
+  patch embedding's bias included (102,912 per task on ViT-B/16);
+- ``"linear"``: the official GIFT code's BitFit baseline (``BitFiTWrapper``): the biases of ``nn.Linear``
+  layers only (qkv, proj, fc1, fc2; 82,944 per task on ViT-B/16).
+
+Each task gets its own copy of the biases (initialised from the pretrained ones), swapped into the frozen
+backbone for that task's forward pass; at step 0 the model is the frozen one, bit for bit.
 
 The worked example of "adding a method" (README): one file, one config (``configs/strategy/bitfit.yaml``).
 """
@@ -20,11 +27,20 @@ def _key(name: str) -> str:
 
 
 class BitFit(FrozenBackboneModel):
-    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
+    CHOICES = ("all", "linear")
+
+    def __init__(self, backbone: nn.Module, biases: str = "all", plugins: Optional[dict] = None):
         super().__init__(backbone)
-        self.bias_names = [n for n, _ in self.backbone.named_parameters() if n.endswith(".bias")]
+        if biases not in self.CHOICES:
+            raise ValueError(f"BitFit biases must be one of {list(self.CHOICES)}, got {biases!r}")
+        self.bias_choice = biases
+        if biases == "linear":
+            self.bias_names = [f"{m}.bias" for m, mod in self.backbone.named_modules()
+                               if isinstance(mod, nn.Linear) and mod.bias is not None]
+        else:
+            self.bias_names = [n for n, _ in self.backbone.named_parameters() if n.endswith(".bias")]
         if not self.bias_names:
-            raise ValueError("BitFit needs a backbone with bias terms; this one has none")
+            raise ValueError(f"BitFit (biases={biases!r}) needs a backbone with such bias terms; this one has none")
         self.biases = nn.ModuleDict()  # task -> ParameterDict of that task's biases
         self.record_pretrained_keys()
         self.use_plugins(plugins)

@@ -3,8 +3,10 @@ method (GIFT, LoRA, Adapter, VPT, ...).
 
 Per attention layer ℓ and task t a coefficient matrix α (heads × heads) recombines the heads' attention
 maps: ``A'_h = Σ_i (α + I)_{h,i} A_i`` (after the softmax, before dropout and ``@ v``). α starts at 0, so
-the model starts at the pretrained one; dropout (``dropout``, default 0.1) is applied to α during training.
-Per task: ``depth × heads²`` parameters.
+the model starts at the pretrained one; dropout (``dropout``) is applied to α during training. The default 0.1
+is the project's choice, not a value taken from a source: the paper applies dropout to the coefficients, and its
+ablation over the rate is best at 0.2 (the fidelity review of issue 21); no official code was available to
+compare with. Per task: ``depth × heads²`` parameters.
 
 The recombination needs the attention maps, so a layer runs timm's explicit (non-fused) attention only
 while a task with α is active; everything else (``frozen_features``, methods' other tasks, a model

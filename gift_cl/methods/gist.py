@@ -3,6 +3,9 @@ model plug-in for any method (GIFT, LoRA, Adapter, VPT, BitFit, ...).
 
 - One trainable Gist token per task, initialised U(-0.5, 0.5), inserted right after [CLS] and after the
   positional embeddings: the sequence is ``[CLS, GIST, patches]`` (VPT's prompts, if any, come last).
+- Dropout on the inserted token in training (``dropout``, default 0.1 as in the GIST release's
+  ``GIST.prompt_dropout``; one mask per sample, applied to the token after it is expanded over the batch);
+  none in evaluation. ``dropout=0`` switches it off.
 - The task's classifier head reads both the [CLS] and the Gist token, each after the final norm.
 - Training loss: ``CE(cls) + w_ce·CE(gist) + w_kl·(KL(p_cls‖p_gist) + KL(p_gist‖p_cls))`` with both
   softmaxes at temperature ``T``; defaults w_ce = 0.5, w_kl = 0.75, T = 3 (the GIST release); nothing is
@@ -34,10 +37,13 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: fl
 
 class Gist(ModelPlugin):
     def __init__(self, ce_weight: float = 0.5, kl_weight: float = 0.75, temperature: float = 3.0,
-                 init_range: float = 0.5):
+                 init_range: float = 0.5, dropout: float = 0.1):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"GIST temperature must be > 0, got {temperature}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"GIST token dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
         self.ce_weight, self.kl_weight, self.temperature, self.init_range = ce_weight, kl_weight, temperature, init_range
         self.tokens = nn.ParameterDict()  # task -> (1, 1, D)
         self.dim: Optional[int] = None
@@ -65,6 +71,8 @@ class Gist(ModelPlugin):
         if self.active is None or self.active not in self.tokens:
             return x
         gist = self.tokens[self.active].to(x.dtype).expand(x.shape[0], -1, -1)
+        if self.dropout > 0 and self.training:
+            gist = F.dropout(gist, self.dropout, training=True)
         return torch.cat([x[:, :1], gist, x[:, 1:]], dim=1)
 
     def _capture(self, module, args, x):

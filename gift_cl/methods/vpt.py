@@ -8,6 +8,13 @@ positional embedding, so this equals VPT's ``[CLS, prompts, patches]`` and leave
 GIST token. Init: uniform ±sqrt(6 / (3·patch_area + D)) as in the VPT release. Per task: ``depth × length × D``
 parameters (+ the classifier).
 
+Options and their sources: ``length`` defaults to 10 (the project's choice); the official GIFT code's VPT-deep
+baseline uses 5 prompts per layer, as does the VPT release's default ``MODEL.PROMPT.NUM_TOKENS``.
+``dropout`` (default 0.0) is dropout on the prompts in training, applied as the VPT release applies its
+``prompt_dropout`` (to every layer's prompts after they are expanded over the batch: one mask per sample); the
+VPT release's default ``MODEL.PROMPT.DROPOUT`` is 0.0, the fidelity review of issue 21 reports 0.1 for the runs
+it examined.
+
 Not a zero-initialised method: extra tokens change every attention softmax from step 0 on.
 """
 from __future__ import annotations
@@ -16,6 +23,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import HookedBackboneModel
@@ -23,12 +31,14 @@ from .plugin import check_token_pooling
 
 
 class VptDeep(HookedBackboneModel):
-    def __init__(self, backbone: nn.Module, length: int = 10, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, length: int = 10, dropout: float = 0.0, plugins: Optional[dict] = None):
         super().__init__(backbone)
         if length < 1:
             raise ValueError(f"VPT prompt length must be >= 1, got {length}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"VPT prompt dropout must be in [0, 1), got {dropout}")
         check_token_pooling(self.backbone, "VPT")
-        self.length = length
+        self.length, self.dropout = length, dropout
         self.depth = len(self.backbone.blocks)
         patch = self.backbone.patch_embed.patch_size
         self.init_range = math.sqrt(6.0 / (3 * patch[0] * patch[1] + self.feature_dim))
@@ -63,5 +73,7 @@ class _PromptHook:
             return None
         x = args[0]
         prompts = model.prompts[model.active][self.layer].to(x.dtype).expand(x.shape[0], -1, -1)
+        if model.dropout > 0 and model.training:
+            prompts = F.dropout(prompts, model.dropout, training=True)
         x = torch.cat([x if self.layer == 0 else x[:, :-model.length], prompts], dim=1)
         return (x, *args[1:])
