@@ -81,8 +81,17 @@ def wandb_history(wandb_file: Path) -> dict:
     return history
 
 
-def latest_wandb_history(log_dir: Path) -> dict:
-    return wandb_history(next((log_dir / "wandb" / "latest-run").resolve().glob("*.wandb")))
+def latest_wandb_history(log_dir: Path, timeout: float = 60.0) -> dict:
+    """The newest offline run's history, once W&B's service process has written it: on a loaded machine the
+    file can still be empty or growing when ``finish()`` returns, so it is read until two reads a second
+    apart agree."""
+    deadline, last = time.time() + timeout, None
+    while True:
+        history = wandb_history(next((log_dir / "wandb" / "latest-run").resolve().glob("*.wandb")))
+        if (history and history == last) or time.time() > deadline:
+            return history
+        last = history
+        time.sleep(1.0)
 
 
 # ----------------------------------------------------------------------------- logs across kill -9 and resume
