@@ -41,7 +41,7 @@ notebooks: install
 	GIFT_CL_RUN=$(RUN) GIFT_CL_BASELINE=$(BASELINE) $(VENV)/bin/jupyter execute --inplace analysis/notebooks/*.ipynb
 
 test-all: install  # also the slow and real-data checks
-	$(PY) -m pytest -q -m "not official_checkpoint"  # that one needs a released checkpoint: README
+	$(PY) -m pytest -q -m "not official_checkpoint"  # that one needs a released checkpoint: README (kill loop included)
 
 # Installs the real Fashion-MNIST (31 MB, MIT) with apt; fails (never skips) if that does not work.
 real-data:
