@@ -181,7 +181,7 @@ def _maker(makers: dict, part: nn.Module, what: str, reasons: dict) -> Callable:
 
 def _head(part: nn.Module, label: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's classifier padded to ``num_classes`` outputs (weight 0, bias PAD_LOGIT beyond its own)."""
-    from .methods.base import PAD_LOGIT
+    from .padding import PAD_LOGIT
 
     head = part.classifiers[str(label)]
     weight = head.weight.new_zeros(num_classes, head.in_features)
@@ -257,7 +257,7 @@ def export_peft(model: nn.Module, directory, tasks: Optional[Sequence[str]] = No
 
 
 def _pad() -> float:
-    from .methods.base import PAD_LOGIT
+    from .padding import PAD_LOGIT
 
     return PAD_LOGIT
 

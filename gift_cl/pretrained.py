@@ -85,7 +85,7 @@ class TaskModels(nn.Module):
         return self.models[str(int(task))]
 
     def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
-        from .methods.base import PAD_LOGIT
+        from .padding import PAD_LOGIT
 
         if isinstance(task_labels, int):
             return self.model(task_labels)(x, task_labels)

@@ -28,11 +28,8 @@ from avalanche.models import MultiTaskModule
 from torch import nn
 
 from ..injection import backbone_parameter_count, count_parameters
+from ..padding import PAD_LOGIT  # noqa: F401 (re-exported: gift_cl.methods.PAD_LOGIT)
 from .arguments import RecordsArguments
-
-# Logit for the classes a sample's task does not have. Avalanche 0.6 pads with 0, which lets
-# phantom classes win argmax and enter the loss (avalanche-0.6-notes §2.2).
-PAD_LOGIT = -1e9
 
 
 def classes_per_task(dataset) -> dict[int, int]:
