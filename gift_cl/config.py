@@ -44,8 +44,11 @@ def _backbone_data(key: str, *, _parent_) -> object:
         raise ValueError(f"${{backbone_data:{key}}} must sit in a model node with a timm `name` (and optional "
                          "`kwargs`, `checkpoint`); otherwise give the value explicitly")
     kwargs = model.get("kwargs")
-    kwargs = OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
-    return backbone_data_config(str(model.name), kwargs, model.get("checkpoint"))[key]
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else {}
+    assert isinstance(kwargs, dict)  # a mapping node's container is a dict
+    value = backbone_data_config(str(model.name), kwargs, model.get("checkpoint"))[key]
+    # a list as a ListConfig: OmegaConf.resolve (``run.py --cfg job --resolve``) refuses a plain list
+    return ListConfig(value) if isinstance(value, list) else value
 
 
 OmegaConf.register_new_resolver("asset", asset_path, replace=True)
@@ -309,7 +312,10 @@ def check_argument(target: str, param: inspect.Parameter, value: Any, where: str
     if value is None:
         if nullable or (kind is None and span is None):
             return
-        raise ConfigError(f"{where}=None: must be {span.describe() if span else _KINDS[kind][1]}")
+        if span is not None:
+            raise ConfigError(f"{where}=None: must be {span.describe()}")
+        assert kind is not None  # (kind, span) = (None, None) returned above
+        raise ConfigError(f"{where}=None: must be {_KINDS[kind][1]}")
     if span is not None:
         span.check(value, where)
     elif kind is not None and (isinstance(value, bool) and kind in ("int", "float")
@@ -382,13 +388,16 @@ def load_saved_config(path: str | Path) -> DictConfig:
         check_interpolations(OmegaConf.to_container(cfg, resolve=False))
         try:
             tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            assert isinstance(tree, dict)  # cfg is a DictConfig (checked above)
         except Exception as err:  # noqa: BLE001 (OmegaConf's and the resolvers' errors: one message)
             raise ConfigError(f"cannot resolve it ({type(err).__name__}: {_first_line(err)})") from None
         check_instantiable(tree)
         SEED_RANGE.check(tree.get("seed", 0), "seed")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-    return OmegaConf.create(tree)
+    saved = OmegaConf.create(tree)
+    assert isinstance(saved, DictConfig)
+    return saved
 
 
 def safe_instantiate(node: DictConfig, *args, where: str = "config", **kwargs):

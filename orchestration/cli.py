@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -43,10 +42,11 @@ def user_errors() -> tuple:
 def user_error(exc: BaseException):
     """The user error behind ``exc`` (Hydra's ``instantiate`` wraps what a loader raises), or None."""
     known = user_errors()
-    while exc is not None:
-        if isinstance(exc, known) or (isinstance(exc, OSError) and exc.errno in REFUSED_WRITES):
-            return exc
-        exc = exc.__cause__ or exc.__context__
+    cause: Optional[BaseException] = exc
+    while cause is not None:
+        if isinstance(cause, known) or (isinstance(cause, OSError) and cause.errno in REFUSED_WRITES):
+            return cause
+        cause = cause.__cause__ or cause.__context__
     return None
 
 
@@ -79,7 +79,7 @@ class HydraRecord:
         from gift_cl.checkpoint import write_text
 
         for name, text in self.files.items():
-            write_text(text, run_dir / self.subdir / name)
+            write_text(text, run_dir / (self.subdir or "") / name)
 
     @contextlib.contextmanager
     def logging_to(self, run_dir: Path):
@@ -220,7 +220,10 @@ def config_dir() -> str:
     found without importing ``gift_cl`` (which imports torch): Hydra's own errors come in a second."""
     import importlib.util
 
-    return str(Path(importlib.util.find_spec("gift_cl").submodule_search_locations[0]).resolve() / "configs")
+    spec = importlib.util.find_spec("gift_cl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the gift_cl package is not installed (pip install -e .)")
+    return str(Path(spec.submodule_search_locations[0]).resolve() / "configs")
 
 
 def register_resolvers() -> None:
@@ -328,22 +331,6 @@ def hydra_record(cfg) -> HydraRecord:
     return record
 
 
-def requeued_job(cfg, hydra_cfg) -> bool:
-    """Whether this process is a submitit job (``hydra/launcher=slurm`` or ``local``) started again in a job
-    directory that already holds its run: requeued after a pre-emption or a time-out (submitit resubmits
-    the job with its command line unchanged, ``max_num_timeout`` times at most for time-outs), or the same
-    sweep launched again into the same ``hydra.sweep.dir``. Such a job continues its run from the last
-    checkpoint (``resume=`` its own directory, with the usual check that the configuration is the same)
-    instead of being refused as a new run in an occupied directory."""
-    from hydra.types import RunMode
-
-    if not os.environ.get("SUBMITIT_EXECUTOR") or hydra_cfg.mode != RunMode.MULTIRUN or cfg.resume:
-        return False
-    from .rundir import holds_a_run  # imports torch: only in a submitit job
-
-    return holds_a_run(Path(hydra_cfg.runtime.output_dir))
-
-
 def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -353,11 +340,7 @@ def _hydra_main() -> None:
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
     def _main(cfg) -> float:
         hydra_cfg = HydraConfig.get()
-        try:
-            if requeued_job(cfg, hydra_cfg):
-                log.info("submitit job %s started again in %s: continuing its run", os.environ.get(
-                    "SUBMITIT_LOCAL_JOB_ID") or os.environ.get("SLURM_JOB_ID", "?"), hydra_cfg.runtime.output_dir)
-                cfg.resume = str(hydra_cfg.runtime.output_dir)
+        try:  # a single run (-m: hydra_plugins/gift_cl_sweep runs the grid through orchestration.sweep)
             results = run(cfg, Path(hydra_cfg.runtime.output_dir), tuple(hydra_cfg.overrides.task),
                           record=hydra_record(cfg))
         except Exception as exc:

@@ -1,5 +1,8 @@
 """Long sweeps that survive a stop: ``python -m orchestration.sweep PLAN [PLAN ...] --out DIR [--jobs N]``.
 
+The one sweep runner: ``python run.py -m ...`` runs its grid through it too (the default launcher,
+``hydra_plugins/gift_cl_sweep``), so a run lands in the same directory either way.
+
 A plan is a text file with one run per line, written as ``run.py`` overrides; Hydra's sweep syntax expands
 within a line (``optim.lr=3e-3,1e-2 seed=0,1,2`` is six runs); ``#`` starts a comment. Every run gets a
 directory named after its overrides under ``--out``, so a second call with the same plan
@@ -22,6 +25,8 @@ calls on one folder never run a run twice); each run gets ``threads = cores // N
 with a bad line (an unknown option, a typo, a value out of range) is refused as a whole, naming every bad run,
 and nothing runs. A run that fails while running is reported with its directory and the sweep exits non-zero;
 the others go on.
+``--launcher local|slurm`` runs every run as a submitit job instead (``configs/hydra/launcher/``, parameters
+with ``--launcher-opt KEY=VALUE``); a job that submitit requeues continues its run from the last checkpoint.
 Collect the results with ``analysis/compare.py DIR`` or ``analysis/summarize.py DIR``.
 """
 from __future__ import annotations
@@ -73,7 +78,7 @@ def read_plans(paths: list[str]) -> list[list[str]]:
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 runs += expand(line)
-            except Exception as exc:  # the parser's own message, with the place
+            except Exception as exc:  # noqa: BLE001 (the parser's own message, with the place)
                 raise SystemExit(f"{path}:{number}: cannot read this plan line ({exc}): {line.strip()}") from None
     seen, unique = set(), []
     for run in runs:
@@ -119,7 +124,7 @@ def run_name(overrides: list[str], varying: Optional[set] = None) -> str:
 def run_dirs(runs: list[list[str]], out: Path) -> list[Path]:
     """Each run's directory under ``out``: the one already there with the run's hash (named by an earlier
     plan, or by the naming of earlier versions), else a new name from the overrides that vary in ``runs``."""
-    existing = {}
+    existing: dict[str, Path] = {}
     if out.is_dir():
         for d in out.iterdir():
             if "__" in d.name and d.is_dir():
@@ -151,6 +156,14 @@ def finished(run_dir: Path) -> bool:
         return False
 
 
+def average_accuracy(run_dir: Path) -> Optional[float]:
+    """A finished run's average accuracy (``results.json``), else ``None``."""
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("average_accuracy")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def state(run_dir: Path) -> str:
     return "finished" if finished(run_dir) else "started" if (run_dir / CONFIG_FILE).is_file() else "pending"
 
@@ -158,8 +171,7 @@ def state(run_dir: Path) -> str:
 # ------------------------------------------------------------------------------------------- one run
 def compose(overrides: list[str]):
     """The configuration ``python run.py <overrides>`` would build (Hydra's compose API, the shipped configs)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -175,10 +187,13 @@ def compose(overrides: list[str]):
     return cfg
 
 
-def run_one(overrides: list[str], run_dir: Path) -> dict:
+def run_one(overrides: list[str], run_dir: Path, composer=compose) -> dict:
+    """One run in ``run_dir``, in this process: ``composer(overrides)`` is its configuration (default: the shipped
+    configs, as ``run.py`` composes them); a directory that holds a started run is continued from its last
+    checkpoint (``resume=<run_dir>``, with the usual check that the configuration is the same)."""
     from .cli import run
 
-    cfg = compose(overrides)
+    cfg = composer(overrides)
     if (run_dir / CONFIG_FILE).is_file():  # started before: continue it (set here, a path is no override)
         cfg.resume = str(run_dir)
     handler = logging.FileHandler(run_dir / "gift_cl.log")
@@ -195,15 +210,46 @@ def run_one(overrides: list[str], run_dir: Path) -> dict:
         handler.close()
 
 
-def full_overrides(overrides: list[str], threads: int) -> list[str]:
-    """A plan line's overrides plus the sweep's defaults and thread count, where the line does not set them."""
+def run_in_dir(overrides: list[str], run_dir: Path, composer=compose, threads: Optional[int] = None) -> Optional[dict]:
+    """A sweep's run in its directory, whoever calls it (a worker, a submitit job, a requeued job): skipped
+    (``None``) when it has finished or another process has claimed it, continued from its last checkpoint when
+    it was started, else started. A failure is written to ``sweep_error.txt`` (with its traceback) and raised."""
+    from .rundir import RunLock
+
+    if finished(run_dir):
+        return None
+    claim = RunLock(run_dir, ".claim")
+    if not claim.try_acquire():
+        return None  # another worker has it
+    try:
+        if finished(run_dir):
+            return None
+        (run_dir / "overrides.txt").write_text(" ".join(overrides) + "\n")
+        start = time.time()
+        log.info("start %s", run_dir.name)
+        try:
+            results = run_one(full_overrides(overrides, threads), run_dir, composer)
+        except BaseException:
+            if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                (run_dir / "sweep_error.txt").write_text(traceback.format_exc())
+            raise
+        log.info("done  %s: average accuracy %.2f in %.0f s", run_dir.name, 100 * results["average_accuracy"],
+                 time.time() - start)
+        return results
+    finally:
+        claim.release()
+
+
+def full_overrides(overrides: list[str], threads: Optional[int] = None) -> list[str]:
+    """A plan line's overrides plus the sweep's defaults and thread count (if given), where the line does not
+    set them."""
     full = [*overrides, *(d for d in DEFAULTS if not any(o.startswith(d.split("=")[0] + "=") for o in overrides))]
-    if not any(o.startswith("threads=") for o in overrides):
+    if threads is not None and not any(o.startswith("threads=") for o in overrides):
         full.append(f"threads={threads}")
     return full
 
 
-def check_configs(runs: list[list[str]], dirs: list[Path], threads: int) -> list[str]:
+def check_configs(runs: list[list[str]], dirs: list[Path], threads: Optional[int], composer=compose) -> list[str]:
     """Compose and validate every unfinished run's configuration before any run starts (~0.1 s a run), so a typo
     on line 40 of a plan stops the sweep now, not hours later; returns one line per bad run."""
     todo = [o for o, d in zip(runs, dirs) if not finished(d)]
@@ -215,44 +261,100 @@ def check_configs(runs: list[list[str]], dirs: list[Path], threads: int) -> list
     bad = []
     for overrides in todo:
         try:
-            validate(compose(full_overrides(overrides, threads)))
+            validate(composer(full_overrides(overrides, threads)))
         except Exception as exc:  # noqa: BLE001 (Hydra's and our config errors; all of them are reported)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             bad.append(f"{' '.join(overrides)}: {type(exc).__name__}: {first}")
     return bad
 
 
-def work(runs: list[list[str]], dirs: list[Path], threads: int) -> list[str]:
+def work(runs: list[list[str]], dirs: list[Path], threads: Optional[int], composer=compose) -> list[str]:
     """Take unclaimed, unfinished runs in plan order and run them; returns the failed runs' directories."""
     failed = []
     for overrides, run_dir in zip(runs, dirs):
-        if finished(run_dir):
-            continue
-        from .rundir import RunLock
-
-        claim = RunLock(run_dir, ".claim")
-        if not claim.try_acquire():
-            continue  # another worker has it
         try:
-            if finished(run_dir):
-                continue
-            full = full_overrides(overrides, threads)
-            (run_dir / "overrides.txt").write_text(" ".join(overrides) + "\n")
-            start = time.time()
-            log.info("start %s", run_dir.name)
-            try:
-                results = run_one(full, run_dir)
-                log.info("done  %s: average accuracy %.2f in %.0f s", run_dir.name,
-                         100 * results["average_accuracy"], time.time() - start)
-            except BaseException as exc:  # noqa: BLE001 (reported, the sweep goes on; Ctrl-C stops it)
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                failed.append(str(run_dir))
-                (run_dir / "sweep_error.txt").write_text(traceback.format_exc())
-                log.error("FAILED %s: %s: %s (traceback in sweep_error.txt)", run_dir, type(exc).__name__, exc)
-        finally:
-            claim.release()
+            run_in_dir(overrides, run_dir, composer, threads)
+        except Exception as exc:  # noqa: BLE001 (reported, the sweep goes on; Ctrl-C stops it)
+            failed.append(str(run_dir))
+            log.error("FAILED %s: %s: %s (traceback in sweep_error.txt)", run_dir, type(exc).__name__, exc)
     return failed
+
+
+# ------------------------------------------------------------------------------------------- submitit
+# the parameters every submitit executor takes; the others are the cluster's own (slurm_partition, ...)
+GENERIC_PARAMS = frozenset({"timeout_min", "mem_gb", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node",
+                            "name", "stderr_to_stdout"})
+
+
+class SweepJob:
+    """What a submitit job runs: one run of a sweep in its directory (:func:`run_in_dir`). A job that submitit
+    requeues (signalled before its time limit, or pre-empted) is submitted again with the same arguments
+    (:meth:`checkpoint`) and continues its run from the last checkpoint. ``composer`` makes a run's
+    configuration from its overrides (picklable: it travels to the job)."""
+
+    def __init__(self, composer=compose, threads: Optional[int] = None):
+        self.composer, self.threads = composer, threads
+
+    def __call__(self, overrides: list[str], run_dir: str) -> Optional[float]:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+        results = run_in_dir(list(overrides), Path(run_dir), self.composer, self.threads)
+        return None if results is None else results["average_accuracy"]
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def submitit_executor(cluster: str, params: dict):
+    """A submitit executor for ``cluster`` (``local`` or ``slurm``) from a launcher configuration's parameters
+    (``configs/hydra/launcher/``): ``submitit_folder``, the generic resources, ``max_num_timeout`` and the
+    cluster's own parameters by their plain names (``partition``, ``signal_delay_s``, ...). ``None`` values
+    are left to submitit."""
+    import submitit
+
+    params = {k: v for k, v in params.items() if v is not None}
+    folder = params.pop("submitit_folder")
+    init = {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
+    executor.update_parameters(**{k if k in GENERIC_PARAMS else f"{cluster}_{k}": v for k, v in params.items()})
+    return executor
+
+
+def submit(runs: list[list[str]], dirs: list[Path], job: SweepJob, executor) -> list[str]:
+    """Every unfinished run as one submitit job (a job array), then wait for them; returns the failed runs'
+    directories. A job's output is in its submitit folder (``<out>/.submitit/<job id>/``)."""
+    todo = [(o, d) for o, d in zip(runs, dirs) if not finished(d)]
+    if not todo:
+        return []
+    jobs = executor.map_array(job, [o for o, _ in todo], [str(d) for _, d in todo])
+    log.info("submitted %d jobs: %s", len(jobs), " ".join(str(j.job_id) for j in jobs))
+    failed = []
+    for j, (_, run_dir) in zip(jobs, todo):
+        try:
+            j.result()
+        except Exception as exc:  # noqa: BLE001 (every job is waited for; the failures are listed)
+            failed.append(str(run_dir))
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log.error("FAILED %s (job %s): %s", run_dir, j.job_id, first)
+    return failed
+
+
+def launcher_params(name: str, options: list[str], out: Path) -> dict:
+    """The parameters of the launcher ``configs/hydra/launcher/<name>.yaml`` with ``options`` (``KEY=VALUE``,
+    as ``hydra.launcher.KEY=VALUE`` on a ``run.py -m`` command line), for a sweep in ``out``."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from .cli import config_dir
+
+    overrides = [f"hydra/launcher={name}", f"hydra.sweep.dir={out}", *(f"hydra.launcher.{o}" for o in options)]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert isinstance(params, dict)  # hydra.launcher is a mapping
+    params.pop("_target_", None)
+    return params
 
 
 def status(dirs: list[Path]) -> dict[str, int]:
@@ -279,6 +381,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="torch threads per run (default: cores // jobs); a run's own threads= wins")
     ap.add_argument("--status", action="store_true", help="print how many runs are finished/started/pending")
     ap.add_argument("--list", action="store_true", help="print the runs and their directories, run nothing")
+    ap.add_argument("--launcher", default=None, metavar="NAME",
+                    help="run every run as a submitit job: configs/hydra/launcher/NAME.yaml (local, slurm)")
+    ap.add_argument("--launcher-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="a parameter of the launcher (partition=gpu, timeout_min=240, ...); repeatable")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     runs, out = read_plans(args.plans), Path(args.out)
@@ -304,7 +410,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     write_index(runs, dirs, out)
-    if args.jobs == 1:
+    params = launcher_params(args.launcher, args.launcher_opt, out) if args.launcher else {"executor": "inprocess"}
+    cluster = params.pop("executor")
+    if cluster != "inprocess":  # each run a submitit job: its own process, its threads from its cpus
+        failed = submit(runs, dirs, SweepJob(threads=args.threads), submitit_executor(cluster, params))
+    elif args.jobs == 1:
         failed = work(runs, dirs, threads)
     else:
         cmd = [sys.executable, "-m", "orchestration.sweep", *args.plans, "--out", str(out), "--worker",
@@ -312,6 +422,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         procs = [subprocess.Popen(cmd) for _ in range(args.jobs)]
         codes = [p.wait() for p in procs]
         failed = [str(out)] if any(codes) else []
+    return report(runs, dirs, out, failed)
+
+
+def report(runs: list[list[str]], dirs: list[Path], out: Path, failed: list[str]) -> int:
+    """Log how the sweep ended; the exit status: 0 when every run finished, else 1."""
     counts = status(dirs)
     log.info("sweep %s: %s", out, counts)
     if failed or counts["finished"] != len(runs):

@@ -4,11 +4,9 @@ import json
 import subprocess
 import sys
 
-
 import pytest
 
 from fixtures import write_fgvc, write_five_datasets, write_vdd, write_vtab
-
 from runs import PROCEDURAL, REPO, TINY, env, kill_and_resume, results, run_py
 
 
@@ -117,6 +115,7 @@ def test_evaluating_after_the_last_experience_only_gives_its_row_exactly(tmp_pat
     reproduces the final row of the full accuracy matrix bit for bit, leaves the other rows empty, has no
     forgetting, and still writes every task's per-image predictions."""
     from gift_cl.reporting import read_predictions
+
     from runs import compose_cfg, run_in_process
 
     common = [*TINY[1:], *PROCEDURAL, "strategy=lora_multitask", "benchmark.domains=[digits,pedestrians,signs]"]
@@ -130,3 +129,13 @@ def test_evaluating_after_the_last_experience_only_gives_its_row_exactly(tmp_pat
     for name, (pred, target) in preds.items():
         assert len(pred) == 24 and float((pred == target).mean()) == last["final_accuracy"][name]
     assert "(not evaluated)" in (tmp_path / "last" / "summary.txt").read_text()
+
+
+def test_cfg_job_resolve_prints_the_resolved_configuration():
+    """``run.py --cfg job --resolve``: the backbone's normalisation (lists from a resolver) resolves in place."""
+    import yaml
+
+    proc = run_py("--cfg", "job", "--resolve", "model=vit_formula")
+    cfg = yaml.safe_load(proc.stdout)
+    assert len(cfg["model"]["mean"]) == 3 and len(cfg["model"]["std"]) == 3 and cfg["model"]["image_size"] > 0
+    assert "${" not in proc.stdout

@@ -1,20 +1,18 @@
 """GPU as a first-class path, tested on CPU: device=auto, precision (bf16/fp16 autocast, the fp16 loss
-scaler), TF32, torch.compile wiring, loader settings, RNG state across devices, and Hydra's submitit
-launchers (a 2-job multirun through the local executor; a pre-empted job requeued by submitit continues its
-run)."""
+scaler), TF32, torch.compile wiring, loader settings, RNG state across devices. (Submitit jobs and their requeue:
+tests/test_sweep.py.)"""
 import contextlib
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from runs import PROCEDURAL, TINY, compose_cfg, results, run_in_process, run_py
-
 from gift_cl.config import ConfigError
 from orchestration.device import check_device, configure_backends, loader_kwargs, runtime
 from orchestration.validation import validate
 from strategies.precision import Precision, compile_backbones
+
+from runs import PROCEDURAL, TINY, compose_cfg, run_in_process
 
 TINY_CFG = [o for o in TINY if not o.startswith("model=")]
 GIFT_2 = [*TINY_CFG, *PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=[digits,signs]", "optim.epochs=1"]
@@ -22,9 +20,9 @@ GIFT_2 = [*TINY_CFG, *PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=
 
 def _tiny_gift():
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     from gift_cl.backbones import create_backbone
-    from omegaconf import OmegaConf
 
     cfg = compose_cfg("strategy=gift_multitask")
     backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
@@ -173,8 +171,8 @@ def test_fp16_on_cpu_runs_end_to_end_through_the_scaler(tmp_path, monkeypatch):
 
 
 def test_fp16_scaler_state_survives_a_mid_experience_checkpoint():
-    from strategies import TaskAwareStrategy
     from gift_cl.optim import OptimConfig
+    from strategies import TaskAwareStrategy
 
     model, _ = _tiny_gift()
     strategy = TaskAwareStrategy(model=model, optim=OptimConfig(epochs=2, batch_size=4), precision="fp16",
@@ -239,91 +237,3 @@ def test_run_checkpoint_loads_onto_the_run_device(tmp_path):
     state = load_run_checkpoint(tmp_path / "last.pt", runtime(compose_cfg()).device)
     set_rng_state(state["rng"])
     assert state["model"]["w"].device.type == runtime(compose_cfg()).device.split(":")[0]
-
-
-# ---------------------------------------------------------------------- SLURM / submitit
-def _require_submitit():
-    try:
-        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
-    except ImportError:
-        pytest.fail("hydra-submitit-launcher is not installed: pip install -e .[slurm] "
-                    "(it is also part of the dev extra)")
-
-
-def test_slurm_launcher_config_composes():
-    _require_submitit()
-    from hydra import compose, initialize_config_dir
-
-    from runs import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
-    assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0 and launcher.mem_gb > 0
-    assert launcher.cpus_per_task > 0
-    # a timed-out or pre-empted job goes back to the queue (and continues its run: the local test below)
-    assert launcher.max_num_timeout >= 1 and launcher.additional_parameters.requeue is True
-    assert 0 < launcher.signal_delay_s < 60 * launcher.timeout_min
-
-
-def test_submitit_local_multirun_two_jobs(tmp_path):
-    _require_submitit()
-    sweep = tmp_path / "sweep"
-    run_py("-m", "hydra/launcher=local", *TINY, *PROCEDURAL, "benchmark.domains=[pedestrians]", "optim.epochs=1",
-           "strategy=linear,lora", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}", timeout=600)
-    assert results(sweep / "0")["strategy"] == "linear" and results(sweep / "1")["strategy"] == "lora"
-    assert results(sweep / "0")["finished"] and results(sweep / "1")["finished"]
-    assert list(Path(sweep, ".submitit").iterdir())  # the jobs went through submitit
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.is_file() else []
-
-
-def test_submitit_job_preempted_is_requeued_and_continues_its_run(tmp_path):
-    """A submitit job signalled with USR2 (what SLURM sends before a time limit, and on pre-emption where the
-    cluster is set up so) after its first checkpoint: submitit calls the launcher's checkpoint(), which resubmits
-    the job with its command line unchanged, and requeues it; the job, started again in its own directory,
-    continues the run from that checkpoint (not refused as a new run there, not started afresh) and the sweep
-    ends with exit status 0. Through submitit's local executor, which requeues as SLURM does."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from orchestration.loop import CHECKPOINT
-    from runs import REPO, env
-
-    _require_submitit()
-    sweep = tmp_path / "sweep"
-    run_dir = sweep / "0"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=local", *TINY, *PROCEDURAL,
-                             "strategy=linear_multitask", "benchmark.domains=[digits,pedestrians]", "optim.epochs=4",
-                             "checkpoint_every=1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=0"],
-                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 1200
-        while not (run_dir / CHECKPOINT).is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None and (run_dir / CHECKPOINT).is_file(), "the job ended before its first checkpoint"
-        # the local job id is its controller's pid (submitit also leaves a folder named after its "%j" pattern)
-        controller = int(next(p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()).name)
-        tasks = _children(controller)  # the job's process (the controller restarts it when it is requeued)
-        assert len(tasks) == 1, tasks
-        assert not (run_dir / "results.json").is_file() or not results(run_dir)["finished"]
-        os.kill(tasks[0], signal.SIGUSR2)
-        stdout, stderr = proc.communicate(timeout=1800)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    assert results(run_dir)["finished"]
-    job_logs = "".join(p.read_text() for p in sorted((sweep / ".submitit").rglob("*_log.*")))  # .out: INFO, .err: WARNING
-    assert "this job is preempted" in job_logs and "Requeued job" in job_logs, job_logs[-3000:]
-    log = (run_dir / "gift_cl.log").read_text()
-    assert f"resumed from {run_dir / CHECKPOINT} at experience" in log, log[-3000:]

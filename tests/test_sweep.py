@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from orchestration import sweep
-from runs import REPO, env
+
+from runs import REPO, env, run_py
 
 RUN = ("strategy=gift_multitask model=vit_tiny_random optim.epochs=2 optim.batch_size=16 "
        "benchmark.domains=[digits,signs] benchmark.n_train=48 benchmark.n_test=24")
@@ -93,3 +94,101 @@ def test_bad_configurations_stop_the_sweep_before_any_run_starts(tmp_path):
     assert "optim.lr=-1: ConfigError: optim.lr" in proc.stderr
     assert "strategy=gift_multitsk: MissingConfigException" in proc.stderr and "gift_multitsk" in proc.stderr
     assert not out.exists()  # the good run did not start either
+
+
+# ------------------------------------------------------------------ run.py -m: the same runner
+def test_multirun_is_the_sweep_runner_same_names_skips_finished_and_checks_first(tmp_path):
+    """``run.py -m`` and a plan file are one system: the same directory for the same run, ``index.tsv``, a second
+    call skips what finished, a bad run in the grid stops it before anything starts."""
+    grid = [*RUN.split(), "seed=0,1"]
+    multirun = tmp_path / "multirun"
+    run_py("-m", *grid, f"hydra.sweep.dir={multirun}", timeout=600)
+    plan = tmp_path / "plan.txt"
+    plan.write_text(" ".join(grid) + "\n")
+    planned = tmp_path / "planned"
+    _sweep(plan, "--out", planned, "--list")  # names only, nothing runs
+    names = [Path(line.split("\t")[1]).name for line in _sweep(plan, "--out", planned, "--list").stdout.splitlines()]
+    assert sorted(names) == sorted(p.parent.name for p in multirun.glob("*/results.json")), names
+    assert all(n.startswith("seed=") for n in names)  # the only override that varies, then the hash
+    index = (multirun / "index.tsv").read_text()
+    assert all(n in index for n in names) and "benchmark.domains=[digits,signs]" in index
+
+    stamps = {p: p.stat().st_mtime_ns for p in multirun.glob("*/results.json")}
+    again = run_py("-m", *grid, f"hydra.sweep.dir={multirun}")
+    assert "plan: 2 runs, 2 finished" in again.stderr + again.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in multirun.glob("*/results.json")}
+
+    bad = run_py("-m", *grid, "optim.lr=-1,0.01", f"hydra.sweep.dir={tmp_path / 'bad'}", check=False)
+    assert bad.returncode == 2 and "2 of 4 runs have a configuration run.py would refuse" in bad.stderr + bad.stdout
+    assert not list((tmp_path / "bad").glob("*/config_resolved.yaml"))
+
+
+# ------------------------------------------------------------------ SLURM / submitit
+def test_slurm_launcher_parameters_reach_submitit(tmp_path, monkeypatch):
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", staticmethod(lambda: 1))  # as if `srun` were there
+    params = sweep.launcher_params("slurm", ["partition=gpu", "timeout_min=240"], tmp_path)
+    assert params.pop("executor") == "slurm" and params["partition"] == "gpu" and params["timeout_min"] == 240
+    assert params["gpus_per_node"] == 1 and params["mem_gb"] > 0 and params["cpus_per_task"] > 0
+    # a timed-out or pre-empted job goes back to the queue (and continues its run: the local test below)
+    assert params["max_num_timeout"] >= 1 and params["additional_parameters"]["requeue"] is True
+    assert 0 < params["signal_delay_s"] < 60 * params["timeout_min"]
+    assert params["submitit_folder"] == f"{tmp_path}/.submitit/%j"
+    executor = sweep.submitit_executor("slurm", params)._executor
+    assert executor.parameters["partition"] == "gpu" and executor.parameters["time"] == 240
+    assert executor.parameters["additional_parameters"] == {"requeue": True}
+    assert executor.parameters["signal_delay_s"] == params["signal_delay_s"] and executor.max_num_timeout >= 1
+
+
+def test_plan_through_submitit_local_executor(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text(f"{RUN} optim.epochs=1 strategy=linear,lora\n")
+    out = tmp_path / "out"
+    _sweep(plan, "--out", out, "--launcher", "local")
+    done = _results(out)
+    assert sorted(r["strategy"] for r in done.values()) == ["linear", "lora"] and all(r["finished"] for r in done.values())
+    assert list((out / ".submitit").iterdir())  # the runs went through submitit
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.is_file() else []
+
+
+def test_submitit_job_preempted_is_requeued_and_continues_its_run(tmp_path):
+    """A submitit job signalled with USR2 (what SLURM sends before a time limit, and on pre-emption where the
+    cluster is set up so) after its first checkpoint: submitit calls the job's checkpoint(), which resubmits it
+    unchanged, and requeues it; the job, started again, continues the run from that checkpoint (not started
+    afresh) and the sweep ends with exit status 0. Through submitit's local executor, which requeues as SLURM
+    does, launched as ``run.py -m hydra/launcher=local``."""
+    from orchestration.loop import CHECKPOINT
+
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=local", *RUN.split(),
+                             "strategy=linear_multitask", "optim.epochs=4", "checkpoint_every=1", "seed=0",
+                             f"hydra.sweep.dir={out}"],
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 1200
+        while not list(out.glob(f"*/{CHECKPOINT}")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None and list(out.glob(f"*/{CHECKPOINT}")), "the job ended before its first checkpoint"
+        run_dir = next(out.glob(f"*/{CHECKPOINT}")).parent.parent
+        # the local job id is its controller's pid (submitit also leaves a folder named after its "%j" pattern)
+        controller = int(next(p for p in (out / ".submitit").iterdir() if p.name.isdigit()).name)
+        tasks = _children(controller)  # the job's process (the controller restarts it when it is requeued)
+        assert len(tasks) == 1, tasks
+        assert not (run_dir / "results.json").is_file()
+        os.kill(tasks[0], signal.SIGUSR2)
+        stdout, stderr = proc.communicate(timeout=1800)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["finished"]
+    job_logs = "".join(p.read_text() for p in sorted((out / ".submitit").rglob("*_log.*")))  # .out: INFO, .err: WARNING
+    assert "this job is preempted" in job_logs and "Requeued job" in job_logs, job_logs[-3000:]
+    log = (run_dir / "gift_cl.log").read_text()
+    assert f"resumed from {run_dir / CHECKPOINT} at experience" in log, log[-3000:]
