@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make run` (the default offline job) and `make test` (the test suite).
-# CI (.ci/run): `make real-data test test-real-data`.
+# CI (.ci/run): `make real-data lint test test-real-data`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian's dataset-fashion-mnist: the real data the `real_data` tests read (benchmark=avalanche/split_fmnist)
@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-all real-data test-real-data constraints clean notebooks pretrain
+.PHONY: install run lint test test-all real-data test-real-data constraints clean notebooks pretrain
 
 # pyproject.toml holds version ranges; constraints.txt the exact versions CI tests (`make constraints`).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -21,6 +21,11 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) run.py
+
+# ruff (rules: pyproject.toml [tool.ruff]) and mypy (files and overrides: [tool.mypy]); CI runs it before the tests.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # One pytest-xdist worker per core, at most 4 (every worker holds its own models and data), one thread each.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
@@ -41,7 +46,7 @@ notebooks: install
 	GIFT_CL_RUN=$(RUN) GIFT_CL_BASELINE=$(BASELINE) $(VENV)/bin/jupyter execute --inplace analysis/notebooks/*.ipynb
 
 test-all: install  # also the slow and real-data checks
-	$(PY) -m pytest -q -m "not official_checkpoint"  # that one needs a released checkpoint: README (kill loop included)
+	$(PY) -m pytest -q -m "not official_checkpoint"  # that one needs a released checkpoint: docs/development.md (kill loop included)
 
 # Installs the real Fashion-MNIST (31 MB, MIT) with apt; fails (never skips) if that does not work.
 real-data:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gift_cl.artihippo.report import plot_architecture  # noqa: E402
+from gift_cl.artihippo.report import plot_architecture
 
 
 def table(report: dict) -> str:

@@ -20,6 +20,7 @@ import os
 import pickle
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -150,8 +151,8 @@ def main() -> None:
                 write(root, args.n)
                 written[root] = True
             n_listed = int(args.n * 1.2)
-            t_verify = load_time(lambda **k: load(root, **k), n_listed, verify_images=True)
-            t_plain = load_time(lambda **k: load(root, **k), n_listed, verify_images=False)
+            t_verify = load_time(partial(load, root), n_listed, verify_images=True)
+            t_plain = load_time(partial(load, root), n_listed, verify_images=False)
             for cache in (False, True):
                 task = load(root, verify_images=False, cache_decoded=cache, image_size=224)[0]
                 rates = [images_per_s(task.train, w) for w in args.workers]

@@ -49,15 +49,15 @@ from typing import Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from gift_cl import GiftConfig, GiftGenerator, LoraModel, get_gift_model  # noqa: E402
-from gift_cl.injection import find_linear_targets  # noqa: E402
-from gift_cl.residual import apply_residual, factored_linear  # noqa: E402
-from gift_cl.tuner import factored_is_cheaper  # noqa: E402
+from gift_cl import GiftConfig, GiftGenerator, LoraModel, get_gift_model
+from gift_cl.injection import find_linear_targets
+from gift_cl.residual import apply_residual, factored_linear
+from gift_cl.tuner import factored_is_cheaper
 
 MODELS = {
     "quick": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3), 32),
@@ -221,7 +221,7 @@ def bench_train(a, base, x, y, device):
             fwd = (lambda m, x: m(x, head="0")) if k == 1 else (
                 lambda m, x, t=sample_head: m(x, head=heads, sample_head=t))
             steps[f"mixed-{k}"] = Step(multi, x, y, fwd)
-    for k, s in steps.items():
+    for s in steps.values():
         s.model.to(device)
     for k, why in skipped.items():
         print(f"[skip] {k}: {why}")
@@ -276,13 +276,15 @@ def bench_layers(a, device):
         h = torch.randn(d_out, r, device=device, requires_grad=True)
         psi = torch.randn(d_in, r, device=device, requires_grad=True)
 
-        def dense():  # what a dense step pays: form ΔW (one layer's share), apply it, and back
+        # this shape's tensors bound as defaults: each closure keeps the layer it was made for (B023)
+        # dense: what a dense step pays: form ΔW (one layer's share), apply it, and back
+        def dense(base=base, x=x, h=h, psi=psi):
             apply_residual(base, x, F.linear(h, psi)).sum().backward()
 
-        def folded():  # one head in exact fp32: the forward runs with W + h ψᵀ
+        def folded(base=base, x=x, h=h, psi=psi):  # one head in exact fp32: the forward runs with W + h ψᵀ
             factored_linear(x, base.weight, base.bias, [h], [psi], fold=True).sum().backward()
 
-        def additive():  # mixed-task batches, TF32/bf16: F.linear(x, W, b) + (x ψ) hᵀ
+        def additive(base=base, x=x, h=h, psi=psi):  # mixed-task batches, TF32/bf16: F.linear(x, W, b) + (x ψ) hᵀ
             factored_linear(x, base.weight, base.bias, [h], [psi], fold=False).sum().backward()
 
         t = interleaved({"dense": dense, "folded": folded, "additive": additive}, max(3, a.repeats), 2, device)

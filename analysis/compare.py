@@ -46,7 +46,6 @@ import io
 import math
 from collections import defaultdict
 from pathlib import Path
-
 from typing import Optional
 
 from gift_cl.reporting import find_result_dirs, read_results

@@ -14,7 +14,7 @@ raw pixels, on each shipped backbone's frozen [CLS] and on the same ViT with ran
 ViT also takes it as its initialisation). Writes ``probe.json`` (every score) and ``probe.md``.
 ``concepts``: the spread of the PaCa assignments over parameter tokens and the NMI / ARI of the tasks' hard
 assignments, per layer, of finished GIFT runs (``concepts.json``).
-``report``: ``evidence.md``, every table of the README's "Evidence" section, from those files and the sweeps
+``report``: ``evidence.md``, every table of docs/results/evidence.md (Evidence), from those files and the sweeps
 (methods through ``analysis/compare.py``: selection on validation, paired bootstrap differences, Holm).
 """
 from __future__ import annotations
@@ -243,7 +243,7 @@ def _concepts_section(doc: dict) -> str:
 
 
 def report(out: Path, sweep: Path, fmnist: Path) -> str:
-    """``evidence.md``: every table of the README's "Evidence" section, from the files the other commands wrote."""
+    """``evidence.md``: every table of docs/results/evidence.md, from the files the other commands wrote."""
     parts = ["## Linear probes of frozen features\n"]
     probe = out / "probe.json"
     parts.append(probe_markdown(json.loads(probe.read_text())) if probe.is_file() else "_run `probe` first._\n")

@@ -366,7 +366,7 @@ def _timm_data_config(name: str, kwargs_json: str) -> tuple:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         cfg = resolve_model_data_config(model)
-    except Exception:  # some architectures cannot be built on the meta device: use the registry entry
+    except Exception:  # noqa: BLE001 (some architectures cannot be built on the meta device: use the registry entry)
         pcfg = timm.get_pretrained_cfg(name)
         if pcfg is None:
             raise BackboneError(f"timm has no pretrained config for {name!r}; set model.mean/std/image_size") from None

@@ -91,7 +91,7 @@ def load_run_checkpoint(path: Path, device: str = "cpu") -> dict:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as err:  # truncated zip, foreign pickle, objects that weights_only refuses
+    except Exception as err:  # noqa: BLE001 (truncated zip, foreign pickle, objects that weights_only refuses)
         reason = f"{type(err).__name__}: {(str(err).splitlines() or ['empty file'])[0][:200]}"
         raise CheckpointError(
             f"{path}: not a readable gift_cl run checkpoint ({reason}). Expected a file written by this project "

@@ -37,11 +37,14 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Vectors = Mapping[str, torch.Tensor]  # task -> (M, d) concept vectors
 

@@ -41,7 +41,6 @@ from torch import nn
 
 from .residual import LowRank
 
-
 L2_EPS = 1e-12
 
 

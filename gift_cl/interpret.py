@@ -46,7 +46,6 @@ from torch import nn
 
 from .tuner import GiftModel
 
-
 SOURCES = ("auto", "assignment", "projection", "hidden")
 
 
@@ -402,7 +401,7 @@ def _gift_of(model: nn.Module) -> GiftModel:
 def load_run(run_dir: str | Path) -> GiftRun:
     """Load a run directory once (config, benchmark, checkpoints). ALL knowledge of the run-directory format
     lives here: ``config_resolved.yaml``; sequential and joint runs keep one model in ``checkpoints/last.pt``;
-    independent runs keep ``checkpoints/<task>.safetensors`` per task (README, "Run directory").
+    independent runs keep ``checkpoints/<task>.safetensors`` per task (docs/guide/runs.md, "Run directory").
 
     The saved configuration is checked whole before anything is built (:func:`gift_cl.config.load_saved_config`:
     only the constructors the shipped configs name, at their places, with their own arguments of the right type

@@ -125,7 +125,7 @@ def convert_state_dict(state_dict: dict, gift: GiftModel, head: str = "0", class
     ``model.head`` when ``classifier``). Raises when a generator of ``gift`` gets no projection or a shape differs."""
     own = gift.state_dict()
     out, used = {}, set()
-    for our_key, gen in gift.generators.items():
+    for our_key in gift.generators:
         base = our_key.split("@")[0]  # groups of one target split by shape carry "@<shape>"
         src = SHARED_KEY if f"in_projections.{SHARED_KEY}.weight" in state_dict else base
         pairs = {

@@ -16,7 +16,8 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters only (frozen backbone weights never enter the optimizer)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if no_weight_decay(name, p) else decay).append(p)

@@ -171,7 +171,7 @@ class Pretraining:
             return False
         try:
             state = torch.load(self.state_path, map_location=self.device, weights_only=True)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (torch.load's zip, pickle and I/O errors: one message)
             raise CheckpointError(f"{self.state_path}: not a readable pretraining state ({type(err).__name__}); "
                                   f"delete it to start over") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -239,7 +239,7 @@ class Pretraining:
     def evaluate(self) -> dict:
         self.model.eval()
         acc = {}
-        for name, x, labels in (("formula", _normalise(self.val_x), self.val_y),):
+        for _name, x, labels in (("formula", _normalise(self.val_x), self.val_y),):
             logits = {k: [] for k in self.model.heads}
             for i in range(0, len(x), 512):
                 for k, v in self.model(x[i:i + 512]).items():

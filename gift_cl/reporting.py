@@ -116,7 +116,7 @@ def _check_field(value, spec, field: str, path) -> None:
             here = f"{field}.{name}" if field else name
             if name not in value:
                 if required:
-                    raise ResultsError(path, f"field {here!r} is missing (README \"Results schema\")")
+                    raise ResultsError(path, f"field {here!r} is missing (docs/guide/runs.md \"Results schema\")")
                 continue
             _check_field(value[name], sub, here, path)
     elif not spec[1](value):

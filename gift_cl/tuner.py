@@ -14,11 +14,9 @@ from dataclasses import asdict
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .gift import GiftConfig, GiftGenerator
-from .residual import LowRank, Mixed, Residual, apply_residual, dense_delta, exact_fp32_matmul
 from .injection import (
     backbone_parameter_count,
     count_parameters,
@@ -26,6 +24,7 @@ from .injection import (
     freeze_backbone,
     set_submodule,
 )
+from .residual import LowRank, Mixed, Residual, apply_residual, dense_delta, exact_fp32_matmul
 
 
 class GiftLinear(nn.Module):

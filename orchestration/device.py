@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -82,7 +82,7 @@ class Runtime:
     precision: str = "fp32"
     compile: bool = False
     loader: dict = field(default_factory=lambda: {"num_workers": 0})
-    distributed: Optional[object] = None  # orchestration.distributed.DistContext when distributed=true
+    distributed: Optional[Any] = None  # orchestration.distributed.DistContext when distributed=true
 
     @property
     def is_main(self) -> bool:

@@ -101,7 +101,7 @@ def on_main(fn: Callable[[], Any]) -> Any:
             outcome = (fn(), None)
         except Exception as err:  # noqa: BLE001  (re-raised on every rank below)
             outcome = (None, err)
-    value, err = broadcast_object(outcome)
-    if err is not None:
-        raise err
+    value, error = broadcast_object(outcome)
+    if error is not None:
+        raise error
     return value

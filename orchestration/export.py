@@ -95,7 +95,7 @@ def _write_independent(cfg, run_dir: Path, out: Path, names: list[str], infos: l
                        trained: Optional[int] = None) -> None:
     from gift_cl.checkpoint import CheckpointError
     from gift_cl.model_meta import task_entries
-    from gift_cl.pretrained import (FORMAT, load_state, task_file, write_config, write_task_model)
+    from gift_cl.pretrained import FORMAT, load_state, task_file, write_config, write_task_model
     from gift_cl.tensorfile import read_state_file
 
     trained = len(names) if trained is None else trained

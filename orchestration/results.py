@@ -1,6 +1,6 @@
 """The one results schema (``results.json``, ``schema_version`` 1) and the files written beside it.
 
-Every protocol writes the same fields (README, "Results schema"); fields that a protocol cannot define
+Every protocol writes the same fields (docs/guide/runs.md, "Results schema"); fields that a protocol cannot define
 (forgetting without a sequence, task-id accuracy with one task) are ``null``. Accuracies are fractions.
 """
 from __future__ import annotations
@@ -14,7 +14,13 @@ from torch.utils.data import DataLoader
 
 from gift_cl.checkpoint import write_json, write_text
 from gift_cl.metrics import backward_transfer, benchmark_scores, forgetting
-from gift_cl.reporting import RESULTS_SCHEMA_VERSION, format_summary, plot_accuracy_matrix, plot_task_accuracies, write_csv
+from gift_cl.reporting import (
+    RESULTS_SCHEMA_VERSION,
+    format_summary,
+    plot_accuracy_matrix,
+    plot_task_accuracies,
+    write_csv,
+)
 
 SCHEMA_VERSION = RESULTS_SCHEMA_VERSION
 

@@ -64,7 +64,7 @@ def validate(cfg: DictConfig) -> None:
 
         try:
             instantiate(strategy.method.config)
-        except Exception as err:  # the generator config's own checks (block, rank, heads)
+        except Exception as err:  # noqa: BLE001 (the generator config's own checks: block, rank, heads)
             raise ConfigError(f"generator: {getattr(err, '__cause__', None) or err}") from None
     plugins = strategy.plugins if strategy.plugins is not None else []
     if not isinstance(plugins, ListConfig):

@@ -19,8 +19,8 @@ import logging
 import torch
 from avalanche.core import SupervisedPlugin
 
-from gift_cl.config import ConfigError
 from gift_cl.artihippo.search import SearchConfig, search_task
+from gift_cl.config import ConfigError
 from gift_cl.methods.base import classes_per_task
 
 log = logging.getLogger("gift_cl")

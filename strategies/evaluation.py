@@ -138,7 +138,7 @@ def _hparam_values(node, prefix: str = "") -> dict:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The run a logger writes for, as its directory records it (README "Run directory"): the configuration
+    """The run a logger writes for, as its directory records it (docs/guide/runs.md "Run directory"): the configuration
     (``config_resolved.yaml``, saved when the run starts) and the results (``results.json``, ``finished`` at
     the end). TensorBoard's hparams and W&B's run config and summary are read from these files, so they say
     what the run's own record says, resumed runs included. ``name`` is the run's name in W&B; ``task`` the
@@ -347,7 +347,7 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
             self._lr = float(strategy.optimizer.param_groups[-1]["lr"])  # the rate this update uses
 
         def after_training_iteration(self, strategy, metric_values, **kwargs):
-            self.writer  # opened at the first update
+            _ = self.writer  # opened at the first update
             step, loss = strategy.clock.train_iterations + 1, float(strategy.loss.detach())  # the clock counts it after us
             self._write_update(step, loss, self._lr)
             self._steps.write(f"{step},{loss!r},{self._lr!r}\n")
@@ -375,7 +375,7 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
             return {STEPS_FILE: self._steps.tell()}
 
         def close(self) -> None:
-            self.writer  # opened, if not yet: a resumed run that logs nothing more writes its record
+            _ = self.writer  # opened, if not yet: a resumed run that logs nothing more writes its record
             if self._closed:
                 return
             if not self._summarized:

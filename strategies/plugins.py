@@ -16,12 +16,12 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-from avalanche.core import SupervisedPlugin
 import torch
-from torch.utils.data import DataLoader, Dataset
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gift_cl.optim import OptimConfig, build_scheduler

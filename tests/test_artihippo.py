@@ -14,6 +14,7 @@ from gift_cl.backbones import create_backbone
 from gift_cl.methods.artihippo import PRETRAINED, ArtiHippo
 from orchestration.loop import CHECKPOINT, Run
 from strategies.plugins import EpochCheckpointPlugin
+
 from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, kill_and_resume, run_in_process
 
 
@@ -314,8 +315,9 @@ def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
 def test_level1_option_reaches_the_search_from_the_config():
     from gift_cl.artihippo.search import SearchConfig
     from orchestration.validation import validate
-    from runs import compose_cfg
     from strategies.artihippo import ArtiHippoSearch
+
+    from runs import compose_cfg
 
     cfg = compose_cfg("strategy=artihippo", "strategy.plugins.0.level1=separate")
     validate(cfg)

@@ -19,8 +19,10 @@ def toy_tasks(classes=(2, 5), n=24):
     rng = np.random.default_rng(0)
     out = []
     for i, c in enumerate(classes):
-        make = lambda m: ArrayDataset(rng.integers(0, 255, (m, 32, 32, 3), dtype=np.uint8), [j % c for j in range(m)],
-                                      transform=ToTensor())
+        def make(m, c=c):
+            return ArrayDataset(rng.integers(0, 255, (m, 32, 32, 3), dtype=np.uint8), [j % c for j in range(m)],
+                                transform=ToTensor())
+
         out.append(TaskData(f"t{i}", make(n), make(n // 2), c))
     return out
 
@@ -57,6 +59,7 @@ def test_classes_timeline_upstream_is_a_set_ours_a_list_that_masking_accepts():
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+
     from gift_cl.data.stream import as_task_dataset
 
     tasks = toy_tasks()

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from runs import PROCEDURAL, REPO, TINY, env, results, run_py
-
 from strategies.distributed import DataParallel, GlobalBatchShards
+
+from runs import PROCEDURAL, REPO, TINY, env, results, run_py
 
 
 def _shards(n, batch, world, epoch=0, seed=(0, 0, 0)):
@@ -121,7 +121,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
     trained = [k for k in a if torch.is_tensor(a[k]) and k.startswith("classifiers")]
     assert len(trained) == 4  # two tasks' heads
     for k in trained:  # the all-reduce sums in another order: float tolerance
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
     ra, rb = results(one), results(two)
     assert ra["finished"] and rb["finished"] and len(rb["accuracy_matrix"][0]) == 2
     assert proc.stdout.count("run directory:") == 1  # rank 0 alone reports

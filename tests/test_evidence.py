@@ -119,9 +119,9 @@ def test_model_card_figure(tmp_path):
 
 
 def test_concept_statistics_of_a_finished_gift_run(tmp_path):
-    from runs import PROCEDURAL, TINY, compose_cfg, run_in_process
-
     from omegaconf import OmegaConf
+
+    from runs import PROCEDURAL, TINY, compose_cfg, run_in_process
 
     run_dir = tmp_path / "run"
     cfg = compose_cfg(*TINY[1:], *PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=[digits,signs,textures]")

@@ -12,7 +12,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from gift_cl import GiftConfig
-from gift_cl.export_peft import ExportError, NOT_PEFT, export_merged, export_peft
+from gift_cl.export_peft import NOT_PEFT, ExportError, export_merged, export_peft
 from gift_cl.methods import (
     AdapterMethod,
     ArtiHippo,
@@ -29,6 +29,7 @@ from gift_cl.methods import (
 from gift_cl.model_meta import fingerprint, plain_backbone_tensors
 from gift_cl.pretrained import TaskModels, from_pretrained
 from orchestration.export import main as export_main
+
 from runs import env
 
 CLASSES = {0: 3, 1: 5}

@@ -8,19 +8,20 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from gift_cl.data.avalanche_classic import LAYOUTS, class_order, load_core50, load_split
+from gift_cl.data.base import DataError
+
 from fixtures import (
     FASHION_MNIST_DEB_DIR,
     decode_label,
+    require_debian_fashion_mnist,
     write_cifar10,
     write_cifar100,
     write_core50,
     write_idx_gz_flat,
     write_mnist_like,
-    require_debian_fashion_mnist,
     write_tiny_imagenet,
 )
-from gift_cl.data.avalanche_classic import LAYOUTS, class_order, load_core50, load_split
-from gift_cl.data.base import DataError
 
 torch.set_num_threads(1)
 ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], image_size=16)

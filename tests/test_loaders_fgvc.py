@@ -8,9 +8,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from fixtures import FGVC_IMAGE_DIRS, decode_label, write_fgvc
 from gift_cl.data.base import DataError
 from gift_cl.data.fgvc import FGVC_DATASETS, load_fgvc
+
+from fixtures import FGVC_IMAGE_DIRS, decode_label, write_fgvc
 
 torch.set_num_threads(1)
 ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])

@@ -8,6 +8,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from gift_cl.data.base import DataError
+from gift_cl.data.five_datasets import FIVE_DATASETS, load_five_datasets
+
 from fixtures import (
     FASHION_MNIST_DEB_DIR,
     decode_label,
@@ -16,8 +19,6 @@ from fixtures import (
     write_five_datasets,
     write_svhn,
 )
-from gift_cl.data.base import DataError
-from gift_cl.data.five_datasets import FIVE_DATASETS, load_five_datasets
 
 torch.set_num_threads(1)
 ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])

@@ -9,9 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision import transforms as T
 
-from fixtures import decode_label, vdd_offset, write_vdd
 from gift_cl.data.base import DataError
 from gift_cl.data.vdd import VDD_BASELINE_ACC, VDD_DOMAINS, decathlon_score, load_vdd
+
+from fixtures import decode_label, vdd_offset, write_vdd
 
 torch.set_num_threads(1)
 # identity normalisation (pixels stay decodable) and the decathlon's native 64 px transform

@@ -6,9 +6,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from fixtures import decode_label, write_vtab
 from gift_cl.data.base import DataError
 from gift_cl.data.vtab import VTAB_GROUPS, VTAB_NUM_CLASSES, VTAB_TASKS, load_vtab
+
+from fixtures import decode_label, write_vtab
 
 torch.set_num_threads(1)
 ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])

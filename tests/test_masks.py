@@ -16,10 +16,9 @@ import timm
 import torch
 from sklearn.metrics import roc_auc_score
 
-from gift_cl import maskscore as S
+from gift_cl import GiftConfig, get_gift_model, maskscore as S
 from gift_cl.data import procedural as P
 from gift_cl.data.base import DataError
-from gift_cl import GiftConfig, get_gift_model
 from gift_cl.interpret import (
     cls_attention,
     concept_matrix,

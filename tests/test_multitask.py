@@ -12,7 +12,7 @@ from gift_cl.methods import (
     LoraMethod,
     SharedBackbone,
 )
-from gift_cl.optim import build_optimizer, OptimConfig
+from gift_cl.optim import OptimConfig, build_optimizer
 
 
 def tiny_vit():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from orchestration.loop import CHECKPOINT, Run
+
 from runs import compose_cfg, run_in_process
 
 TINY = ["optim.epochs=1", "optim.batch_size=16", "benchmark.n_train=48", "benchmark.n_test=24", "checkpoint_every=0"]

@@ -39,6 +39,7 @@ from gift_cl.pretrained import CONFIG_NAME, TaskModels, from_pretrained, save_pr
 from gift_cl.reporting import read_predictions
 from orchestration.cli import main as cli_main
 from orchestration.export import MODEL_DIR, main as export_main
+
 from runs import compose_cfg, run_in_process
 
 D = 64
@@ -100,7 +101,7 @@ def trained(model, tasks=(0, 1), seed: int = 5):
     for t in tasks:
         model.add_task(t, CLASSES[t])
     with torch.no_grad():
-        for key, value in model.trainable_state_dict().items():
+        for value in model.trainable_state_dict().values():
             if torch.is_tensor(value) and value.is_floating_point():
                 value.add_(0.05 * torch.randn(value.shape, generator=g))
     for t in tasks:
@@ -257,10 +258,11 @@ def runs(tmp_path_factory):
 
 def _run_model(cfg, run_dir, protocol):
     """The model as the run's own checkpoints hold it (what gift_cl.interpret.load_run rebuilds)."""
+    from safetensors.torch import load_file
+
     from gift_cl.backbones import create_backbone
     from gift_cl.checkpoint import load_run_checkpoint
     from gift_cl.rng import seed_everything
-    from safetensors.torch import load_file
 
     def build():
         seed_everything(cfg.seed)

@@ -3,6 +3,7 @@ the numbers of an uninterrupted one, for every protocol and for the baselines wh
 import pytest
 
 from orchestration.loop import CHECKPOINT, Run
+
 from runs import compose_cfg
 
 

@@ -18,8 +18,9 @@ import torch
 from gift_cl.checkpoint import load_run_checkpoint
 from orchestration.loop import CHECKPOINT, Run
 from orchestration.rundir import RunLock
-from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
 from strategies.evaluation import close_loggers
+
+from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
 
 QUICK = [*TINY, *PROCEDURAL, "optim.epochs=1", "benchmark.domains=[digits,pedestrians]"]
 # a free trunk and a high learning rate: the second task moves the first task's accuracy, so forgetting is not 0

@@ -11,12 +11,13 @@ import time
 import pytest
 import torch
 
-from fixtures import write_vtab
 from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_torch
 from orchestration.loop import CHECKPOINT, Run
 from orchestration.rundir import RunLock
-from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
 from strategies import DivergenceError
+
+from fixtures import write_vtab
+from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
 
 QUICK = [*TINY, *PROCEDURAL, "optim.epochs=1", "benchmark.domains=[digits,pedestrians]"]
 

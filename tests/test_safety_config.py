@@ -23,6 +23,7 @@ from gift_cl.checkpoint import save_safetensors
 from gift_cl.config import ARGUMENT_RANGES, CONFIG_DIR, ConfigError, allowed_targets, argument_kind
 from gift_cl.interpret import load_run
 from orchestration.validation import validate
+
 from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, run_in_process, run_py
 
 
@@ -320,8 +321,9 @@ def test_timm_loader_kwargs_are_refused(tmp_path):
 
 
 def test_shipped_backbone_resamples_to_another_image_size():
-    from gift_cl.pretrain import ARCH, ARCH_KWARGS
     from safetensors.torch import load_file
+
+    from gift_cl.pretrain import ARCH, ARCH_KWARGS
 
     path = asset_path("vit_procedural.safetensors")
     model = create_backbone(ARCH, num_classes=4, checkpoint=path, kwargs={**ARCH_KWARGS, "img_size": 64})

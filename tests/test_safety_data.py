@@ -15,15 +15,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image, ImageFile
 
-from fixtures import (
-    write_cifar10,
-    write_cifar100,
-    write_fgvc,
-    write_notmnist,
-    write_tiny_imagenet,
-    write_vdd,
-    write_vtab,
-)
 from gift_cl.data import procedural as P
 from gift_cl.data.avalanche_classic import load_split
 from gift_cl.data.base import ArrayDataset, DataError, TaskData
@@ -34,6 +25,16 @@ from gift_cl.data.stream import build_stream
 from gift_cl.data.vdd import load_vdd
 from gift_cl.data.vtab import load_vtab
 from orchestration.cli import user_error
+
+from fixtures import (
+    write_cifar10,
+    write_cifar100,
+    write_fgvc,
+    write_notmnist,
+    write_tiny_imagenet,
+    write_vdd,
+    write_vtab,
+)
 from runs import TINY, compose_cfg, run_py
 
 torch.set_num_threads(1)

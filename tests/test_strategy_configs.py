@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.validation import validate
+
 from runs import REPO, compose_cfg
 
 STRATEGIES = sorted(p.stem for p in (REPO / "configs" / "strategy").glob("*.yaml"))

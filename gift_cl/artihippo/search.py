@@ -165,7 +165,8 @@ def evolutionary_search(evaluate: Callable[[Arch], float], sampler: Hierarchical
         tries += 1
     for _ in range(cfg.generations):
         ranked = sorted(scores, key=lambda k: -scores[k])[: cfg.parents]
-        children, tries = [], 0
+        children: list[list] = []
+        tries = 0
         while len(children) < cfg.population and tries < 20 * cfg.population:
             tries += 1
             a = list(ranked[int(torch.randint(len(ranked), (1,), generator=generator))])

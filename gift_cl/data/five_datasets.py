@@ -21,8 +21,7 @@ import pickle
 from typing import Callable, Sequence
 
 import numpy as np
-from torchvision import datasets as tvd
-from torchvision import transforms as T
+from torchvision import datasets as tvd, transforms as T
 from torchvision.datasets.utils import check_integrity
 
 from gift_cl.data.base import ArrayDataset, DataError, TaskData, require_unique

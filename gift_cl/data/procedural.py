@@ -593,7 +593,7 @@ def _gabor100(labels: np.ndarray, rng: np.random.Generator, size: int) -> np.nda
     out = np.empty((n, size, size, 3), np.uint8)
     for s in range(0, n, _CHUNK):
         sl = slice(s, s + _CHUNK)
-        col = lambda a: a[sl, None, None].astype(np.float32)  # noqa: E731 - broadcast per-image params
+        col = lambda a, sl=sl: a[sl, None, None].astype(np.float32)  # noqa: E731 - broadcast per-image params
         u = x * np.cos(col(theta)) + y * np.sin(col(theta))
         lum = 0.5 + 0.5 * np.cos(_TAU * col(freq) * u + col(phase))
         env = col(amp) * np.exp(-((x - col(cx)) ** 2 + (y - col(cy)) ** 2) / (2 * col(sigma) ** 2))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience, benchmark_from_datasets
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
-from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import DataAttribute
 from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
 from avalanche.benchmarks.utils.data_attribute import TaskLabels

@@ -26,7 +26,6 @@ from it before they are loaded. Keys starting with ``search`` belong to the supe
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch

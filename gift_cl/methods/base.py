@@ -28,7 +28,7 @@ from avalanche.models import MultiTaskModule
 from torch import nn
 
 from ..injection import backbone_parameter_count, count_parameters
-from ..padding import PAD_LOGIT  # noqa: F401 (re-exported: gift_cl.methods.PAD_LOGIT)
+from ..padding import PAD_LOGIT
 from .arguments import RecordsArguments
 
 

@@ -3,7 +3,6 @@ baselines (Avalanche's Naive, EWC, LwF). A frozen copy of the pretrained backbon
 from __future__ import annotations
 
 import copy
-
 from typing import Optional
 
 from torch import nn
