@@ -15,7 +15,8 @@ What a run is
 - split: ``tasks[*].info.eval_split`` (``val`` when the run evaluated on the validation split,
   ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
 - hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
-  configuration (seed, split size and choice, threads, progress, resume, checkpointing, hydra.*) and the
+  configuration (seed, split size and choice, hydra.*, and the keys that do not change results,
+  ``orchestration.runfiles.RESULT_NEUTRAL_KEYS``: threads, device, logger, resume, checkpointing, ...) and the
   ones that choose *what* is evaluated (``benchmark=``, ``benchmark.domains=``): runs of one method, split
   and setting are merged across benchmarks, so a VTAB sweep with one dataset per run makes one row;
 - seed: ``results["seed"]``.
@@ -48,27 +49,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from gift_cl.reporting import find_result_dirs, read_results
+from gift_cl.reporting import PREDICTIONS_FILE, find_result_dirs, read_results
+from orchestration.runfiles import CONFIG_FILE, RESULTS_FILE, result_neutral
 
-# overrides that never distinguish a configuration (the split and its size are how val/test runs pair up)
+# overrides that never distinguish a configuration (the split and its size are how val/test runs pair up),
+# besides those that do not change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS)
 NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
-                       "benchmark.domains=",
-                       "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra", "resume=", "threads=",
-                       "progress=", "num_workers=", "device=", "checkpoint_every=", "eval_batch_size=",
-                       "allow_config_change=")
+                       "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra")
 # overrides that choose the method (its row) rather than tune it: the generator, the backbone
 METHOD_KEYS = ("generator=", "model=")
 
 
 # ------------------------------------------------------------------------------------------- reading runs
-def find_runs(paths: list[str]) -> list[Path]:
-    return find_result_dirs(paths)
-
-
-def load(run: Path) -> dict:
-    return read_results(run)
-
-
 def plugins_of(overrides: list[str]) -> list[str]:
     names = []
     for o in overrides:
@@ -80,7 +72,7 @@ def plugins_of(overrides: list[str]) -> list[str]:
 
 def resolved_plugins(run: Optional[Path]) -> Optional[list[str]]:
     """Plug-in names from the run's ``config_resolved.yaml`` (``strategy.method.plugins``), if it is there."""
-    path = None if run is None else Path(run) / "config_resolved.yaml"
+    path = None if run is None else Path(run) / CONFIG_FILE
     if path is None or not path.is_file():
         return None
     import yaml
@@ -110,7 +102,8 @@ def split_of(res: dict) -> str:
 
 
 def hyperparameters_of(res: dict) -> tuple[str, ...]:
-    return tuple(sorted(o for o in res.get("overrides", []) if not o.startswith(NOT_HYPERPARAMETERS + METHOD_KEYS)))
+    return tuple(sorted(o for o in res.get("overrides", [])
+                        if not o.startswith(NOT_HYPERPARAMETERS + METHOD_KEYS) and not result_neutral(o)))
 
 
 def describe(hp: tuple[str, ...]) -> str:
@@ -348,8 +341,8 @@ def paired_diffs(runs_a: dict, runs_b: dict, seeds: list, tasks: list[str], cach
                                      f"(seed {s}): their runs cannot be paired")
                 for path, pred, y, acc in ((path_a, pred_a, y_a, acc_a), (path_b, pred_b, y_b, acc_b)):
                     if abs(float((pred == y).mean()) - acc) > 1e-6:
-                        raise SystemExit(f"{path}: predictions.npz gives {float((pred == y).mean()):.4f} on {t!r}, "
-                                         f"results.json {acc:.4f}: the files do not belong together")
+                        raise SystemExit(f"{path}: {PREDICTIONS_FILE} gives {float((pred == y).mean()):.4f} on {t!r}, "
+                                         f"{RESULTS_FILE} {acc:.4f}: the files do not belong together")
                 out[s][t] = (pred_a == y_a).astype(np.int64) - (pred_b == y_b).astype(np.int64)
             else:
                 out[s][t] = acc_a - acc_b
@@ -396,7 +389,7 @@ def pairwise_markdown(pairs: list[dict], alpha: float = 0.05) -> str:
              "| A | B | Δ | CI | p | p (Holm) | resolved | seeds | basis |", "|---|---|---|---|---|---|---|---|---|"]
     for r in pairs:
         lo, hi = r["ci"]
-        basis = f"{r['n_images']:,} paired images" if r["per_image"] else "seed-level (no predictions.npz)"
+        basis = f"{r['n_images']:,} paired images" if r["per_image"] else f"seed-level (no {PREDICTIONS_FILE})"
         lines.append(f"| {r['a']} | {r['b']} | {100 * r['diff']:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | "
                      f"{r['p']:.4f} | {r['p_holm']:.4f} | {'yes' if r['resolved'] else 'no'} | {r['n_seeds']} | {basis} |")
     resolved = [r for r in pairs if r["resolved"]]
@@ -413,9 +406,9 @@ def pairwise_markdown(pairs: list[dict], alpha: float = 0.05) -> str:
     return "\n".join(lines) + "\n"
 
 
-# overrides a test run drops from its val run's command line (the split, the seed, per-run settings)
-NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "threads=", "progress=", "resume=",
-                   "hydra", "allow_config_change=")
+# overrides a test run drops from its val run's command line: the split, the seed, and the per-run settings
+# that do not change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS)
+NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "hydra")
 
 
 def test_plan(rows: list[dict], seeds: str) -> str:
@@ -426,7 +419,7 @@ def test_plan(rows: list[dict], seeds: str) -> str:
         over = row.get("_val_overrides")
         if over is None:
             continue
-        kept = [o for o in over if not o.startswith(NOT_IN_TEST_RUN)]
+        kept = [o for o in over if not o.startswith(NOT_IN_TEST_RUN) and not result_neutral(o)]
         lines.append(" ".join([*kept, f"seed={seeds}"]) + f"  # {row['method']}: {row['selection']}")
     return "\n".join(lines) + "\n"
 
@@ -479,7 +472,7 @@ def to_csv(tasks: list[str], rows: list[dict]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("paths", nargs="+", help="run or sweep folders (searched for results.json)")
+    ap.add_argument("paths", nargs="+", help=f"run or sweep folders (searched for {RESULTS_FILE})")
     ap.add_argument("--csv", help="also write the table as CSV")
     ap.add_argument("--md", help="also write the markdown table to a file")
     ap.add_argument("--select", choices=("mean", "per-task"), default="mean",
@@ -497,12 +490,12 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default 0.05)")
     args = ap.parse_args(argv)
     runs = []
-    for path in find_runs(args.paths):
-        res = load(path)
+    for path in find_result_dirs(args.paths):
+        res = read_results(path)
         if (res.get("finished") or args.all) and all(w in res.get("overrides", []) for w in args.where):
             runs.append(Run(res, path))
     if not runs:
-        raise SystemExit(f"no finished results.json under {args.paths}")
+        raise SystemExit(f"no finished {RESULTS_FILE} under {args.paths}")
     common = recipe(runs)
     strip_recipe(runs, common)
     tasks, rows = compare(runs, args.select)

@@ -8,7 +8,8 @@ mean ± std over seeds.
 Reads only the results schema (``results.json``, ``schema_version`` 1; docs/guide/runs.md "Results schema"): one column
 per task (final accuracy), the average, forgetting and BWT (sequential), task-id accuracy, trainable
 parameters per task (with and without its classifier), shared parameters, wall time (train + eval seconds).
-Runs that differ only in ``seed`` form one row.
+Runs that differ only in ``seed``, or in keys that do not change results (threads, device, logger, ...:
+``orchestration.runfiles.RESULT_NEUTRAL_KEYS``), form one row.
 
 The printed table is sorted by strategy, then overrides; overrides every row shares (a CPU recipe such as
 ``benchmark.n_train=200 optim.epochs=5``) are printed once above it instead of in every row; accuracies are
@@ -30,20 +31,14 @@ from pathlib import Path
 from typing import Optional
 
 from gift_cl.reporting import find_result_dirs, read_results
-
-
-def find_runs(paths: list[str]) -> list[Path]:
-    return find_result_dirs(paths)
-
-
-def load(run: Path) -> dict:
-    return read_results(run)
+from orchestration.runfiles import RESULTS_FILE, result_neutral
 
 
 def group_key(res: dict) -> tuple[str, str]:
-    """Strategy and the command-line overrides that distinguish the run, seed left out."""
+    """Strategy and the command-line overrides that distinguish the run: seed, hydra.* and the keys that do not
+    change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS) left out."""
     extra = [o for o in res.get("overrides", [])
-             if not o.startswith(("strategy=", "hydra", "seed=", "resume=", "threads=", "progress="))]
+             if not o.startswith(("strategy=", "hydra", "seed=")) and not result_neutral(o)]
     return res["strategy"], " ".join(sorted(extra))
 
 
@@ -151,12 +146,12 @@ def main():
     p.add_argument("--csv", help="also write the table as CSV (mean and std in separate columns)")
     p.add_argument("--all", action="store_true", help="include unfinished runs (default: finished runs only)")
     a = p.parse_args()
-    found = [(r, load(r)) for r in find_runs(a.paths)]
+    found = [(r, read_results(r)) for r in find_result_dirs(a.paths)]
     if not found:
-        raise SystemExit(f"no results.json under {a.paths}")
+        raise SystemExit(f"no {RESULTS_FILE} under {a.paths}")
     runs = select(found, a.all)
     if not runs:
-        raise SystemExit(f"no finished results.json under {a.paths} (--all includes unfinished runs)")
+        raise SystemExit(f"no finished {RESULTS_FILE} under {a.paths} (--all includes unfinished runs)")
     rows = table(runs)
     print(format_table(rows))
     if a.csv:

@@ -51,7 +51,7 @@ def create_backbone(
     pretrained: bool = False,
     checkpoint: Optional[str] = None,
     kwargs: Optional[dict] = None,
-    **_ignored,
+    **data: Any,
 ) -> nn.Module:
     """Build a timm model with a fresh ``num_classes`` head.
 
@@ -61,9 +61,11 @@ def create_backbone(
       log says so); position embeddings (and even patch size) are resampled to ``kwargs`` by timm.
     - ``pretrained=True`` without a checkpoint: the timm hub weights (needs network or a warm HF cache).
     - neither: random initialisation (tests and from-scratch runs).
-    Loaded weights must be finite. Extra keys (``image_size``, ``mean``, ``std``) belong to the data side
-    and are ignored here.
+    Loaded weights must be finite. ``data`` (``image_size``, ``mean``, ``std``: the rest of a ``model`` config)
+    belongs to the data side and is not used here; any other key is a :class:`BackboneError` naming it (a
+    misspelt ``model.chekpoint`` would otherwise build a random backbone without a word).
     """
+    _check_model_keys(data)
     kwargs = _check_kwargs(kwargs)
     _check_name(name)
     if checkpoint:
@@ -82,6 +84,18 @@ def create_backbone(
         _check_finite(model.state_dict(), f"the hub weights of {name!r}")
         return model
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def _check_model_keys(data: dict) -> None:
+    """The keys of a ``model`` config beyond the backbone's own arguments: only :data:`DATA_KEYS`."""
+    unknown = sorted(k for k in data if k not in DATA_KEYS)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], MODEL_KEYS, n=1)
+        hint = f" (did you mean model.{close[0]}?)" if close else ""
+        raise BackboneError(f"model.{unknown[0]}: unknown key{hint}; a model config has only "
+                            f"{', '.join(MODEL_KEYS)}")
 
 
 def _check_name(name: Any) -> None:
@@ -148,11 +162,12 @@ def fitted_state(model: nn.Module, path: Path) -> tuple[dict, str, list]:
 
 
 def check_backbone(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
-                   kwargs: Optional[dict] = None, **_ignored) -> None:
+                   kwargs: Optional[dict] = None, **data: Any) -> None:
     """What :func:`create_backbone` would refuse about a model config, found before a run does any work: the
     name, ``kwargs``, and a local checkpoint read and checked against the architecture built on the meta
     device (no weights are initialised or loaded). The hub is not contacted. Cached per file version, so a
     sweep checking hundreds of configurations reads each checkpoint once."""
+    _check_model_keys(data)
     kwargs = _check_kwargs(kwargs)
     _check_name(name)
     if not checkpoint:
@@ -324,6 +339,7 @@ def _some(names: list, n: int = 6) -> str:
 
 # ----------------------------------------------------------------------------- data config
 DATA_KEYS = ("image_size", "mean", "std")
+MODEL_KEYS = ("name", "pretrained", "checkpoint", "kwargs", *DATA_KEYS)  # every key of a model config
 
 
 def _img_size(kwargs: dict) -> Optional[int]:

@@ -70,11 +70,6 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
         save_file(tensors, tmp, metadata=metadata)
 
 
-def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only what training changed: a checkpoint of a few hundred KB, not the backbone."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
 # ---------------------------------------------------------------------- the run checkpoint (last.pt)
 # Tensors and plain containers only, loaded with torch.load(weights_only=True) (a crafted pickle cannot
 # run code), tagged with a format name and version so a foreign or truncated file gets one clear message.

@@ -1,6 +1,8 @@
 """OmegaConf resolvers used by the Hydra configs, and what a configuration may instantiate.
 
-Import this module before resolving a config (``run.py`` does).
+:func:`register_resolvers` registers them (idempotent): where a configuration is composed (``run.py``,
+``orchestration.sweep``, ``run.py -m``) and in :func:`load_saved_config`. Importing this module registers
+nothing.
 
 * ``${asset:vit_procedural.safetensors}``: the file shipped inside the installed package.
 * ``${backbone_data:mean}`` (also ``std``, ``image_size``): what the backbone of the model node
@@ -10,13 +12,30 @@ Import this module before resolving a config (``run.py`` does).
   so benchmarks keep interpolating ``${model.mean}``, and an explicit ``model.mean=[...]`` (or
   ``model.image_size=...``) replaces the interpolation: the override wins.
 
-**What may be instantiated.** A configuration names a constructor with ``_target_``; Hydra calls it. A
-configuration is data (a saved run's ``config_resolved.yaml`` may come from anyone), so a ``_target_`` is
-honoured only at a place where a shipped config puts one (``benchmark``, ``generator``, ``strategy.method``,
-``strategy.method.config``, ``strategy.method.plugins.<name>``, ``strategy.plugins[i]``) and only if a shipped
-config names that very constructor there: :func:`allowed_targets` reads them from ``configs/`` (the one
-place the list lives). Its arguments must be arguments of the constructor, plain values (scalars, lists,
-mappings) of the annotated type, in the range :data:`ARGUMENT_RANGES` gives; Hydra's ``_args_``,
+**What may be instantiated.** A configuration names a constructor with ``_target_``; Hydra calls it. Who
+wrote the configuration decides what may be named:
+
+* **Composed from the command line** (``run.py``, ``run.py -m``, ``python -m orchestration.sweep``: the
+  configs and overrides the user gave, ``hydra.searchpath`` included; ``check_instantiable(...,
+  command_line=True)``, used by :func:`orchestration.validation.validate`): any importable ``_target_``, at any
+  place (the user's own method, benchmark or plug-in in their own package: the user ran the command, their
+  code is theirs to run). Each node is still checked: its keys arguments of the constructor, its values plain
+  and of the annotated type, and for this project's constructors in the range :data:`ARGUMENT_RANGES` gives.
+* **Read from disk** (a run directory's ``config_resolved.yaml`` through :func:`load_saved_config`, and
+  everything built from it: ``gift_cl.interpret``, ``gift-cl export``; a ``from_pretrained`` model config through
+  :func:`safe_instantiate`): a saved file may come from anyone, so a ``_target_`` is honoured only at a place
+  where a shipped config puts one (``benchmark``, ``generator``, ``strategy.method``, ``strategy.method.config``,
+  ``strategy.method.plugins.<name>``, ``strategy.plugins[i]``) and only if a shipped config names that very
+  constructor there: :func:`allowed_targets` reads them from ``configs/`` (the one place the list lives). A
+  saved run of a user's method is therefore refused by these tools (the message names the target).
+* **Resume** (``resume=<run dir>``, a sweep continuing a started run) builds the run from the configuration
+  the command line composes, never from the saved file: the saved file is only read as data and compared key
+  by key (a differing ``_target_`` is a difference: refused unless ``allow_config_change=true``, and then the
+  command line's constructor is the one called). So resuming a user's method needs the same command line
+  (``hydra.searchpath=...``, ``strategy=...``), and nothing read from disk runs code the command line did not
+  name.
+
+In both cases the arguments must be plain values (scalars, lists, mappings); Hydra's ``_args_``,
 ``_partial_``, ``_recursive_`` are refused. A saved configuration may use only this project's resolvers
 (:data:`PROJECT_RESOLVERS`) and references to its own keys (:func:`load_saved_config`).
 """
@@ -29,7 +48,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -51,11 +70,20 @@ def _backbone_data(key: str, *, _parent_) -> object:
     return ListConfig(value) if isinstance(value, list) else value
 
 
-OmegaConf.register_new_resolver("asset", asset_path, replace=True)
-# not cached by OmegaConf: the key alone ("mean") does not identify the backbone; backbones.py caches
-OmegaConf.register_new_resolver("backbone_data", _backbone_data, replace=True, use_cache=False)
+# name -> resolver. Neither is cached by OmegaConf: the key alone ("mean") does not identify the backbone
+# (backbones.py caches what is costly)
+RESOLVERS: dict[str, Callable[..., Any]] = {"asset": asset_path, "backbone_data": _backbone_data}
+PROJECT_RESOLVERS = tuple(RESOLVERS)  # the only resolvers a saved configuration may use
 
-PROJECT_RESOLVERS = ("asset", "backbone_data")  # the only resolvers a saved configuration may use
+
+def register_resolvers() -> None:
+    """Register this project's resolvers (:data:`RESOLVERS`) with OmegaConf, replacing whatever holds their
+    names (``orchestration.cli``'s torch-free stand-ins, which call this at their first use). Idempotent: call
+    it wherever a configuration is composed or read."""
+    for name, resolver in RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True, use_cache=False)
+
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the shipped configs (the repository's configs/)
 
 
@@ -254,34 +282,41 @@ def _check_plain(value: Any, where: str) -> None:
         raise ConfigError(f"{where}={value!r}: an interpolation left after resolving (an escaped \\${{...}}?)")
 
 
-def _visit(node: Any, where: str, slot: str) -> None:
+def _visit(node: Any, where: str, slot: str, command_line: bool = False) -> None:
     if isinstance(node, dict):
         if "_target_" in node:
-            _check_target_node(node, where, slot)
+            _check_target_node(node, where, slot, command_line)
             return
         for key, value in node.items():
             if not isinstance(key, str) or (key.startswith("_") and key.endswith("_")):
                 raise ConfigError(f"{_join(where, key)}: Hydra's special keys (other than _target_ and _convert_ "
                                   f"in a node that has a _target_) are not allowed in a configuration")
-            _visit(value, _join(where, key), _join(slot, key))
+            _visit(value, _join(where, key), _join(slot, key), command_line)
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
-            _visit(value, f"{where}[{i}]", slot + "[]")
+            _visit(value, f"{where}[{i}]", slot + "[]", command_line)
     else:
         _check_plain(node, where)
 
 
-def _check_target_node(node: dict, where: str, slot: str) -> None:
-    """One ``_target_`` node: allowed at this place, its keys arguments of the constructor, its values plain,
-    of the annotated type and in range; nested targets only where a shipped config puts them."""
+def _check_target_node(node: dict, where: str, slot: str, command_line: bool = False) -> None:
+    """One ``_target_`` node: allowed at this place (read from disk: a shipped config names it there; composed
+    from the command line: anything importable), its keys arguments of the constructor, its values plain, of
+    the annotated type and in range; nested targets likewise."""
     target, allowed = node["_target_"], allowed_targets()
-    if slot not in allowed:
+    if command_line:
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"{where}._target_={target!r}: must name a class or function (module.name)")
+    elif slot not in allowed:
         raise ConfigError(f"{where}._target_={target!r}: nothing may be instantiated at {where}; a configuration "
                           f"names constructors only at {', '.join(sorted(allowed))}")
-    if not isinstance(target, str) or target not in allowed[slot]:
+    elif not isinstance(target, str) or target not in allowed[slot]:
         raise ConfigError(f"{where}._target_={target!r}: not a constructor a configuration may name here; "
                           f"allowed: {', '.join(sorted(allowed[slot]))}")
-    params = list(inspect.signature(_import(target, where)).parameters.values())[POSITIONAL.get(slot, 0):]
+    constructor = _import(target, where)
+    params = _parameters(constructor, target, where)[POSITIONAL.get(slot, 0):]
+    if command_line:  # another name of one of this project's constructors keeps its ranges
+        target = _known_name(target, constructor)
     open_keys = any(p.kind is p.VAR_KEYWORD for p in params)
     by_name = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     for key, value in node.items():
@@ -299,7 +334,28 @@ def _check_target_node(node: dict, where: str, slot: str) -> None:
             raise ConfigError(f"{here}: not an argument of {target}; allowed: {sorted(by_name)}")
         if key in by_name and not (isinstance(value, dict) and "_target_" in value):
             check_argument(target, by_name[key], value, here)
-        _visit(value, here, _join(slot, key))
+        _visit(value, here, _join(slot, key), command_line)
+
+
+def _known_name(target: str, constructor: Any) -> str:
+    """The name :data:`ARGUMENT_RANGES` knows ``constructor`` by (``gift_cl.methods.lora.LoraMethod`` is
+    ``gift_cl.methods.LoraMethod``), else ``target``."""
+    if target in ARGUMENT_RANGES or not target.startswith(("gift_cl.", "strategies.")):
+        return target
+    for known in ARGUMENT_RANGES:
+        if _import(known, known) is constructor:
+            return known
+    return target
+
+
+def _parameters(constructor: Any, target: str, where: str) -> list[inspect.Parameter]:
+    """The parameters of ``constructor``; one that Python cannot describe (a builtin) takes any keywords."""
+    if not callable(constructor):
+        raise ConfigError(f"{where}._target_={target!r}: a {type(constructor).__name__}, not a class or function")
+    try:
+        return list(inspect.signature(constructor).parameters.values())
+    except (TypeError, ValueError):
+        return [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
 
 
 def check_argument(target: str, param: inspect.Parameter, value: Any, where: str) -> None:
@@ -336,12 +392,14 @@ def _check_arguments_of(target: str, mapping: Any, where: str) -> None:
         check_argument(target, params[key], value, _join(where, key))
 
 
-def check_instantiable(tree: Any, where: str = "", slot: Optional[str] = None) -> None:
+def check_instantiable(tree: Any, where: str = "", slot: Optional[str] = None, *, command_line: bool = False) -> None:
     """Everything under ``tree`` (a resolved, plain configuration or part of one, at ``where``) may be
-    instantiated: see the module docstring. Raises :class:`ConfigError` naming the first offending key."""
+    instantiated: see the module docstring. ``command_line``: the configuration was composed from the command
+    line (any importable ``_target_``); otherwise (the default) it was read from disk and only what the shipped
+    configs name at each place is allowed. Raises :class:`ConfigError` naming the first offending key."""
     if isinstance(tree, (DictConfig, ListConfig)):
         tree = OmegaConf.to_container(tree, resolve=True)
-    _visit(tree, where, where if slot is None else slot)
+    _visit(tree, where, where if slot is None else slot, command_line)
 
 
 # ----------------------------------------------------------------------------- a saved configuration
@@ -372,9 +430,12 @@ def _first_line(err: BaseException) -> str:
 def load_saved_config(path: str | Path) -> DictConfig:
     """A run's saved configuration, checked before anything reads it: a YAML mapping, its interpolations
     only this project's, then resolved and every ``_target_`` in it instantiable (:func:`check_instantiable`),
-    the seed in range. Returned fully resolved (what was checked is what will be instantiated)."""
+    the seed in range. Returned fully resolved (what was checked is what will be instantiated). Only what the
+    shipped configs name may be instantiated (the module docstring): a saved run of a user's own method is
+    refused here, naming the target."""
     import yaml
 
+    register_resolvers()  # ${asset:...}, ${backbone_data:...}: the only resolvers a saved file may use
     path = Path(path)
     try:
         cfg = OmegaConf.load(path)  # PyYAML's safe loader: no tags that build objects
@@ -402,7 +463,8 @@ def load_saved_config(path: str | Path) -> DictConfig:
 
 def safe_instantiate(node: DictConfig, *args, where: str = "config", **kwargs):
     """Instantiate a ``_target_`` node at ``where`` (``benchmark``, ``strategy.method``) of a configuration read
-    from disk, after :func:`check_instantiable`; Hydra is handed the checked, resolved values."""
+    from disk, after :func:`check_instantiable` (the shipped configs' allowlist); Hydra is handed the checked,
+    resolved values."""
     tree = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
     check_instantiable(tree, where)
     from hydra.utils import instantiate

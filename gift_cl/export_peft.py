@@ -111,13 +111,7 @@ def _gift_merged(model, task: int) -> dict:
 def _lora_merged(model, task: int) -> dict:
     vit = copy.deepcopy(model.backbone)
     for name in model.targets:
-        layer = vit.get_submodule(name)
-        merged = nn.Linear(layer.base.in_features, layer.base.out_features, bias=layer.base.bias is not None)
-        with torch.no_grad():
-            merged.weight.copy_(layer.base.weight + layer.adapters[str(task)].delta_weight())
-            if layer.base.bias is not None:
-                merged.bias.copy_(layer.base.bias)
-        set_submodule(vit, name, merged.to(layer.base.weight.device, layer.base.weight.dtype))
+        set_submodule(vit, name, vit.get_submodule(name).merged(str(task)))
     return vit.state_dict()
 
 

@@ -413,6 +413,7 @@ def load_run(run_dir: str | Path) -> GiftRun:
     from .backbones import create_backbone
     from .checkpoint import load_run_checkpoint
     from .config import load_saved_config, safe_instantiate
+    from .protocols import get_protocol
     from .rng import seed_everything
 
     run_dir = Path(run_dir)
@@ -428,7 +429,7 @@ def load_run(run_dir: str | Path) -> GiftRun:
         return safe_instantiate(cfg.strategy.method, create_backbone(num_classes=0, **model_kw),
                                 where="strategy.method")
 
-    if cfg.strategy.protocol != "independent":
+    if not get_protocol(cfg.strategy.protocol).fresh_model_per_task:  # one model holds every task
         state = load_run_checkpoint(run_dir / "checkpoints" / "last.pt")
         model = build()
         for t, n in sorted(state["tasks"].items()):

@@ -1,9 +1,13 @@
-"""LoRA baseline (Hu et al.), as the official GIFT code runs it: loralib-style, alpha=1 so scaling = 1/r,
-A Kaiming-initialised, B zero, on ``attn.proj`` by default; mergeable into a plain timm model."""
+"""LoRA (Hu et al.) as the official GIFT code runs it: loralib-style, alpha=1 so scaling = 1/r, A
+Kaiming-initialised, B zero, on ``attn.proj`` by default; mergeable into a plain timm model.
+
+:class:`LoraLinear` is the one LoRA layer (peft's layout): a frozen ``nn.Linear`` and a dict of adapters keyed
+by name (a task), ``active`` naming the one applied. :class:`LoraModel` wraps a timm model with one adapter
+per target layer; the continual-learning method (:class:`gift_cl.methods.LoraMethod`) adds one per task."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -29,34 +33,54 @@ class LoraAdapter(nn.Module):
 
 
 class LoraLinear(nn.Module):
-    """``y = x Wᵀ + b + (x Aᵀ Bᵀ) · alpha / r`` with ``W``, ``b`` frozen; ``B = 0`` at start."""
+    """``y = x Wᵀ + b + (x Aᵀ Bᵀ) · alpha / r`` with ``W``, ``b`` frozen and ``A``, ``B`` those of the adapter
+    named by ``active`` (``None``: the frozen layer alone). Adapters live in ``adapters[name]``
+    (state-dict keys ``adapters.<name>.lora_A`` / ``.lora_B``); each starts with ``B = 0``."""
 
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 1.0):
         super().__init__()
         self.base = base.requires_grad_(False)
-        self.lora = LoraAdapter(base.in_features, base.out_features, rank, alpha).to(base.weight.device)
+        self.rank, self.alpha = rank, alpha
+        self.adapters = nn.ModuleDict()
+        self.active: Optional[str] = None
+
+    def add_adapter(self, name: str) -> None:
+        adapter = LoraAdapter(self.base.in_features, self.base.out_features, self.rank, self.alpha)
+        self.adapters[name] = adapter.to(self.base.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora(x)
+        y = self.base(x)
+        return y if self.active is None else y + self.adapters[self.active](x)
 
-    def merged(self) -> nn.Linear:
+    def merged(self, name: Optional[str] = None) -> nn.Linear:
+        """A plain ``nn.Linear`` holding ``W + ΔW`` of adapter ``name`` (default: the active one)."""
+        name = self.active if name is None else name
+        if name is None:
+            raise ValueError("LoraLinear.merged: no adapter named and none active")
         out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         out = out.to(self.base.weight.device, self.base.weight.dtype)
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.lora.delta_weight())
+            out.weight.copy_(self.base.weight + self.adapters[name].delta_weight())
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out
 
 
 class LoraModel(nn.Module):
+    """A timm model with one LoRA adapter (named :attr:`ADAPTER`) on every target layer; the head trains."""
+
+    ADAPTER = "default"  # peft's name for a model's single adapter
+
     def __init__(self, model: nn.Module, rank: int = 8, alpha: float = 1.0, target_modules: Sequence[str] = ("attn.proj",)):
         super().__init__()
         freeze_backbone(model, train_head=True)
         self.backbone_params = backbone_parameter_count(model)
         self.targets = [n for n, _ in find_linear_targets(model, target_modules)]
         for n in self.targets:
-            set_submodule(model, n, LoraLinear(model.get_submodule(n), rank, alpha))
+            layer = LoraLinear(model.get_submodule(n), rank, alpha)
+            layer.add_adapter(self.ADAPTER)
+            layer.active = self.ADAPTER
+            set_submodule(model, n, layer)
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ from .model_meta import (
     source_arguments,
     task_entries,
 )
+from .protocols import PROTOCOLS
 from .tensorfile import read_state_file, write_state_file
 
 CONFIG_NAME = "gift_cl_config.json"
@@ -62,7 +63,6 @@ FORMAT_VERSION = 1
 SHARED_FILE = "shared.safetensors"
 TASK_DIR = "tasks"
 LAYOUTS = ("multitask", "per_task")  # one model for all tasks | one model per task (independent protocol)
-PROTOCOLS = ("independent", "sequential", "joint")
 MAX_CONFIG_BYTES = 64 << 20
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
@@ -217,7 +217,7 @@ def write_config(directory, model: nn.Module, tasks: list[dict], layout: str, *,
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
     if protocol is not None and protocol not in PROTOCOLS:
-        raise CheckpointError(f"protocol={protocol!r}: expected one of {PROTOCOLS} or None")
+        raise CheckpointError(f"protocol={protocol!r}: expected one of {tuple(PROTOCOLS)} or None")
     check_tasks(tasks, "tasks")
     doc = {
         "format": FORMAT,
@@ -421,7 +421,7 @@ def check_config(doc: Any, path: Path) -> dict:
     if doc["layout"] not in LAYOUTS:
         raise CheckpointError(f"{path}: layout={doc['layout']!r}: expected one of {LAYOUTS}")
     if doc["protocol"] is not None and doc["protocol"] not in PROTOCOLS:
-        raise CheckpointError(f"{path}: protocol={doc['protocol']!r}: expected one of {PROTOCOLS} or null")
+        raise CheckpointError(f"{path}: protocol={doc['protocol']!r}: expected one of {tuple(PROTOCOLS)} or null")
     if not isinstance(doc["gift_cl_version"], str) or not isinstance(doc["method"], dict) \
             or not (doc["results"] is None or isinstance(doc["results"], dict)):
         raise CheckpointError(f"{path}: gift_cl_version (string), method (object), results (object or null) expected")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from .checkpoint import atomic_path, write_text
+from .protocols import get_protocol
 
 
 def read_json(path: str | os.PathLike) -> Optional[dict]:
@@ -207,12 +208,12 @@ def format_summary(results: dict) -> str:
     lines.append("-" * len(header))
     if results.get("average_accuracy") is not None:
         lines.append(f"{'mean':<24}{'':>8}{100 * results['average_accuracy']:>10.2f}")
-    if results["protocol"] != "independent":
+    protocol = get_protocol(results["protocol"])
+    if protocol.has_matrix:
         width = max(8, max(len(n) for n in names) + 1)
         lines += ["", "accuracy matrix R[i][j] (%): row = after training, column = task evaluated",
                   f"{'after':<{width}}" + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
-        for i, row in enumerate(results["accuracy_matrix"]):
-            label = "joint" if results["protocol"] == "joint" else names[i]
+        for label, row in zip(protocol.matrix_row_labels(names), results["accuracy_matrix"]):
             cells = "".join(f"{100 * a:>{width}.1f}" for a in row) if row else "  (not evaluated)"
             lines.append(f"{label[:width - 1]:<{width}}" + cells)
         lines.append("")
@@ -278,7 +279,7 @@ def plot_accuracy_matrix(results: dict, path: str | os.PathLike) -> None:
         if not np.isnan(v):
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    rows = ["joint"] if results["protocol"] == "joint" else names[: len(matrix)]
+    rows = get_protocol(results["protocol"]).matrix_row_labels(names)[: len(matrix)]
     ax.set_yticks(range(len(matrix)), rows, fontsize=8)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training")

@@ -62,10 +62,6 @@ class GiftLinear(nn.Module):
         """The dense ΔW of the current single-head residual (formed from the factors if needed), or ``None``."""
         return None if self.residual is None else dense_delta(self.residual)
 
-    @delta_weight.setter
-    def delta_weight(self, value: Optional[torch.Tensor]) -> None:
-        self.residual = value
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return apply_residual(self.base, x, self.residual)
 

@@ -133,7 +133,7 @@ def run(cfg, hydra_dir: Path, overrides: tuple = (), record: Optional[HydraRecor
     from . import distributed
     from .validation import validate
 
-    validate(cfg)
+    validate(cfg, command_line=True)  # composed from the command line: the user's own _target_s are theirs to run
     logger_options(cfg.logger)  # each logger's options (logger.wandb.mode, ...), before anything is written
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -151,8 +151,8 @@ def _run(cfg, hydra_dir: Path, overrides: tuple, is_main: bool, record: HydraRec
     from gift_cl.reporting import format_summary
 
     from . import distributed
-    from .loop import CHECKPOINT
     from .rundir import RunDirError, RunLock, holds_a_run, resolve_run_dir
+    from .runfiles import CHECKPOINT
 
     run_dir, resuming = distributed.on_main(lambda: resolve_run_dir(cfg, hydra_dir))  # errors reach every rank
     with RunLock(run_dir) if is_main else contextlib.nullcontext():
@@ -180,7 +180,7 @@ def discard_unstarted(run_dir: Path) -> None:
     printed. Anything more (a checkpoint, results, logs) and the directory stays as it is."""
     import shutil
 
-    from .rundir import CONFIG_FILE, START_UP_DEBRIS
+    from .runfiles import CONFIG_FILE, START_UP_DEBRIS
 
     try:
         entries = list(run_dir.iterdir())  # the lock too: unlinked while held, released on its open descriptor
@@ -201,8 +201,8 @@ def _run_locked(cfg, run_dir: Path, resuming: bool, overrides: tuple, is_main: b
     from gift_cl.checkpoint import write_text
 
     from . import distributed
-    from .loop import CHECKPOINT, run_protocol
-    from .rundir import CONFIG_FILE, OVERRIDES_FILE
+    from .loop import run_protocol
+    from .runfiles import CHECKPOINT, CONFIG_FILE, OVERRIDES_FILE
 
     ckpt = run_dir / CHECKPOINT
     if is_main and not resuming:  # the configuration last: once it is there, the run has started
@@ -226,25 +226,32 @@ def config_dir() -> str:
     return str(Path(spec.submodule_search_locations[0]).resolve() / "configs")
 
 
-def register_resolvers() -> None:
-    """The project's resolvers (``${asset:...}``, ``${backbone_data:...}``, :mod:`gift_cl.config`) as stand-ins
-    that import it at their first use: composing the configuration, and reporting a mistyped key, needs
-    neither torch nor timm. Importing :mod:`gift_cl.config` replaces them with the real ones."""
+RESOLVER_NAMES = ("asset", "backbone_data")  # gift_cl.config.RESOLVERS' names (a test keeps them equal)
+
+
+def defer_resolvers() -> None:
+    """Stand-ins for the project's resolvers (:func:`gift_cl.config.register_resolvers`, the one place they are
+    defined and registered) that, at their first use, register the real ones and answer through them: composing
+    the configuration, and reporting a mistyped key, needs neither torch nor timm (importing ``gift_cl`` does)."""
+    import inspect
+
     from omegaconf import OmegaConf
 
-    def asset(name):
-        from gift_cl.backbones import asset_path
+    def stand_in(name: str):
+        def resolve(*args, _parent_):
+            from gift_cl.config import RESOLVERS, register_resolvers
 
-        return asset_path(name)
+            register_resolvers()  # replaces the stand-ins: later interpolations go straight to the real ones
+            resolver = RESOLVERS[name]
+            if "_parent_" in inspect.signature(resolver).parameters:
+                return resolver(*args, _parent_=_parent_)
+            return resolver(*args)
 
-    def backbone_data(key, *, _parent_):
-        from gift_cl.config import _backbone_data
+        return resolve
 
-        return _backbone_data(key, _parent_=_parent_)
-
-    for name, resolver, cache in (("asset", asset, False), ("backbone_data", backbone_data, False)):
+    for name in RESOLVER_NAMES:
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
+            OmegaConf.register_new_resolver(name, stand_in(name), use_cache=False)
 
 
 # ---------------------------------------------------------------------- Hydra's writes, deferred
@@ -335,7 +342,7 @@ def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    register_resolvers()
+    defer_resolvers()
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
     def _main(cfg) -> float:

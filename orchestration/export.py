@@ -21,9 +21,11 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-log = logging.getLogger("gift_cl")
+from gift_cl.protocols import get_protocol
 
-MODEL_DIR = "model"
+from .runfiles import CHECKPOINT, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_DIR, RESULTS_FILE
+
+log = logging.getLogger("gift_cl")
 
 
 # ---------------------------------------------------------------------- what a run says about its model
@@ -68,22 +70,45 @@ def build_model(cfg):
 
 
 # ---------------------------------------------------------------------- the run loop's calls
+PROJECT_PACKAGES = ("gift_cl.", "strategies.")
+
+
+def outside_code(model) -> Optional[str]:
+    """The first class of ``model`` (the method, its model plug-ins) defined outside this project, if any: a
+    user's own method (its config on ``hydra.searchpath``) trains, checkpoints and resumes like any other, but
+    ``model/`` is not written for it, since ``from_pretrained`` instantiates only what the shipped configs name
+    (:mod:`gift_cl.config`)."""
+    plugins = getattr(model, "model_plugins", None) or {}
+    for obj in (model, *plugins.values()):
+        cls = type(obj)
+        if not cls.__module__.startswith(PROJECT_PACKAGES):
+            return f"{cls.__module__}.{cls.__qualname__}"
+    return None
+
+
 def write_task(run_dir: Path, model, label: int, name: str) -> None:
     """Independent protocol: the task's model into ``model/tasks/`` as its task ends."""
     from gift_cl.pretrained import write_task_model
 
+    if outside_code(model) is not None:  # no model/ for a user's own method (write_run_model says so)
+        return
     write_task_model(model, Path(run_dir) / MODEL_DIR, label, name)
 
 
-def write_run_model(cfg, run_dir: Path, model, names: list[str], infos: list, results: dict) -> Path:
+def write_run_model(cfg, run_dir: Path, model, names: list[str], infos: list, results: dict) -> Optional[Path]:
     """``<run_dir>/model/`` at the end of a run: the in-memory model (sequential, joint), or the per-task models
-    written as each task ended (independent; any missing, from a run started before this existed, rebuilt
-    from ``checkpoints/<task>.safetensors``)."""
+    written as each task ended (independent; a task whose model is missing there is rebuilt from its
+    ``checkpoints/<task>.safetensors``). None for a user's own method (:func:`outside_code`)."""
     from gift_cl.pretrained import save_pretrained
 
+    own = outside_code(model)
+    if own is not None:
+        log.warning("%s is not one of gift_cl's methods or plug-ins: no model/ directory written (from_pretrained "
+                    "rebuilds only what the shipped configs name); the results and checkpoints are complete", own)
+        return None
     out = Path(run_dir) / MODEL_DIR
     meta = run_metadata(cfg, names, infos, results)
-    if cfg.strategy.protocol != "independent":
+    if not get_protocol(cfg.strategy.protocol).fresh_model_per_task:
         save_pretrained(model, out, **meta)
     else:
         _write_independent(cfg, Path(run_dir), out, names, infos, meta, reference=model)
@@ -102,7 +127,7 @@ def _write_independent(cfg, run_dir: Path, out: Path, names: list[str], infos: l
     own = Path(run_dir) / MODEL_DIR
     num_classes = {}
     for i, name in enumerate(names[:trained]):
-        unit, ckpt = task_file(own, i, name), run_dir / "checkpoints" / f"{name}.safetensors"
+        unit, ckpt = task_file(own, i, name), run_dir / CHECKPOINTS_DIR / f"{name}.safetensors"
         if unit.is_file() and own.resolve() == out.resolve():
             num_classes[i] = int(read_state_file(unit, FORMAT)[0][f"classifiers.{i}.weight"].shape[0])
             continue
@@ -143,9 +168,6 @@ def export_run(run_dir, out=None) -> Path:
     from gift_cl.pretrained import load_state, save_pretrained
     from gift_cl.reporting import read_json
 
-    from .loop import CHECKPOINT
-    from .rundir import CONFIG_FILE
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such directory; expected a run directory (or a model directory "
@@ -153,17 +175,17 @@ def export_run(run_dir, out=None) -> Path:
     out = Path(out) if out is not None else run_dir / MODEL_DIR
     cfg = load_saved_config(run_dir / CONFIG_FILE)
     try:
-        results = read_json(run_dir / "results.json")
+        results = read_json(run_dir / RESULTS_FILE)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{run_dir / 'results.json'}: not readable ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{run_dir / RESULTS_FILE}: not readable ({type(err).__name__}: {err})") from None
     if not isinstance(results, dict) or not isinstance(results.get("tasks"), list) or not all(
             isinstance(t, dict) and isinstance(t.get("name"), str) for t in results["tasks"]):
-        raise CheckpointError(f"{run_dir}: no readable results.json with the run's tasks; a run writes it after its "
+        raise CheckpointError(f"{run_dir}: no readable {RESULTS_FILE} with the run's tasks; a run writes it after its "
                               f"first experience (nothing to export before that)")
     names = [t["name"] for t in results["tasks"]]
     infos = [t.get("info") for t in results["tasks"]]
     meta = run_metadata(cfg, names, infos, results)
-    if cfg.strategy.protocol == "independent":
+    if get_protocol(cfg.strategy.protocol).fresh_model_per_task:
         trained = len(results.get("accuracy_matrix") or [])
         if not trained:
             raise CheckpointError(f"{run_dir}: no task has finished training yet")

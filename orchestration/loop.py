@@ -1,11 +1,8 @@
 """The one run loop: every method, every protocol, one checkpoint and one results schema.
 
-Protocols (``strategy.protocol``):
-- ``independent``: each task trains a fresh model (same seed) and is evaluated on itself — the VTAB-1k /
-  FGVC protocol; a single-task run is the one-task case;
-- ``sequential``: one model learns the tasks one after the other; after each experience every task seen
-  so far is evaluated, filling the accuracy matrix R[i][j];
-- ``joint``: one model, one experience holding every task, batches mixed across tasks.
+The protocol (``strategy.protocol``: independent, sequential, joint) is an object of
+:mod:`gift_cl.protocols`: it decides the experiences, what is evaluated after each, whether each task gets a
+fresh model, and how the results are read from the accuracy matrix.
 
 A checkpoint (trainable state, optimizer, schedule, RNG, stream position, results so far, plugin state,
 the evaluation's clock, metrics and logged values) is written atomically every ``checkpoint_every`` epochs
@@ -20,8 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
-from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +24,7 @@ from gift_cl.backbones import create_backbone
 from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_run_checkpoint, save_safetensors
 from gift_cl.data.stream import build_stream
 from gift_cl.optim import OptimConfig
+from gift_cl.protocols import get_protocol
 from gift_cl.reporting import read_predictions, write_predictions
 from gift_cl.rng import rng_state, seed_everything, set_rng_state
 from strategies import TaskAwareStrategy
@@ -40,24 +36,10 @@ from .device import runtime
 from .distributed import broadcast_object
 from .export import write_run_model, write_task
 from .results import task_inference_accuracy, write_results
+from .runfiles import CHECKPOINT, CHECKPOINTS_DIR
 
 log = logging.getLogger("gift_cl")
 
-PROTOCOLS = ("independent", "sequential", "joint")
-CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-def joint_experience(train_stream) -> DatasetExperience:
-    """All tasks' training data as one experience; task labels stay per sample."""
-    data = train_stream[0].dataset
-    for exp in list(train_stream)[1:]:
-        data = data.concat(exp.dataset)
-    exp = DatasetExperience(dataset=data, current_experience=0)
-    exp.task_labels = sorted(int(t) for t in data.targets_task_labels.uniques)
-    exp.classes_in_this_experience = sorted(set(int(y) for y in data.targets))
-    exp = EagerCLStream("train_stream", [exp])[0]  # the stream sets the experience's origin_stream
-    exp.name = "joint"
-    return exp
 
 
 def experience_accuracies(metrics: dict, test_exps) -> list[float]:
@@ -76,7 +58,7 @@ class Run:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.env = runtime(cfg)  # device, precision, loaders, rank (orchestration/device.py)
-        self.protocol = cfg.strategy.protocol
+        self.protocol = get_protocol(cfg.strategy.protocol)
         self.optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
         self.tasks = instantiate(cfg.benchmark)
         # augmentation seeded per sample: num_workers cannot change the results (strategies/plugins.py)
@@ -88,10 +70,7 @@ class Run:
         for exp, name in zip(self.stream.train_stream, self.names):
             exp.name = name
         self.test = list(self.stream.test_stream)
-        if self.protocol == "joint":
-            self.experiences = [joint_experience(self.stream.train_stream)]
-        else:
-            self.experiences = list(self.stream.train_stream)
+        self.experiences = self.protocol.experiences(self.stream.train_stream)
         # progress is everything the results are computed from; it travels in every checkpoint
         self.progress = {"position": 0, "matrix": [], "time_s": [], "params": []}
         self.model = self.strategy = None
@@ -99,7 +78,7 @@ class Run:
         self.predictions: dict[str, tuple] = {}
         self.recorder = PredictionRecorder()
         self._unit: Optional[int] = None  # which experience the current model was built for (independent)
-        if self.protocol != "independent":
+        if not self.protocol.fresh_model_per_task:
             self._build(self.run_dir / "logs")
 
     # ------------------------------------------------------------------ model and strategy
@@ -115,7 +94,7 @@ class Run:
             optim=self.optim,
             device=self.env.device,
             eval_mb_size=cfg.eval_batch_size,
-            evaluator=make_evaluator(log_dir, stream_metrics=self.protocol != "independent",
+            evaluator=make_evaluator(log_dir, stream_metrics=not self.protocol.fresh_model_per_task,
                                      loggers=cfg.logger if self.env.is_main else (),
                                      run_name=f"{cfg.strategy.name}/{cfg.benchmark_name}/{log_dir.name}"),
             plugins=[*self.plugins, self.augmentation, checkpoints, self.recorder],
@@ -131,25 +110,31 @@ class Run:
         plugins.insert(plugins.index(self.strategy.clock), checkpoints)
 
     def _model_for(self, i: int) -> None:
-        if self.protocol == "independent" and self._unit != i:
+        if self.protocol.fresh_model_per_task and self._unit != i:
             self._build(self.run_dir / "logs" / self.names[i])
         self._unit = i
 
     def _eval_experiences(self, i: int) -> list:
         """What is evaluated after experience ``i`` (nothing before the last one with ``evaluate=last_experience``
         in the sequential protocol: its rows of the accuracy matrix stay empty)."""
-        if (self.protocol == "sequential" and self.cfg.get("evaluate") == "last_experience"
-                and i < len(self.experiences) - 1):
-            return []
-        return {"independent": [self.test[i]], "sequential": self.test[: i + 1], "joint": self.test}[self.protocol]
+        return self.protocol.evaluated_after(i, self.test, len(self.experiences),
+                                             last_only=self.cfg.get("evaluate") == "last_experience")
 
     # ------------------------------------------------------------------ checkpoints
-    def _resumable_plugins(self) -> list:
-        return [p for p in self.strategy.plugins if hasattr(p, "state_dict") and hasattr(p, "load_state_dict")]
+    def _resumable_plugins(self) -> dict:
+        """The strategy's plugins that have a state to checkpoint, by name: the class name (``EWCPlugin``),
+        numbered from the second of a class on (``EWCPlugin#1``)."""
+        named: dict = {}
+        for p in self.strategy.plugins:
+            if hasattr(p, "state_dict") and hasattr(p, "load_state_dict"):
+                base = type(p).__name__
+                name = base if base not in named else f"{base}#{sum(k.split('#')[0] == base for k in named)}"
+                named[name] = p
+        return named
 
     def _state(self, training: Optional[dict]) -> dict:
         model = self.model
-        between_independent_tasks = self.protocol == "independent" and training is None
+        between_independent_tasks = self.protocol.fresh_model_per_task and training is None
         return {  # between two independent tasks the next model starts fresh: nothing of this one is needed
             "model": {} if between_independent_tasks else model.trainable_state_dict(),
             "tasks": {} if between_independent_tasks else
@@ -157,7 +142,7 @@ class Run:
             "progress": self.progress,
             "training": training,
             "rng": rng_state(),
-            "plugins": [p.state_dict() for p in self._resumable_plugins()],
+            "plugins": {name: p.state_dict() for name, p in self._resumable_plugins().items()},
             "evaluation": None if between_independent_tasks else evaluation_state(self.strategy),
         }
 
@@ -182,7 +167,7 @@ class Run:
         self.progress = progress
         self.predictions = read_predictions(self.run_dir) or {}
         mid = state["training"] is not None
-        if self.protocol == "independent":
+        if self.protocol.fresh_model_per_task:
             if not mid:  # between two tasks: the next one starts from a fresh model
                 set_rng_state(state["rng"])
                 return
@@ -195,19 +180,21 @@ class Run:
         if not_frozen or unexpected:
             raise CheckpointError(f"{path} does not fit the model: missing {sorted(not_frozen)[:5]}, "
                                   f"unexpected {sorted(unexpected)[:5]}")
-        plugins = self._resumable_plugins()
-        if len(plugins) != len(state["plugins"]):
-            raise CheckpointError(f"{path}: holds the state of {len(state['plugins'])} plugins, this strategy has "
-                                  f"{len(plugins)}")
-        for plugin, plugin_state in zip(plugins, state["plugins"]):
-            plugin.load_state_dict(plugin_state)
+        plugins, saved = self._resumable_plugins(), state["plugins"]
+        if isinstance(saved, list):  # a checkpoint that stored the plugins' states in the strategy's order
+            saved = dict(zip(plugins, saved)) if len(saved) == len(plugins) else {f"#{i}": s for i, s in enumerate(saved)}
+        if set(saved) != set(plugins):
+            raise CheckpointError(f"{path}: holds the state of the plugins {sorted(saved)}, this strategy has "
+                                  f"{sorted(plugins)}")
+        for name, plugin in plugins.items():
+            plugin.load_state_dict(saved[name])
         # the clock (every logger's step), the metrics that span experiences (forgetting), what was logged
         if "evaluation" not in state:
             log.warning("%s: a checkpoint without the evaluation's state (an older gift_cl): the logs are "
                         "appended to, and forgetting is logged only for the experiences trained from now", path)
         restore_evaluation(self.strategy, state.get("evaluation"), path)
         # Avalanche's clock counts finished experiences (EWC reads it); the model knows its tasks.
-        self.strategy.clock.train_exp_counter = 0 if self.protocol == "independent" else progress["position"]
+        self.strategy.clock.train_exp_counter = self.protocol.clock_experiences(progress["position"])
         self.model.known_train_tasks_labels = set(int(t) for t in state["tasks"])
         if mid:
             self.strategy.resume_from(state["training"])
@@ -237,7 +224,7 @@ class Run:
             row = broadcast_object(row)
             self.progress["matrix"].append(row)
             self.progress["time_s"].append(time.time() - t0)
-            if self.protocol == "independent":
+            if self.protocol.fresh_model_per_task:  # the task's own model: its counts and weights now
                 counts = self.model.trainable_parameter_count()
                 self.progress["params"].append({
                     "per_task": counts["total"],
@@ -246,7 +233,7 @@ class Run:
                     "backbone": counts["backbone"]})
                 tensors = {k: v for k, v in self.model.trainable_state_dict().items() if torch.is_tensor(v)}
                 if self.env.is_main:
-                    save_safetensors(tensors, self.run_dir / "checkpoints" / f"{self.names[i]}.safetensors")
+                    save_safetensors(tensors, self.run_dir / CHECKPOINTS_DIR / f"{self.names[i]}.safetensors")
                     write_task(self.run_dir, self.model, i, self.names[i])  # model/tasks/: the shareable model
                 close_loggers(self.strategy)  # the task's logs are complete on disk before it counts as done
             self.progress["position"] = i + 1
@@ -260,14 +247,13 @@ class Run:
 
     def write_results(self, final: bool) -> dict:
         inference = None
-        if final and self.protocol != "independent" and len(self.tasks) > 1 and self.cfg.strategy.task_inference:
+        if final and not self.protocol.fresh_model_per_task and len(self.tasks) > 1 and self.cfg.strategy.task_inference:
             inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.env.device)
-        counts = None if self.protocol == "independent" else self.model.trainable_parameter_count()
+        counts = None if self.protocol.fresh_model_per_task else self.model.trainable_parameter_count()
         results = write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)
         # a method's own outputs beside results.json (ArtiHippo: artihippo.json, and artihippo.png at the end)
-        artifacts = getattr(self.model, "write_artifacts", None)
-        if artifacts is not None:
-            artifacts(self.run_dir, self.names, final)
+        if self.model is not None:  # (none when a resumed independent run had no task left to train)
+            self.model.write_artifacts(self.run_dir, self.names, final)
         return results
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from gift_cl.checkpoint import write_json, write_text
 from gift_cl.metrics import backward_transfer, benchmark_scores, forgetting
+from gift_cl.protocols import get_protocol
 from gift_cl.reporting import (
     RESULTS_SCHEMA_VERSION,
     format_summary,
@@ -21,6 +22,8 @@ from gift_cl.reporting import (
     plot_task_accuracies,
     write_csv,
 )
+
+from .runfiles import ACCURACY_PLOT, MATRIX_CSV, MATRIX_PLOT, OVERRIDES_FILE, RESULTS_CSV, RESULTS_FILE, SUMMARY_FILE
 
 SCHEMA_VERSION = RESULTS_SCHEMA_VERSION
 
@@ -44,32 +47,6 @@ def task_inference_accuracy(model, test_exps, batch_size: int, device: str) -> d
     return out
 
 
-def final_accuracies(protocol: str, matrix: list[list[float]]) -> list[float]:
-    """Each task's accuracy at the end: the last row (sequential, joint), or each task's own row (independent)."""
-    if not matrix:
-        return []
-    return [row[0] for row in matrix] if protocol == "independent" else list(matrix[-1])
-
-
-def _params(protocol: str, names: list[str], progress: dict, counts: Optional[dict]) -> dict:
-    if protocol == "independent":  # one model per task: everything it trains is the task's own
-        per = progress["params"]
-        return {
-            "per_task": {names[i]: p["per_task"] for i, p in enumerate(per)},
-            "per_task_excl_classifier": {names[i]: p["per_task_excl_classifier"] for i, p in enumerate(per)},
-            "shared": 0,
-            "total": sum(p["per_task"] for p in per),
-            "backbone": per[0]["backbone"] if per else None,
-        }
-    return {
-        "per_task": {names[t]: n for t, n in counts["per_task"].items()},
-        "per_task_excl_classifier": {names[t]: n for t, n in counts["per_task_excl_classifier"].items()},
-        "shared": counts["shared"],
-        "total": counts["total"],
-        "backbone": counts["backbone"],
-    }
-
-
 def _data_seed(cfg: DictConfig):
     """The seed that drew the data: ``benchmark.data_seed`` (procedural), ``benchmark.class_order_seed``
     (Avalanche's class-split benchmarks), else the run's seed (loaders with a fixed split)."""
@@ -83,24 +60,23 @@ def _data_seed(cfg: DictConfig):
 def _overrides(run_dir: Path) -> list[str]:
     from omegaconf import OmegaConf
 
-    path = Path(run_dir) / "overrides.yaml"  # written when the run started (orchestration.cli)
+    path = Path(run_dir) / OVERRIDES_FILE  # written when the run started (orchestration.cli)
     return list(OmegaConf.load(path)) if path.is_file() else []
 
 
 def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts: Optional[dict],
                   inference: Optional[dict], final: bool) -> dict:
-    protocol = cfg.strategy.protocol
+    protocol = get_protocol(cfg.strategy.protocol)
     names = [t.name for t in tasks]
     matrix = progress["matrix"]
-    finals = final_accuracies(protocol, matrix)
-    # forgetting and BWT need every row of the matrix (evaluate=every_experience)
-    sequential = protocol == "sequential" and bool(matrix) and all(len(row) == i + 1 for i, row in enumerate(matrix))
+    finals = protocol.final_accuracies(matrix)
+    sequential = protocol.defines_forgetting(matrix)
     results = {
         "schema_version": SCHEMA_VERSION,
         "strategy": cfg.strategy.name,
         "method": str(cfg.strategy.method._target_).rsplit(".", 1)[-1],
         "plugins": sorted(cfg.strategy.method.get("plugins") or {}),
-        "protocol": protocol,
+        "protocol": protocol.name,
         "benchmark": cfg.benchmark_name,
         "seed": cfg.seed,
         "data_seed": _data_seed(cfg),
@@ -114,7 +90,7 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
         "forgetting_per_task": ({names[j]: f for j, f in forgetting(matrix)["per_task"].items()}
                                 if sequential else None),
         "bwt": backward_transfer(matrix) if sequential else None,
-        "params": _params(protocol, names, progress, counts),
+        "params": protocol.parameter_counts(names, progress, counts),
         "task_inference": None,
         "task_id_accuracy": None,
         "average_accuracy_inferred_task": None,
@@ -131,41 +107,31 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
     return results
 
 
-def experience_times(protocol: str, seconds: list[float], n_tasks: int) -> list[Optional[float]]:
-    """``results.csv``'s ``train_time_s`` per task: the seconds of the experience that trained the task, as
-    the run measured them (training and the evaluation after it). Independent: the task's own model;
-    sequential: experience i trains task i, and its evaluation covers tasks 0..i; joint: the one experience
-    that trained every task at once, so every row holds the same total (not a per-task share). A task not
-    trained yet (an unfinished run) has none."""
-    if protocol == "joint":
-        return [seconds[0] if seconds else None] * n_tasks
-    return [seconds[i] if i < len(seconds) else None for i in range(n_tasks)]
-
-
 def write_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts: Optional[dict],
                   inference: Optional[dict], final: bool) -> dict:
     """``results.json``, ``results.csv``, ``accuracy.png`` and, with an accuracy matrix,
     ``accuracy_matrix.csv`` / ``.png``; at the end also ``summary.txt``."""
     run_dir = Path(run_dir)
     results = build_results(cfg, run_dir, tasks, progress, counts, inference, final)
-    write_json(results, run_dir / "results.json")
+    write_json(results, run_dir / RESULTS_FILE)
     names = [t["name"] for t in results["tasks"]]
     p = results["params"]
-    times = experience_times(results["protocol"], results["train_time_s"], len(names))
+    protocol = get_protocol(results["protocol"])
+    times = protocol.experience_times(results["train_time_s"], len(names))
     write_csv([{"task": n, "num_classes": t["num_classes"], "accuracy": results["final_accuracy"].get(n, ""),
                 "trainable_params": p["per_task"].get(n, ""),
                 "trainable_params_excl_classifier": p["per_task_excl_classifier"].get(n, ""),
                 "train_time_s": "" if times[i] is None else times[i]}
-               for i, (n, t) in enumerate(zip(names, results["tasks"]))], run_dir / "results.csv")
+               for i, (n, t) in enumerate(zip(names, results["tasks"]))], run_dir / RESULTS_CSV)
     if results["final_accuracy"]:
-        plot_task_accuracies(results, run_dir / "accuracy.png")
-    if results["protocol"] != "independent" and results["accuracy_matrix"]:
-        rows = ["joint"] if results["protocol"] == "joint" else names
+        plot_task_accuracies(results, run_dir / ACCURACY_PLOT)
+    if protocol.has_matrix and results["accuracy_matrix"]:
+        rows = protocol.matrix_row_labels(names)
         write_csv([{"after": rows[i], **{c: (row[j] if j < len(row) else "") for j, c in enumerate(names)}}
-                   for i, row in enumerate(results["accuracy_matrix"])], run_dir / "accuracy_matrix.csv")
-        plot_accuracy_matrix(results, run_dir / "accuracy_matrix.png")
+                   for i, row in enumerate(results["accuracy_matrix"])], run_dir / MATRIX_CSV)
+        plot_accuracy_matrix(results, run_dir / MATRIX_PLOT)
     if final:
-        write_text(format_summary(results) + "\n", run_dir / "summary.txt")
+        write_text(format_summary(results) + "\n", run_dir / SUMMARY_FILE)
     return results
 
 

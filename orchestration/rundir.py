@@ -2,18 +2,22 @@
 
 - ``resume=false``: Hydra's new directory; one that already holds a run is refused (no silent reuse).
 - ``resume=<dir>``: that run; its saved configuration must equal this one (keys that cannot change
-  results, :data:`IGNORED_KEYS`, may differ; ``allow_config_change=true`` accepts other differences).
-  A directory whose run was killed in start-up, before it saved its configuration, holds nothing of it
-  but start-up debris (:data:`START_UP_DEBRIS`): the run starts afresh there, so a requeue loop
-  (``hydra.run.dir=D resume=D``) recovers. A directory holding anything else is refused.
+  results, :data:`orchestration.runfiles.RESULT_NEUTRAL_KEYS`, may differ; ``allow_config_change=true``
+  accepts other differences). A directory whose run was killed in start-up, before it saved its
+  configuration, holds nothing of it but start-up debris (:data:`orchestration.runfiles.START_UP_DEBRIS`):
+  the run starts afresh there, so a requeue loop (``hydra.run.dir=D resume=D``) recovers. A directory
+  holding anything else is refused.
 - ``resume=true``: the newest unfinished run of the same configuration beside Hydra's new directory.
 - A directory is locked (``fcntl`` on ``.lock``) while a run uses it: a second run there stops at once,
   having written nothing there; a directory that cannot be written gets one :class:`RunDirError`.
+
+Imports neither torch nor ``gift_cl``: the sweep runner plans and claims runs with it.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,18 +25,16 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from gift_cl.reporting import read_json
+from .runfiles import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    RESULTS_FILE,
+    START_UP_DEBRIS,
+    result_neutral,
+)
 
 log = logging.getLogger("gift_cl")
-
-CONFIG_FILE = "config_resolved.yaml"
-OVERRIDES_FILE = "overrides.yaml"  # the command line that started the run
-# keys that cannot change a run's numbers: a resume may change them freely
-IGNORED_KEYS = ("threads", "num_workers", "progress", "resume", "checkpoint_every", "allow_config_change",
-                "logger")
-# what a run leaves in its directory before it saves its configuration: the lock, the sweep's claim, its
-# command line, Hydra's record (.hydra/) and the job log (orchestration/cli.py)
-START_UP_DEBRIS = frozenset({".lock", ".claim", OVERRIDES_FILE, ".hydra", "gift_cl.log"})
 
 
 class RunDirError(RuntimeError):
@@ -53,7 +55,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     a, b = _flatten(saved), _flatten(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] in IGNORED_KEYS:
+        if result_neutral(key):
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
@@ -70,7 +72,7 @@ def saved_config(run_dir: Path) -> dict:
 
 def holds_a_run(run_dir: Path) -> bool:
     """Whether a run has started in ``run_dir`` (saved its configuration) or left results there."""
-    return any((run_dir / name).exists() for name in (CONFIG_FILE, "results.json", "checkpoints"))
+    return any((run_dir / name).exists() for name in (CONFIG_FILE, RESULTS_FILE, CHECKPOINTS_DIR))
 
 
 def aborted_start(run_dir: Path) -> bool:
@@ -83,9 +85,10 @@ def run_finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished run (``results.json`` with ``finished: true``); an unreadable or
     half-written file counts as not finished, so the run is resumed rather than trusted."""
     try:
-        return bool((read_json(run_dir / "results.json") or {}).get("finished"))
+        doc = json.loads((Path(run_dir) / RESULTS_FILE).read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(doc, dict) and bool(doc.get("finished"))
 
 
 def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
@@ -136,7 +139,7 @@ class RunLock:
     """An exclusive lock on a run directory (released when the process dies). ``.lock`` is held for the lifetime of
     a run (a second run there is refused); the sweep's workers claim a run with ``.claim`` before starting it."""
 
-    def __init__(self, run_dir: Path, name: str = ".lock"):
+    def __init__(self, run_dir: Path, name: str = LOCK_FILE):
         self.path = Path(run_dir) / name
         self.fd: Optional[int] = None
         self.holder = ""

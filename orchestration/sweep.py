@@ -44,11 +44,20 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from .rundir import RunLock, run_finished  # torch-free: planning and --status answer without torch
+from .runfiles import (
+    CLAIM_FILE,
+    CONFIG_FILE,
+    INDEX_FILE,
+    LOG_FILE,
+    RESULTS_FILE,
+    SWEEP_ERROR_FILE,
+    SWEEP_OVERRIDES_FILE,
+)
+
 log = logging.getLogger("gift_cl.sweep")
 
-# orchestration.rundir's names, not imported from it: it imports torch, which planning and --status need not
-CONFIG_FILE = "config_resolved.yaml"
-INDEX_FILE = "index.tsv"  # directory <tab> overrides, one line per run of the plans run on --out
+
 MAX_NAME = 150  # characters of a directory name's readable part
 
 # options every sweep run gets unless its line sets them: a bar in a log file is noise
@@ -142,30 +151,21 @@ def write_index(runs: list[list[str]], dirs: list[Path], out: Path) -> None:
             name, _, overrides = line.partition("\t")
             rows[name] = overrides
     rows.update({d.name: " ".join(r) for r, d in zip(runs, dirs)})
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two sweeps on one folder never share a temporary file
     tmp.write_text("directory\toverrides\n" + "".join(f"{n}\t{o}\n" for n, o in sorted(rows.items())))
     os.replace(tmp, path)
-
-
-def finished(run_dir: Path) -> bool:
-    """``orchestration.rundir.run_finished`` without its imports: ``results.json`` says ``finished: true``
-    (an unreadable or half-written file: not finished)."""
-    try:
-        return bool(json.loads((run_dir / "results.json").read_text()).get("finished"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def average_accuracy(run_dir: Path) -> Optional[float]:
     """A finished run's average accuracy (``results.json``), else ``None``."""
     try:
-        return json.loads((run_dir / "results.json").read_text()).get("average_accuracy")
+        return json.loads((run_dir / RESULTS_FILE).read_text()).get("average_accuracy")
     except (OSError, ValueError, AttributeError):
         return None
 
 
 def state(run_dir: Path) -> str:
-    return "finished" if finished(run_dir) else "started" if (run_dir / CONFIG_FILE).is_file() else "pending"
+    return "finished" if run_finished(run_dir) else "started" if (run_dir / CONFIG_FILE).is_file() else "pending"
 
 
 # ------------------------------------------------------------------------------------------- one run
@@ -175,9 +175,11 @@ def compose(overrides: list[str]):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import gift_cl.config  # noqa: F401  (resolvers)
+    from gift_cl.config import register_resolvers
 
     from .cli import config_dir
+
+    register_resolvers()
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
@@ -196,7 +198,7 @@ def run_one(overrides: list[str], run_dir: Path, composer=compose) -> dict:
     cfg = composer(overrides)
     if (run_dir / CONFIG_FILE).is_file():  # started before: continue it (set here, a path is no override)
         cfg.resume = str(run_dir)
-    handler = logging.FileHandler(run_dir / "gift_cl.log")
+    handler = logging.FileHandler(run_dir / LOG_FILE)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -214,24 +216,22 @@ def run_in_dir(overrides: list[str], run_dir: Path, composer=compose, threads: O
     """A sweep's run in its directory, whoever calls it (a worker, a submitit job, a requeued job): skipped
     (``None``) when it has finished or another process has claimed it, continued from its last checkpoint when
     it was started, else started. A failure is written to ``sweep_error.txt`` (with its traceback) and raised."""
-    from .rundir import RunLock
-
-    if finished(run_dir):
+    if run_finished(run_dir):
         return None
-    claim = RunLock(run_dir, ".claim")
+    claim = RunLock(run_dir, CLAIM_FILE)
     if not claim.try_acquire():
         return None  # another worker has it
     try:
-        if finished(run_dir):
+        if run_finished(run_dir):
             return None
-        (run_dir / "overrides.txt").write_text(" ".join(overrides) + "\n")
+        (run_dir / SWEEP_OVERRIDES_FILE).write_text(" ".join(overrides) + "\n")
         start = time.time()
         log.info("start %s", run_dir.name)
         try:
             results = run_one(full_overrides(overrides, threads), run_dir, composer)
         except BaseException:
             if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                (run_dir / "sweep_error.txt").write_text(traceback.format_exc())
+                (run_dir / SWEEP_ERROR_FILE).write_text(traceback.format_exc())
             raise
         log.info("done  %s: average accuracy %.2f in %.0f s", run_dir.name, 100 * results["average_accuracy"],
                  time.time() - start)
@@ -252,7 +252,7 @@ def full_overrides(overrides: list[str], threads: Optional[int] = None) -> list[
 def check_configs(runs: list[list[str]], dirs: list[Path], threads: Optional[int], composer=compose) -> list[str]:
     """Compose and validate every unfinished run's configuration before any run starts (~0.1 s a run), so a typo
     on line 40 of a plan stops the sweep now, not hours later; returns one line per bad run."""
-    todo = [o for o, d in zip(runs, dirs) if not finished(d)]
+    todo = [o for o, d in zip(runs, dirs) if not run_finished(d)]
     if not todo:
         return []
     log.info("checking the configuration of %d runs", len(todo))
@@ -261,7 +261,7 @@ def check_configs(runs: list[list[str]], dirs: list[Path], threads: Optional[int
     bad = []
     for overrides in todo:
         try:
-            validate(composer(full_overrides(overrides, threads)))
+            validate(composer(full_overrides(overrides, threads)), command_line=True)  # the user's plan
         except Exception as exc:  # noqa: BLE001 (Hydra's and our config errors; all of them are reported)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             bad.append(f"{' '.join(overrides)}: {type(exc).__name__}: {first}")
@@ -324,7 +324,7 @@ def submitit_executor(cluster: str, params: dict):
 def submit(runs: list[list[str]], dirs: list[Path], job: SweepJob, executor) -> list[str]:
     """Every unfinished run as one submitit job (a job array), then wait for them; returns the failed runs'
     directories. A job's output is in its submitit folder (``<out>/.submitit/<job id>/``)."""
-    todo = [(o, d) for o, d in zip(runs, dirs) if not finished(d)]
+    todo = [(o, d) for o, d in zip(runs, dirs) if not run_finished(d)]
     if not todo:
         return []
     jobs = executor.map_array(job, [o for o, _ in todo], [str(d) for _, d in todo])
@@ -368,7 +368,7 @@ def plan_lines(runs: list[list[str]], dirs: list[Path]) -> list[str]:
     """The plan as printed when a sweep starts: the counts, then every run not finished (state, directory)."""
     counts = status(dirs)
     lines = [f"plan: {len(runs)} runs, " + ", ".join(f"{n} {k}" for k, n in counts.items())]
-    lines += [f"  {state(d):8s} {d.name}" for d in dirs if not finished(d)]
+    lines += [f"  {state(d):8s} {d.name}" for d in dirs if not run_finished(d)]
     return lines
 
 

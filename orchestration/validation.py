@@ -3,9 +3,12 @@ stops the run with one message naming the key and what is allowed.
 
 Hydra already refuses keys that do not exist (``optim.lrr=1`` → "Key 'lrr' is not in struct"); this adds
 value checks and, through :func:`gift_cl.config.check_instantiable`, the rule for every ``_target_`` (method,
-generator, benchmark, plug-ins): only a constructor a shipped config names at that place, called with its own
-arguments, each of its annotated type and every number in the range ``gift_cl.config.ARGUMENT_RANGES`` gives;
-and a local backbone checkpoint must fit the architecture (:func:`gift_cl.backbones.check_backbone`).
+generator, benchmark, plug-ins): called with its own arguments, each of its annotated type and every number of
+this project's constructors in the range ``gift_cl.config.ARGUMENT_RANGES`` gives; and a local backbone
+checkpoint must fit the architecture (:func:`gift_cl.backbones.check_backbone`). Which constructors may be
+named depends on where the configuration comes from (``command_line``; the rule is in :mod:`gift_cl.config`):
+composed from the command line, any importable one (a user's method in their own package, its config on
+``hydra.searchpath``); otherwise only what a shipped config names at that place.
 """
 from __future__ import annotations
 
@@ -18,22 +21,22 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gift_cl.backbones import check_backbone
 from gift_cl.config import SEED_RANGE, ConfigError, Range, allowed_targets, check_instantiable
 from gift_cl.optim import OptimConfig
+from gift_cl.protocols import PROTOCOLS
 from strategies.evaluation import LOGGERS
 
 from .device import PRECISIONS, check_device
 
-PROTOCOLS = ("independent", "sequential", "joint")
 STRATEGY_KEYS = {"name", "protocol", "task_inference", "method", "plugins"}
 
 
-def check_arguments(node: DictConfig, where: str) -> None:
+def check_arguments(node: DictConfig, where: str, command_line: bool = False) -> None:
     """The ``_target_`` node at ``where`` (and every target inside it): allowed there, its keys arguments of
     the constructor (not the positional ones the run supplies, e.g. the backbone), its values of the right
     type and range."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         allowed = sorted(allowed_targets().get(where, ()))
-        raise ConfigError(f"{where}: must be a mapping with a _target_, one of {', '.join(allowed)}")
-    check_instantiable(node, where)
+        raise ConfigError(f"{where}: must be a mapping with a _target_, e.g. one of {', '.join(allowed)}")
+    check_instantiable(node, where, command_line=command_line)
 
 
 def _number(value: Any, key: str, low: float, high: float = math.inf, integer: bool = False) -> None:
@@ -48,17 +51,21 @@ def _choice(value: Any, key: str, allowed) -> None:
 EVALUATE = ("every_experience", "last_experience")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, *, command_line: bool = False) -> None:
+    """Stop with one :class:`ConfigError` naming the first wrong key of ``cfg``. ``command_line=True``: ``cfg``
+    was composed from the command line (``run.py``, a sweep), so its ``_target_``s may name any constructor,
+    the user's own included; the default allows only what the shipped configs name (a configuration from
+    elsewhere)."""
     # ----------------------------------------------------------- strategy
     strategy = cfg.strategy
     unknown = set(strategy) - STRATEGY_KEYS
     if unknown:
         raise ConfigError(f"strategy.{sorted(unknown)[0]}: unknown key; allowed: {sorted(STRATEGY_KEYS)}")
-    _choice(strategy.protocol, "strategy.protocol", PROTOCOLS)
+    _choice(strategy.protocol, "strategy.protocol", tuple(PROTOCOLS))
     _choice(strategy.task_inference, "strategy.task_inference", (True, False))
     if "generator" in cfg:  # first: strategy.method.config is ${generator}, the key a user sets
-        check_arguments(cfg.generator, "generator")
-    check_arguments(strategy.method, "strategy.method")
+        check_arguments(cfg.generator, "generator", command_line)
+    check_arguments(strategy.method, "strategy.method", command_line)
     if "config" in strategy.method and isinstance(strategy.method.config, DictConfig):
         from hydra.utils import instantiate
 
@@ -69,7 +76,7 @@ def validate(cfg: DictConfig) -> None:
     plugins = strategy.plugins if strategy.plugins is not None else []
     if not isinstance(plugins, ListConfig):
         raise ConfigError("strategy.plugins: must be a list of plugin configs")
-    check_instantiable(plugins, "strategy.plugins")
+    check_instantiable(plugins, "strategy.plugins", command_line=command_line)
     # ----------------------------------------------------------- optimisation
     fields = {f.name for f in dataclasses.fields(OptimConfig)}
     for key in cfg.optim:
@@ -104,11 +111,11 @@ def validate(cfg: DictConfig) -> None:
         _choice(name, "logger", sorted(LOGGERS))
     # ----------------------------------------------------------- model and data
     _number(cfg.model.image_size, "model.image_size", 8, 4096, integer=True)
-    check_arguments(cfg.benchmark, "benchmark")
+    check_arguments(cfg.benchmark, "benchmark", command_line)
     if "image_size" in cfg.benchmark:
         _number(cfg.benchmark.image_size, "benchmark.image_size", 8, 4096, integer=True)
     # last, the slowest check: a local backbone checkpoint is read and matched to the architecture
     check_backbone(**OmegaConf.to_container(cfg.model, resolve=True))
 
 
-__all__ = ["ConfigError", "PROTOCOLS", "validate"]
+__all__ = ["ConfigError", "validate"]

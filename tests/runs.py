@@ -11,7 +11,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import gift_cl.config  # noqa: F401  (the ${asset:...} resolver)
+from gift_cl.config import register_resolvers
+
+register_resolvers()  # ${asset:...}, ${backbone_data:...}
 
 REPO = Path(__file__).resolve().parents[1]
 # a 2-block random ViT, one thread, no bars: what most run tests use

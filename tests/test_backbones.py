@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from gift_cl.backbones import BackboneError, create_backbone
+from gift_cl.backbones import BackboneError, check_backbone, create_backbone
 from gift_cl.checkpoint import save_safetensors
 
 KW = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
@@ -40,6 +40,19 @@ def test_unreachable_hub_says_how_to_go_offline(monkeypatch, tmp_path):
 def test_unknown_model_name():
     with pytest.raises(BackboneError, match="unknown timm model"):
         create_backbone("vit_gigantic_patch99", num_classes=3)
+
+
+def test_an_unknown_model_key_is_an_error_naming_it_and_the_allowed_keys():
+    """A misspelt ``model.*`` key (``+model.chekpoint=...``) would otherwise build a random backbone silently;
+    the data-side keys of a model config (image_size, mean, std) are accepted."""
+    needle = (r"model.chekpoint: unknown key \(did you mean model.checkpoint\?\); a model config has only name, "
+              r"pretrained, checkpoint, kwargs, image_size, mean, std")
+    for build in (lambda **k: create_backbone(num_classes=3, **k), check_backbone):
+        with pytest.raises(BackboneError, match=needle):
+            build(name="vit_tiny_patch16_224", kwargs=KW, chekpoint="x.pth")
+    model = create_backbone("vit_tiny_patch16_224", num_classes=3, kwargs=KW, image_size=32, mean=[0.5] * 3,
+                            std=[0.5] * 3)
+    assert model.head.out_features == 3
 
 
 def test_shipped_backbone_is_small_and_loads():

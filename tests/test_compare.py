@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gift_cl.reporting import find_result_dirs, read_results
+
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("compare", REPO / "analysis" / "compare.py")
 compare = importlib.util.module_from_spec(_spec)
@@ -64,8 +66,8 @@ def sweep(tmp_path):
 
 
 def _rows(sweep, select="mean"):
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(sweep)])
-            if compare.load(p)["finished"]]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(sweep)])
+            if read_results(p)["finished"]]
     tasks, rows = compare.compare(runs, select)
     return tasks, {r["method"]: r for r in rows}
 
@@ -99,7 +101,7 @@ def test_ties_prefer_fewer_parameters_and_missing_test_runs_are_reported(tmp_pat
     fake(tmp_path, "vpt", 0, "val", {"digits": 0.5}, ["strategy.method.length=50"], params=5000)
     fake(tmp_path, "vpt", 0, "val", {"digits": 0.5}, ["strategy.method.length=10"], params=1000)
     fake(tmp_path, "vpt", 0, "test", {"digits": 0.4}, ["strategy.method.length=50"], params=5000)
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     _, (row,) = compare.compare(runs)
     assert row["hyperparameters"] == "strategy.method.length=10"
     assert row["digits"] == "" and "no test runs for the chosen setting on digits" in row["selection"]
@@ -120,12 +122,12 @@ def test_cli_writes_markdown_and_csv(sweep, tmp_path):
 def test_plugins_are_part_of_the_method_and_schema_is_checked(tmp_path):
     assert compare.plugins_of(["+plugin=[gist,coeff]"]) == ["coeff", "gist"]
     run = fake(tmp_path, "lora", 0, "test", {"digits": 0.5}, ["+plugin=coeff"])
-    assert compare.Run(compare.load(run)).method == "lora+coeff"
+    assert compare.Run(read_results(run)).method == "lora+coeff"
     data = json.loads((run / "results.json").read_text())
     data["schema_version"] = 2
     (run / "results.json").write_text(json.dumps(data))
     with pytest.raises(SystemExit, match="schema_version"):
-        compare.load(run)
+        read_results(run)
 
 
 def test_one_dataset_per_run_sweeps_merge_into_one_row(tmp_path):
@@ -136,7 +138,7 @@ def test_one_dataset_per_run_sweeps_merge_into_one_row(tmp_path):
                 for split in ("val", "test"):
                     fake(tmp_path, "gift", seed, split, {name: acc + shift + 0.02 * seed},
                          [f"benchmark=vtab/{name}", f"optim.lr={lr}"], params={"cifar": 1100, "dtd": 1500}[name])
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     tasks, (row,) = compare.compare(runs)
     assert tasks == ["cifar", "dtd"] and row["hyperparameters"] == "optim.lr=1e-2"
     assert row["cifar"] == "61.0 ± 1.4" and row["dtd"] == "41.0 ± 1.4" and row["mean"] == "51.0 ± 1.4"
@@ -146,7 +148,7 @@ def test_one_dataset_per_run_sweeps_merge_into_one_row(tmp_path):
 def test_plugins_are_read_from_the_resolved_config(tmp_path):
     run = fake(tmp_path, "adapter", 0, "test", {"digits": 0.5})
     (run / "config_resolved.yaml").write_text("strategy:\n  method:\n    plugins:\n      gist: {}\n      coeff: {}\n")
-    assert compare.Run(compare.load(run), run).method == "adapter+coeff+gist"
+    assert compare.Run(read_results(run), run).method == "adapter+coeff+gist"
 
 
 def test_generator_choice_is_its_own_row_and_the_shared_recipe_is_printed_once(tmp_path):
@@ -159,7 +161,7 @@ def test_generator_choice_is_its_own_row_and_the_shared_recipe_is_printed_once(t
                 for split in ("val", "test"):
                     fake(tmp_path, "gift_multitask", seed, split, {"digits": acc + shift}, [*gen, *recipe, f"optim.lr={lr}"],
                          forgetting=0.01 * (seed + 1))
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     common = compare.recipe(runs)
     assert common == tuple(recipe)
     compare.strip_recipe(runs, common)
@@ -183,6 +185,28 @@ def test_test_plan_repeats_the_chosen_val_setting_on_test_for_every_seed(sweep, 
         "strategy=lora optim.lr=1e-2 seed=0,1,2  # lora: val 71.0"]  # linear has no val runs
 
 
+def test_keys_that_do_not_change_results_are_one_list_of_config_keys():
+    """orchestration.runfiles.RESULT_NEUTRAL_KEYS: top-level keys of configs/config.yaml (or its groups); they
+    never make a hyperparameter (compare, summarize), a test run does not inherit them, and a resume may
+    change them (orchestration.rundir)."""
+    import yaml
+
+    from orchestration.rundir import config_differences
+    from orchestration.runfiles import RESULT_NEUTRAL_KEYS, result_neutral
+
+    config = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())
+    groups = {next(iter(d)) for d in config["defaults"] if isinstance(d, dict)}
+    assert set(RESULT_NEUTRAL_KEYS) <= set(config) | groups
+    over = ["optim.lr=1e-3", "threads=2", "logger=wandb", "+logger.project=x", "device=cpu", "seed=1"]
+    assert [o for o in over if not result_neutral(o)] == ["optim.lr=1e-3", "seed=1"]
+    assert compare.hyperparameters_of({"overrides": over}) == ("optim.lr=1e-3",)
+    row = {"_val_overrides": over, "method": "m", "selection": "s"}
+    assert compare.test_plan([row], "0") == "optim.lr=1e-3 seed=0  # m: s\n"
+    saved = {"threads": 1, "logger": {"name": "csv"}, "device": "cpu", "optim": {"lr": 1e-3}}
+    now = {"threads": 4, "logger": {"name": "wandb"}, "device": "cuda", "optim": {"lr": 1e-2}}
+    assert config_differences(saved, now) == ["optim.lr: 0.001 -> 0.01"]
+
+
 def _with_predictions(run: Path, task: str, correct: "np.ndarray", target: "np.ndarray") -> None:
     from gift_cl.reporting import write_predictions
 
@@ -202,7 +226,7 @@ def test_paired_differences_per_image_with_holm_and_words(tmp_path):
         for name, p in (("big", 0.66), ("mid", 0.60), ("near", 0.597)):
             run = fake(tmp_path, name, seed, "test", {"digits": 0.0})
             _with_predictions(run, "digits", base + rng.normal(0, 0.1, 2000) < p, target)  # correlated, not nested
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     tasks, rows = compare.compare(runs)
     pairs = {(r["a"], r["b"]): r for r in compare.pairwise(rows, tasks, n_boot=2000)}
     assert set(pairs) == {("big", "mid"), ("big", "near"), ("mid", "near")}
@@ -222,7 +246,7 @@ def test_unpaired_or_mismatched_predictions_are_refused(tmp_path):
     b = fake(tmp_path, "b", 0, "test", {"digits": 0.0})
     _with_predictions(a, "digits", rng.random(100) < 0.5, rng.integers(0, 10, 100))
     _with_predictions(b, "digits", rng.random(100) < 0.5, rng.integers(0, 10, 100))  # other images
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     tasks, rows = compare.compare(runs)
     with pytest.raises(SystemExit, match="not evaluated on the same images"):
         compare.pairwise(rows, tasks, n_boot=100)
@@ -236,7 +260,7 @@ def test_unpaired_or_mismatched_predictions_are_refused(tmp_path):
     res = json.loads((b / "results.json").read_text())
     res["final_accuracy"]["digits"] = 0.99  # predictions say otherwise
     (b / "results.json").write_text(json.dumps(res))
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     tasks, rows = compare.compare(runs)
     with pytest.raises(SystemExit, match="do not belong together"):
         compare.pairwise(rows, tasks, n_boot=100)
@@ -255,6 +279,6 @@ def test_every_validation_score_is_published_and_the_selection_is_checked(tmp_pa
     assert lines[0] == "| method | setting | val_mean | per_seed | seeds | chosen |"
     assert len(lines) == 5 and sum(line.endswith("| yes |") for line in lines) == 1
     assert "| lora | optim.lr=3e-3 | 70.5 ± 0.7 | s10/d10:70.0 s11/d11:71.0 | 2 | yes |" in lines
-    runs = [compare.Run(compare.load(p), p) for p in compare.find_runs([str(tmp_path)])]
+    runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     _, (row,) = compare.compare(runs)
     assert row["selection"] == "val 70.5"  # inside the grid, 2 selection seeds, none of them a test seed

@@ -148,7 +148,9 @@ def test_stream_has_per_task_labels_from_zero(tmp_path):
 
 
 def test_configs_instantiate_with_backbone_size(tmp_path):
-    import gift_cl.config  # noqa: F401  (${backbone_data:...})
+    from gift_cl.config import register_resolvers
+
+    register_resolvers()  # ${backbone_data:...}
 
     write_mnist_like(str(tmp_path), "MNIST", n_train=20, n_test=10)
     names = sorted(f[:-5] for f in os.listdir(os.path.join(CONFIGS, "benchmark", "avalanche")))
@@ -224,7 +226,9 @@ def test_bad_options(tmp_path):
 @pytest.mark.real_data
 def test_real_split_fmnist_default_root():
     """benchmark=avalanche/split_fmnist finds the Debian files without any root override."""
-    import gift_cl.config  # noqa: F401
+    from gift_cl.config import register_resolvers
+
+    register_resolvers()
 
     require_debian_fashion_mnist()
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):

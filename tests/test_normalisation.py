@@ -6,8 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import gift_cl.config  # noqa: F401  (${backbone_data:...})
 from gift_cl.backbones import BackboneError, backbone_data_config
+from gift_cl.config import register_resolvers
+
+register_resolvers()  # ${backbone_data:...}
 
 CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "configs"))
 HALF = [0.5, 0.5, 0.5]

@@ -87,7 +87,7 @@ def test_replay_state_is_tensors_and_plain_containers(tmp_path):
     run.experiences = run.experiences[:2]
     run.train_and_evaluate()
     checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-    (state,) = [s for s in checkpoint["plugins"] if isinstance(s, dict) and "groups" in s]
+    state = checkpoint["plugins"]["Replay"]  # plugin states are saved by their class name
     assert state["num_exps"] == 2 and [g["experience"] for g in state["groups"]] == [0, 1]
     assert [len(g["indices"]) for g in state["groups"]] == [10, 10]
 

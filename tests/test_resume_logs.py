@@ -4,6 +4,7 @@ directory that holds a run, data-loader workers, Ctrl-C and a read-only output d
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -161,7 +162,8 @@ def test_resumed_run_logs_the_whole_series_to_wandb_offline(tmp_path, monkeypatc
     close_loggers(resumed.strategy)
 
     offline = sorted((tmp_path / "killed" / "logs" / "wandb").glob("offline-run-*"))
-    assert offline and all(p.name.endswith(f"-{run_id}") for p in offline)  # one W&B run, resumed
+    # one W&B run, resumed (a directory made in the same second as the first gets W&B's "-1" suffix)
+    assert offline and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", p.name) for p in offline)
     got = latest_wandb_history(tmp_path / "killed" / "logs")
     expected = latest_wandb_history(tmp_path / "uninterrupted" / "logs")
     assert got == expected and sorted(got) == list(got)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gift_cl.reporting import find_result_dirs, read_results
+
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("summarize", REPO / "analysis" / "summarize.py")
 summarize = importlib.util.module_from_spec(_spec)
@@ -26,7 +28,7 @@ def _run(root: Path, seed: int, acc: float, wall: float, threads: int) -> None:
 def test_seeds_form_one_row_with_mean_and_std(tmp_path):
     for seed, (acc, wall, threads) in enumerate([(0.5, 100.0, 1), (0.6, 120.0, 2)]):
         _run(tmp_path, seed, acc, wall, threads)
-    rows = summarize.table([summarize.load(p) for p in summarize.find_runs([str(tmp_path)])])
+    rows = summarize.table([read_results(p) for p in find_result_dirs([str(tmp_path)])])
     assert len(rows) == 1
     row = rows[0]
     assert row["seeds"] == "0,1" and row["overrides"] == ""

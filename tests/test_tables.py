@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from gift_cl.reporting import find_result_dirs, read_results
+
 from runs import REPO, compose_cfg
 
 
@@ -51,7 +53,7 @@ def sweep(tmp_path):
 
 
 def test_summary_rows_are_sorted_and_the_shared_overrides_printed_once(sweep):
-    rows = summarize.table([summarize.load(p) for p in summarize.find_runs([str(sweep)])])
+    rows = summarize.table([read_results(p) for p in find_result_dirs([str(sweep)])])
     assert [(r["strategy"], r["overrides"]) for r in rows] == [
         ("finetune_multitask", "benchmark.n_train=200 optim.epochs=5 optim.lr=0.001"),
         ("gift_multitask", "benchmark.n_train=200 optim.epochs=5 optim.lr=0.003"),
@@ -76,7 +78,7 @@ def test_summary_rows_are_sorted_and_the_shared_overrides_printed_once(sweep):
 def test_summary_marks_a_number_only_some_runs_have(tmp_path):
     fake(tmp_path, "a", "gift_multitask", 0, 0.25, forgetting=0.04)
     fake(tmp_path, "b", "gift_multitask", 1, 0.27)
-    rows = summarize.table([summarize.load(p) for p in summarize.find_runs([str(tmp_path)])])
+    rows = summarize.table([read_results(p) for p in find_result_dirs([str(tmp_path)])])
     assert summarize.fmt(rows[0]["forgetting"], "forgetting") == "4.00 (1/2)"
     lines = summarize.format_table(rows).splitlines()
     assert lines[0] == "overrides of every row: benchmark.n_train=200 optim.epochs=5"
@@ -113,9 +115,10 @@ def test_compare_markdown_writes_counts_with_separators_and_csv_keeps_numbers():
     ("sequential", [3.5], [3.5, None]),  # unfinished: the second task is not trained yet
 ])
 def test_train_time_per_task_in_every_protocol(tmp_path, protocol, seconds, expected):
-    from orchestration.results import experience_times, write_results
+    from gift_cl.protocols import get_protocol
+    from orchestration.results import write_results
 
-    assert experience_times(protocol, seconds, 2) == expected
+    assert get_protocol(protocol).experience_times(seconds, 2) == expected
     strategy = {"sequential": "gift_multitask", "independent": "gift", "joint": "gift_joint"}[protocol]
     cfg = compose_cfg(f"strategy={strategy}")
     tasks = [SimpleNamespace(name=n, num_classes=k, train=[0] * 4, test=[0] * 2, info={})

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -43,6 +42,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gift_cl.checkpoint import CheckpointError, atomic_path
 from gift_cl.data.base import ArrayDataset, DataError, TaskData, require_unique
 
 # Bump whenever any generator's output changes: it is part of every cache key.
@@ -1306,18 +1306,12 @@ def _read_mask_cache(path: Path, n: int, size: int, num_labels: int) -> np.ndarr
 
 
 def _write_cache(path: Path, **arrays: np.ndarray) -> None:
-    # tmp file + os.replace: concurrent workers never read a half-written archive
+    """Write the archive atomically (concurrent workers never read a half-written one); a cache that cannot
+    be written is a warning, not an error."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except (OSError, CheckpointError) as exc:
         warnings.warn(f"procedural: could not write cache file {path} ({exc}); continuing uncached", stacklevel=3)
 
 

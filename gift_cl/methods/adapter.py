@@ -65,7 +65,6 @@ class AdapterMethod(HookedBackboneModel):
             for branch in self.BRANCHES:
                 getattr(blk, branch).register_forward_hook(_AdapterHook(self, f"{i}:{branch}"))
         self.record_pretrained_keys()
-        self.use_plugins(plugins)
 
     def add_task_parts(self, task: int) -> None:
         device = self.backbone.cls_token.device
@@ -130,7 +129,6 @@ class GistAdapterMethod(HookedBackboneModel):
                 getattr(blk, norm).register_forward_pre_hook(hook.capture)
                 getattr(blk, drop_path).register_forward_hook(hook.add)
         self.record_pretrained_keys()
-        self.use_plugins(plugins)
 
     def add_task_parts(self, task: int) -> None:
         device = self.backbone.cls_token.device

@@ -28,6 +28,10 @@ class RecordsArguments:
         if "__init__" in cls.__dict__:
             cls.__init__ = _recording(cls.__dict__["__init__"])
 
+    def after_init(self, arguments: dict) -> None:
+        """Called once the outermost constructor has returned, with its arguments: what every subclass must do
+        after building itself (a base class's hook, so no subclass has to remember it)."""
+
     def constructor_arguments(self) -> dict:
         """The arguments this object was constructed with (``self`` and the backbone left out), in signature
         order."""
@@ -54,6 +58,7 @@ def _recording(init):
             self.__dict__[_RECORD] = {k: v for k, v in arguments.items()
                                       if not (isinstance(v, nn.Module) and not isinstance(v, RecordsArguments))}
             del self.__dict__[_DEPTH]
+            self.after_init(arguments)
 
     return __init__
 

@@ -13,8 +13,10 @@ Adding a method: subclass :class:`TaskAwareModel` in a file of its own, implemen
 ``frozen_features`` and ``frozen_state_keys``, and say which parameters train (``add_task_parts``,
 ``task_parameters``, ``shared_parameters``). See ``bitfit.py`` for a short worked example.
 
-Model plug-ins (GIST, Coeff-Tuning; ``plugin.py``) attach to the ViT(s) a method runs: every method
-accepts ``plugins={name: ModelPlugin}`` and says which ViT a task runs through (``vit(task)``).
+Model plug-ins (GIST, Coeff-Tuning; ``plugin.py``) attach to the ViT(s) a method runs: a method that
+accepts ``plugins={name: ModelPlugin}`` says which ViT a task runs through (``vit(task)``); the base class
+takes the plug-ins once the method's constructor has returned (:meth:`TaskAwareModel.after_init`).
+A method's own files beside ``results.json`` come from :meth:`TaskAwareModel.write_artifacts`.
 """
 from __future__ import annotations
 
@@ -104,9 +106,17 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def vit(self, task: int) -> nn.Module:
         """The timm ViT that task ``task``'s forward pass runs through (where plug-ins attach)."""
 
+    def write_artifacts(self, run_dir, task_names: list[str], final: bool) -> None:
+        """Write the method's own outputs beside ``results.json`` (after every experience; ``final`` at the end
+        of the run). None by default; ArtiHippo writes its architectures."""
+
     # --------------------------------------------------------------- model plug-ins (plugin.py)
+    def after_init(self, arguments: dict) -> None:
+        """The method's constructor has returned: take the plug-ins it was given (its ``plugins`` argument)."""
+        self.use_plugins(arguments.get("plugins"))
+
     def use_plugins(self, plugins: Optional[Mapping[str, nn.Module]]) -> None:
-        """Take the plug-ins a method was constructed with (call at the end of ``__init__``)."""
+        """Take ``plugins`` ({name: ModelPlugin}; a ``None`` value is no plug-in). Idempotent."""
         for name, plugin in (plugins or {}).items():
             if plugin is None:
                 continue

@@ -43,7 +43,6 @@ class BitFit(FrozenBackboneModel):
             raise ValueError(f"BitFit (biases={biases!r}) needs a backbone with such bias terms; this one has none")
         self.biases = nn.ModuleDict()  # task -> ParameterDict of that task's biases
         self.record_pretrained_keys()
-        self.use_plugins(plugins)
 
     def add_task_parts(self, task: int) -> None:
         pretrained = dict(self.backbone.named_parameters())

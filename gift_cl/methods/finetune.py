@@ -16,7 +16,6 @@ class FullFinetune(TaskAwareModel):
         self.pretrained = backbone
         self.backbones = nn.ModuleDict()
         self._frozen_keys = {"pretrained." + k for k in backbone.state_dict()}
-        self.use_plugins(plugins)
 
     def vit(self, task):
         return self.backbones[str(task)]  # plug-ins hook each task's copy, never the pretrained one

@@ -45,7 +45,6 @@ class GiftMethod(TaskAwareModel):
         self.anchors: dict[int, dict[str, torch.Tensor]] = {}
         self.first_task: Optional[int] = None
         self._frozen_keys = {"gift." + k for k in self.gift.state_dict() if not k.startswith("generators.")}
-        self.use_plugins(plugins)
 
     def vit(self, task: int) -> nn.Module:
         return self.gift.model

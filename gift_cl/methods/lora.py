@@ -8,27 +8,8 @@ import torch
 from torch import nn
 
 from ..injection import find_linear_targets, set_submodule
-from ..lora import LoraAdapter
+from ..lora import LoraLinear
 from .base import FrozenBackboneModel
-
-
-class MultiLoraLinear(nn.Module):
-    """A frozen linear layer with one LoRA adapter per task; ``active`` picks the adapter."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        self.rank, self.alpha = rank, alpha
-        self.adapters = nn.ModuleDict()
-        self.active: Optional[str] = None
-
-    def add_adapter(self, task: str) -> None:
-        adapter = LoraAdapter(self.base.in_features, self.base.out_features, self.rank, self.alpha)
-        self.adapters[task] = adapter.to(self.base.weight.device)
-
-    def forward(self, x):
-        y = self.base(x)
-        return y if self.active is None else y + self.adapters[self.active](x)
 
 
 class LoraMethod(FrozenBackboneModel):
@@ -37,11 +18,10 @@ class LoraMethod(FrozenBackboneModel):
         super().__init__(backbone)
         self.targets = [n for n, _ in find_linear_targets(self.backbone, target_modules)]
         for n in self.targets:
-            set_submodule(self.backbone, n, MultiLoraLinear(self.backbone.get_submodule(n), rank, alpha))
+            set_submodule(self.backbone, n, LoraLinear(self.backbone.get_submodule(n), rank, alpha))
         self.record_pretrained_keys()
-        self.use_plugins(plugins)
 
-    def _layers(self) -> list[MultiLoraLinear]:
+    def _layers(self) -> list[LoraLinear]:
         return [self.backbone.get_submodule(n) for n in self.targets]
 
     def add_task_parts(self, task):

@@ -19,7 +19,6 @@ class SharedBackbone(TaskAwareModel):
         self.backbone = backbone
         self.reference = copy.deepcopy(backbone).requires_grad_(False)
         self._frozen_keys = {"reference." + k for k in self.reference.state_dict()}
-        self.use_plugins(plugins)
 
     def vit(self, task):
         return self.backbone

@@ -46,7 +46,6 @@ class VptDeep(HookedBackboneModel):
         for i, blk in enumerate(self.backbone.blocks):
             blk.register_forward_pre_hook(self._prompt_hook(i))
         self.record_pretrained_keys()
-        self.use_plugins(plugins)
 
     def _prompt_hook(self, layer: int):
         return _PromptHook(self, layer)

@@ -44,6 +44,9 @@ class SweepConfigs:
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         from hydra.core.hydra_config import HydraConfig
 
+        from gift_cl.config import register_resolvers
+
+        register_resolvers()  # also in a submitit job, which composes its run here
         cfg = self.with_hydra(overrides)
         HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.*} resolves as in a single run
         with open_dict(cfg):
