@@ -30,13 +30,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gift_cl.data import procedural as P  # noqa: E402
+from gift_cl.data.procedural.registry import _balanced_labels, _derive_seed  # noqa: E402
 
 
 def generation_speed(domain: str, size: int, n: int = 500) -> float:
     """Images per second of the raw generator (no cache), single thread."""
     spec = P.DOMAINS[domain]
-    rng = np.random.default_rng(P._derive_seed(12345, domain, "train"))
-    labels = P._balanced_labels(n, spec.num_classes, rng)
+    rng = np.random.default_rng(_derive_seed(12345, domain, "train"))
+    labels = _balanced_labels(n, spec.num_classes, rng)
     t0 = time.perf_counter()
     spec.generate(labels, rng, size)
     return n / (time.perf_counter() - t0)

@@ -150,7 +150,7 @@ def allowed_targets() -> dict[str, frozenset[str]]:
 # positional arguments the run itself passes (not the configuration): a method gets the backbone
 POSITIONAL = {"strategy.method": 1}
 # mapping arguments whose keys are the arguments of another constructor (ArtiHippo builds a GiftConfig)
-DICT_ARGUMENTS = {("gift_cl.methods.ArtiHippo", "gift"): "gift_cl.GiftConfig"}
+DICT_ARGUMENTS = {("gift_cl.artihippo.ArtiHippo", "gift"): "gift_cl.GiftConfig"}
 CONVERT_MODES = ("none", "partial", "object", "all")  # Hydra's _convert_: how containers are passed
 
 
@@ -214,7 +214,7 @@ ARGUMENT_RANGES: dict[str, dict[str, Range]] = {
                                           "init_std": Range(0, 10)},
     "gift_cl.methods.LoraMethod": {"rank": _count(1, WIDTH), "alpha": _positive(1e6)},
     "gift_cl.methods.VptDeep": {"length": _count(1, 1024), "dropout": Range(0, 1, open_high=True)},
-    "gift_cl.methods.ArtiHippo": {"lora_rank": _count(1, WIDTH), "lora_alpha": _positive(1e6)},
+    "gift_cl.artihippo.ArtiHippo": {"lora_rank": _count(1, WIDTH), "lora_alpha": _positive(1e6)},
     "gift_cl.methods.CoeffTuning": {"dropout": Range(0, 1, open_high=True)},
     "gift_cl.methods.Gist": {"ce_weight": Range(0, 1e6), "kl_weight": Range(0, 1e6), "temperature": _positive(1e3),
                              "init_range": Range(0, 1e3), "dropout": Range(0, 1, open_high=True)},
@@ -222,7 +222,7 @@ ARGUMENT_RANGES: dict[str, dict[str, Range]] = {
     "strategies.plugins.LwF": {"alpha": Range(0, 1e6), "temperature": _positive(1e3)},
     "strategies.plugins.Replay": {"mem_size": _count(1, 10**9), "batch_size": _count(1, 10**6),
                                   "batch_size_mem": _count(1, 10**6)},
-    "strategies.artihippo.ArtiHippoSearch": {
+    "gift_cl.artihippo.ArtiHippoSearch": {
         "supernet_epochs": _count(1, 10**4), "lr": _positive(1), "weight_decay": Range(0, 10),
         "batch_size": _count(1, 10**6), "val_fraction": Range(0, 1, open_low=True, open_high=True),
         "max_val": _count(1, 10**9), "population": _count(1, 10**4), "generations": _count(0, 10**4),

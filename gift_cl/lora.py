@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .injection import backbone_parameter_count, count_parameters, find_linear_targets, freeze_backbone, set_submodule
+from .selective import TaskSelective
 
 
 class LoraAdapter(nn.Module):
@@ -32,7 +33,7 @@ class LoraAdapter(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
 
-class LoraLinear(nn.Module):
+class LoraLinear(TaskSelective, nn.Module):
     """``y = x Wᵀ + b + (x Aᵀ Bᵀ) · alpha / r`` with ``W``, ``b`` frozen and ``A``, ``B`` those of the adapter
     named by ``active`` (``None``: the frozen layer alone). Adapters live in ``adapters[name]``
     (state-dict keys ``adapters.<name>.lora_A`` / ``.lora_B``); each starts with ``B = 0``."""

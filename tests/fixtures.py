@@ -5,6 +5,8 @@ matching loader in ``gift_cl.data`` reads, with a few classes and a handful of i
 returns what a test needs to check the loader. Every image is filled with :func:`class_value` of
 its label, so a test can check that each loaded image carries the label it was written with.
 
+:func:`benchmark_from_config` instantiates a benchmark config on such a folder as a run would.
+
 Usable from any test: ``from fixtures import write_vdd`` (pytest puts ``tests/`` on sys.path;
 ``tests.fixtures`` would resolve to the ``tests`` package that avalanche-lib installs).
 """
@@ -23,6 +25,10 @@ import pytest
 from PIL import Image
 
 from gift_cl.data.vdd import VDD_DOMAINS
+
+CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "configs"))
+# loader arguments that leave pixel values as they are, so that :func:`decode_label` reads each label back
+ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
 
 
 def class_value(label: int) -> int:
@@ -46,6 +52,24 @@ def decode_label(x, mean: float = 0.0, std: float = 1.0) -> int:
     """Inverse of :func:`class_value` for a loaded tensor normalised with ``mean``/``std``."""
     v = float(x.float().mean()) * std + mean
     return int(np.argmin([abs(v * 255 - class_value(k)) for k in range(10)]))
+
+
+def write_text(path: str, text: str) -> None:
+    """Overwrite a file of a written fixture (a split file, an annotation) with ``text``."""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def benchmark_from_config(benchmark: str, root: str, *overrides: str) -> list:
+    """The tasks of ``configs/benchmark/<benchmark>.yaml`` on the folder ``root``, instantiated as a run does,
+    with 16 px images normalised with mean = std = 0.5 standing in for the model group's values."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        cfg = compose(overrides=[f"+benchmark={benchmark}", f"benchmark.root={root}", *overrides,
+                                 "+model.image_size=16", "+model.mean=[0.5,0.5,0.5]", "+model.std=[0.5,0.5,0.5]"])
+    return instantiate(cfg.benchmark)
 
 
 # ----------------------------------------------------------------------------- VDD

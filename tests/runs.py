@@ -1,13 +1,19 @@
-"""Helpers for tests that run the protocol: compose a configuration as ``run.py`` would, run it in-process
-or as a subprocess (``python run.py ...``), read its results."""
+"""Helpers shared by the tests: the tiny random ViT the unit tests build on; compose a configuration as
+``run.py`` would, run it in-process or as a subprocess (``python run.py ...``), read its results and its
+TensorBoard and W&B logs back.
+
+Usable from any test: ``from runs import tiny_vit`` (pytest puts ``tests/`` on sys.path)."""
 from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import timm
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -19,6 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 # a 2-block random ViT, one thread, no bars: what most run tests use
 TINY = ["model=vit_tiny_random", "threads=1", "progress=false", "optim.epochs=2", "optim.batch_size=16"]
 PROCEDURAL = ["benchmark=procedural", "benchmark.n_train=48", "benchmark.n_test=24"]
+
+
+def tiny_vit(*, embed_dim: int = 64, depth: int = 2, num_classes: int = 0, seed: int = 0, training: bool = False):
+    """A random timm ViT for 32 px images (8 px patches, 2 heads), its weights drawn after
+    ``torch.manual_seed(seed)``; in eval mode unless ``training`` (the mode timm builds it in)."""
+    torch.manual_seed(seed)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=embed_dim,
+                            depth=depth, num_heads=2, num_classes=num_classes)
+    return vit.train(training)
 
 
 def compose_cfg(*overrides, model: str = "vit_tiny_random"):
@@ -80,3 +95,45 @@ def kill_and_resume(args, tmp_path: Path) -> tuple[dict, dict, Path, Path]:
     for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "task_id_accuracy", "params"):
         assert a[key] == b[key], key
     return a, b, reference, killed
+
+
+def tensorboard_accumulator(tb_dir):
+    """TensorBoard's own reader of an event directory, every scalar kept, loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def tensorboard_scalars(tb_dir) -> dict:
+    """``{tag: [(step, value), ...]}`` as TensorBoard reads the directory back."""
+    acc = tensorboard_accumulator(tb_dir)
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def wandb_file(log_dir) -> Path:
+    """The ``.wandb`` file of the newest offline W&B run under a run's ``logs/``."""
+    return next((Path(log_dir) / "wandb" / "latest-run").resolve().glob("*.wandb"))
+
+
+def wandb_records(path) -> list:
+    """Every record of an offline run's ``.wandb`` file (W&B's record log: a 7-byte header, then records of
+    crc32, length, type and a protobuf ``Record``, in 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, chunk, records = Path(path).read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+    return records

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from gift_cl.artihippo import PRETRAINED, ArtiHippo
 from gift_cl.artihippo.sampling import HierarchicalSampler
 from gift_cl.backbones import create_backbone
-from gift_cl.methods.artihippo import PRETRAINED, ArtiHippo
 from orchestration.loop import CHECKPOINT, Run
 from strategies.plugins import EpochCheckpointPlugin
 
@@ -284,7 +284,7 @@ def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
     kind, so P(New) >= ε/3 at every task; the default Aux category thins out as old experts accumulate."""
     from types import SimpleNamespace
 
-    from gift_cl.methods.artihippo import PRETRAINED
+    from gift_cl.artihippo import PRETRAINED
 
     def sampler(n_old: int, level1: str) -> HierarchicalSampler:
         fake = SimpleNamespace(depth=1, ops=("reuse", "adapt", "new", "skip"),
@@ -313,9 +313,9 @@ def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
 
 
 def test_level1_option_reaches_the_search_from_the_config():
+    from gift_cl.artihippo import ArtiHippoSearch
     from gift_cl.artihippo.search import SearchConfig
     from orchestration.validation import validate
-    from strategies.artihippo import ArtiHippoSearch
 
     from runs import compose_cfg
 

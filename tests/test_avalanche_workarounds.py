@@ -2,7 +2,6 @@
 (so an upstream fix shows up here and the workaround can go), and our code path is right."""
 import numpy as np
 import pytest
-import timm
 import torch
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from torch import nn
@@ -13,6 +12,8 @@ from gift_cl.data.stream import build_stream
 from gift_cl.methods import PAD_LOGIT, LinearProbe
 from gift_cl.optim import OptimConfig
 from strategies import TaskAwareStrategy
+
+from runs import tiny_vit
 
 
 def toy_tasks(classes=(2, 5), n=24):
@@ -25,12 +26,6 @@ def toy_tasks(classes=(2, 5), n=24):
 
         out.append(TaskData(f"t{i}", make(n), make(n // 2), c))
     return out
-
-
-def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             embed_dim=32, depth=1, num_heads=2, num_classes=0)
 
 
 def test_padding_upstream_pads_with_zero_ours_with_large_negative():
@@ -48,7 +43,7 @@ def test_padding_upstream_pads_with_zero_ours_with_large_negative():
     upstream = model(x, labels)
     assert bool((upstream[:2, 2:] == 0).all())
     assert upstream[:2].argmax(-1).ge(2).all()  # the bug: a phantom class wins
-    ours = LinearProbe(tiny_vit())
+    ours = LinearProbe(tiny_vit(embed_dim=32, depth=1, training=True))
     ours.add_task(0, 2)
     ours.add_task(1, 5)
     out = ours(torch.randn(4, 3, 32, 32), labels)
@@ -83,7 +78,7 @@ def test_optimizer_upstream_registers_frozen_params_ours_only_trainable():
     class FrozenBackboneMultiHead(MultiTaskModule):
         def __init__(self):
             super().__init__()
-            self.backbone = tiny_vit().requires_grad_(False)
+            self.backbone = tiny_vit(embed_dim=32, depth=1, training=True).requires_grad_(False)
             self.heads = MultiHeadClassifier(32)
 
         def forward_single_task(self, x, task_label):
@@ -97,7 +92,7 @@ def test_optimizer_upstream_registers_frozen_params_ours_only_trainable():
     registered = {id(p) for g in naive.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in registered for p in upstream_model.backbone.parameters())  # frozen weights registered
 
-    model = LinearProbe(tiny_vit())
+    model = LinearProbe(tiny_vit(embed_dim=32, depth=1, training=True))
     ours = TaskAwareStrategy(model=model, optim=OptimConfig(epochs=1, batch_size=8), progress=False)
     for exp in stream.train_stream:
         ours.train(exp)

@@ -282,3 +282,12 @@ def test_every_validation_score_is_published_and_the_selection_is_checked(tmp_pa
     runs = [compare.Run(read_results(p), p) for p in find_result_dirs([str(tmp_path)])]
     _, (row,) = compare.compare(runs)
     assert row["selection"] == "val 70.5"  # inside the grid, 2 selection seeds, none of them a test seed
+
+
+def test_compare_markdown_writes_counts_with_separators_and_csv_keeps_numbers():
+    row = {"method": "gift_multitask", "digits": "26.0 ± 1.4", "mean": "26.0 ± 1.4", "params": 1204608,
+           "params_excl_head": 18038, "params_%": "1.551"}
+    md = compare.to_markdown(["digits"], [row], ("optim.epochs=5",))
+    assert md.startswith("recipe: `optim.epochs=5`")
+    assert "| 1,204,608 | 18,038 | 1.551 |" in md
+    assert "1204608,18038,1.551" in compare.to_csv(["digits"], [row])

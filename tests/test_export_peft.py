@@ -30,7 +30,7 @@ from gift_cl.model_meta import fingerprint, plain_backbone_tensors
 from gift_cl.pretrained import TaskModels, from_pretrained
 from orchestration.export import main as export_main
 
-from runs import env
+from runs import env, tiny_vit
 
 CLASSES = {0: 3, 1: 5}
 X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -39,11 +39,9 @@ MIXED = [0, 1, 1, 0, 1, 0]
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-def tiny_vit(num_classes: int = 0):
-    """The test backbone; with a classifier of ``num_classes`` outputs on the same weights."""
-    torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
-                            depth=2, num_heads=2, num_classes=0).eval()
+def with_classifier(num_classes: int):
+    """The test backbone with a classifier of ``num_classes`` outputs on the same weights."""
+    vit = tiny_vit()
     if num_classes:
         vit.reset_classifier(num_classes)
     return vit
@@ -73,7 +71,7 @@ PEFT = {
 
 
 def peft_model(directory, names, num_classes):
-    model = PeftModel.from_pretrained(tiny_vit(num_classes), str(directory / names[0]), adapter_name=names[0])
+    model = PeftModel.from_pretrained(with_classifier(num_classes), str(directory / names[0]), adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(str(directory / name), adapter_name=name)
     return model.eval()
@@ -235,7 +233,7 @@ def test_export_command_writes_peft_adapters_and_merged_checkpoints(tmp_path, ca
     assert manifest["create_model"] == {"model_name": "vit_tiny_patch16_224", "num_classes": 5, "kwargs": {
         "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
     loaded = from_pretrained(tmp_path / "model")  # the backbone rebuilt from the recorded source
-    peft = PeftModel.from_pretrained(tiny_vit(5), str(tmp_path / "model" / "peft" / "signs")).eval()
+    peft = PeftModel.from_pretrained(with_classifier(5), str(tmp_path / "model" / "peft" / "signs")).eval()
     with torch.no_grad():
         torch.testing.assert_close(peft(X), loaded(X, 1), **TOLERANCE)
     with pytest.raises(SystemExit) as exit_:

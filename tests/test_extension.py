@@ -36,7 +36,6 @@ class ScaleShift(FrozenBackboneModel):
         super().__init__(backbone)
         self.init_scale = init_scale
         self.scales, self.shifts = nn.ParameterDict(), nn.ParameterDict()
-        self.record_pretrained_keys()
 
     def add_task_parts(self, task: int) -> None:
         self.scales[str(task)] = nn.Parameter(torch.full((self.feature_dim,), float(self.init_scale)))

@@ -2,7 +2,6 @@
 import copy
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +9,9 @@ from gift_cl import GiftConfig, get_gift_model, residual
 from gift_cl.residual import LowRank, Mixed, apply_residual, factored_linear
 from gift_cl.tuner import factored_is_cheaper
 
+from runs import tiny_vit
+
+VIT = dict(depth=3, num_classes=5)  # the backbone of these tests: three blocks, a 5-way head
 CONFIGS = {
     "paca": GiftConfig.paca(rank=16, num_clusters=8, num_heads=2),
     "paca1": GiftConfig.paca(rank=16, num_clusters=8, num_heads=1),  # the folded single-head PaCa
@@ -21,15 +23,9 @@ TARGETS = [("attn.proj",), ("attn.qkv", "attn.proj", "mlp.fc1")]  # square, and 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def tiny_vit(**kw):
-    torch.manual_seed(0)
-    args = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=2, num_classes=5)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw}).eval()
-
-
 def make(name, targets=("attn.proj",), residual="factored", heads=("0",)):
     cfg = GiftConfig(**{**CONFIGS[name].__dict__, "target_modules": targets})
-    return get_gift_model(tiny_vit(), cfg, heads=heads, residual=residual)
+    return get_gift_model(tiny_vit(**VIT), cfg, heads=heads, residual=residual)
 
 
 def randomize(gift, seed=1, std=0.05):
@@ -121,7 +117,7 @@ def test_factored_equals_dense_forward_and_gradients(name, targets, fold, x, mon
     assert {dense.residual_form(k) for k in dense.groups} == {"dense"}
     out_f, out_d = fac(x), dense(x)
     torch.testing.assert_close(out_f, out_d, **TOL)
-    assert not torch.equal(out_f, tiny_vit()(x))  # the residual is really there
+    assert not torch.equal(out_f, tiny_vit(**VIT)(x))  # the residual is really there
     out_f.logsumexp(-1).sum().backward()
     out_d.logsumexp(-1).sum().backward()
     g_f, g_d = trainable_grads(fac), trainable_grads(dense)
@@ -135,7 +131,7 @@ def test_factored_equals_dense_forward_and_gradients(name, targets, fold, x, mon
 def test_factored_init_is_bitwise_the_frozen_model(name, targets, fold, x, monkeypatch):
     monkeypatch.setattr(residual, "exact_fp32_matmul", lambda x: fold)
     with torch.no_grad():
-        ref = tiny_vit()(x)
+        ref = tiny_vit(**VIT)(x)
     gift = make(name, targets, heads=("0", "1"))
     assert torch.equal(gift.train()(x).detach(), ref)
     with torch.no_grad():
@@ -169,10 +165,10 @@ def test_auto_form_follows_the_flop_count():
     assert factored_is_cheaper(64, 64, 48, folded=True) and not factored_is_cheaper(64, 64, 48, folded=False)
     assert not factored_is_cheaper(64, 64, 56, folded=True)
     cfg = GiftConfig.paca(rank=56, num_clusters=8, num_heads=2, target_modules=["attn.proj", "mlp.fc1"])
-    gift = get_gift_model(tiny_vit(), cfg, heads=("0", "1"))
+    gift = get_gift_model(tiny_vit(**VIT), cfg, heads=("0", "1"))
     assert gift.residual_form("attn:proj") == "dense" and gift.residual_form("mlp:fc1") == "factored"
     assert gift.residual_form("attn:proj", mixed=True) == "dense"
-    gift = get_gift_model(tiny_vit(), GiftConfig.paca(rank=48, num_clusters=8), heads=("0", "1"))
+    gift = get_gift_model(tiny_vit(**VIT), GiftConfig.paca(rank=48, num_clusters=8), heads=("0", "1"))
     assert gift.residual_form("attn:proj") == "factored" and gift.residual_form("attn:proj", mixed=True) == "dense"
     torch.manual_seed(2)
     x = torch.randn(4, 3, 32, 32)
@@ -181,7 +177,7 @@ def test_auto_form_follows_the_flop_count():
         mixed = gift(x, head=["0", "1"], sample_head=torch.tensor([1, 1, 0, 1]))
         torch.testing.assert_close(mixed[[0, 1, 3]], single[[0, 1, 3]], **TOL)
     with pytest.raises(ValueError, match="residual form"):
-        get_gift_model(tiny_vit(), GiftConfig.linear(), residual="sparse")
+        get_gift_model(tiny_vit(**VIT), GiftConfig.linear(), residual="sparse")
 
 
 # ----------------------------------------------------------------------------------- mixed-task batches

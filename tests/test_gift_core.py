@@ -8,18 +8,15 @@ from gift_cl import GiftConfig, GiftGenerator, get_gift_model
 from gift_cl.gift import l2_normalize
 from gift_cl.optim import param_groups
 
+from runs import tiny_vit
+
+VIT = dict(depth=3, num_classes=5)  # the backbone of these tests: three blocks, a 5-way head
 CONFIGS = {
     "paca": GiftConfig.paca(rank=16, num_clusters=8, num_heads=2),
     "linear": GiftConfig.linear(),
     "attention": GiftConfig.paca(rank=16, block="attention", num_heads=2),
     "mlp": GiftConfig.paca(rank=16, block="mlp"),
 }
-
-
-def tiny_vit(**kw):
-    torch.manual_seed(0)
-    args = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=2, num_classes=5)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw}).eval()
 
 
 def randomize_recovery(gift, std=0.05):
@@ -38,11 +35,11 @@ def x():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("targets", [("attn.proj",), ("attn.qkv", "attn.proj", "mlp.fc1")])
 def test_init_is_bitwise_the_frozen_model(name, targets, x):
-    frozen = tiny_vit()
+    frozen = tiny_vit(**VIT)
     with torch.no_grad():
         ref = frozen(x)
     cfg = GiftConfig(**{**CONFIGS[name].__dict__, "target_modules": targets})
-    gift = get_gift_model(tiny_vit(), cfg).eval()
+    gift = get_gift_model(tiny_vit(**VIT), cfg).eval()
     for delta in gift.delta_weights().values():
         assert torch.equal(delta, torch.zeros_like(delta))
     with torch.no_grad():
@@ -54,7 +51,7 @@ def test_init_is_bitwise_the_frozen_model(name, targets, x):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_gradients_reach_reduction_only_once_recovery_is_nonzero(name, x):
-    gift = get_gift_model(tiny_vit(), CONFIGS[name])
+    gift = get_gift_model(tiny_vit(**VIT), CONFIGS[name])
     gen = gift.generators["attn:proj"]
     gift(x).logsumexp(-1).sum().backward()
     phi, psi = gen.trunk.reduction.weight, gen.heads["0"].recovery.weight
@@ -84,7 +81,7 @@ def test_batched_generation_equals_per_layer(name):
 
 def test_linear_generator_is_the_official_formula(x):
     """ΔW = (W φᵀ) ψᵀ, rows of W as tokens, and y = F.linear(x, W, b) + F.linear(x, ΔW) (official order)."""
-    gift = get_gift_model(tiny_vit(), GiftConfig.linear())
+    gift = get_gift_model(tiny_vit(**VIT), GiftConfig.linear())
     randomize_recovery(gift)
     gen = gift.generators["attn:proj"]
     phi, psi = gen.trunk.reduction.weight, gen.heads["0"].recovery.weight
@@ -140,18 +137,18 @@ def test_paca_block_matches_the_spec_equations(num_heads):
 
 
 def test_cluster_assignments_per_block_and_layer():
-    gift = get_gift_model(tiny_vit(), GiftConfig.paca(rank=16, num_clusters=8, depth=2))
+    gift = get_gift_model(tiny_vit(**VIT), GiftConfig.paca(rank=16, num_clusters=8, depth=2))
     assign = gift.cluster_assignments()
     assert sorted(assign) == [f"blocks.{i}.attn.proj" for i in range(3)]
     for per_block in assign.values():
         assert len(per_block) == 2
         for c in per_block:
             assert c.shape == (64, 8) and bool(((c > 0) & (c < 1)).all())
-    assert get_gift_model(tiny_vit(), GiftConfig.linear()).cluster_assignments()["blocks.0.attn.proj"] == []
+    assert get_gift_model(tiny_vit(**VIT), GiftConfig.linear()).cluster_assignments()["blocks.0.attn.proj"] == []
 
 
 def test_merge_and_export_to_stock_timm(tmp_path, x):
-    gift = get_gift_model(tiny_vit(), CONFIGS["paca"]).eval()
+    gift = get_gift_model(tiny_vit(**VIT), CONFIGS["paca"]).eval()
     randomize_recovery(gift)
     with torch.no_grad():
         unmerged = gift(x)
@@ -162,7 +159,7 @@ def test_merge_and_export_to_stock_timm(tmp_path, x):
     with torch.no_grad():
         merged = plain(x)
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
-    assert not torch.equal(merged, tiny_vit()(x))  # the residual is really in there
+    assert not torch.equal(merged, tiny_vit(**VIT)(x))  # the residual is really in there
     stock = timm.create_model(
         "vit_tiny_patch16_224", pretrained=True, img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=2,
         num_classes=5, pretrained_cfg_overlay=dict(file=str(path), num_classes=5),
@@ -172,7 +169,7 @@ def test_merge_and_export_to_stock_timm(tmp_path, x):
 
 
 def test_eval_generates_once_and_regenerates_after_an_update(x):
-    gift = get_gift_model(tiny_vit(), CONFIGS["paca"]).eval()
+    gift = get_gift_model(tiny_vit(**VIT), CONFIGS["paca"]).eval()
     calls = []
     gift.generators["attn:proj"].register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
@@ -201,7 +198,7 @@ def test_official_parameter_count_on_vit_b16():
 
 
 def test_no_weight_decay_on_clusters_biases_and_1d():
-    gift = get_gift_model(tiny_vit(), CONFIGS["paca"])
+    gift = get_gift_model(tiny_vit(**VIT), CONFIGS["paca"])
     groups = {g["name"]: g for g in param_groups(gift, 0.05)}
     names = {id(p): n for n, p in gift.named_parameters()}
     no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
@@ -215,9 +212,9 @@ def test_no_weight_decay_on_clusters_biases_and_1d():
 
 def test_target_errors_are_clear():
     with pytest.raises(ValueError, match="no nn.Linear matches"):
-        get_gift_model(tiny_vit(), GiftConfig.linear(target_modules=["attn.nonexistent"]))
+        get_gift_model(tiny_vit(**VIT), GiftConfig.linear(target_modules=["attn.nonexistent"]))
     with pytest.raises(TypeError, match="must be nn.Linear"):
-        get_gift_model(tiny_vit(), GiftConfig.linear(target_modules=["attn"]))
+        get_gift_model(tiny_vit(**VIT), GiftConfig.linear(target_modules=["attn"]))
     with pytest.raises(ValueError, match="unknown GIFT block"):
         GiftConfig(block="transformer-xl")
 

@@ -12,6 +12,7 @@ from gift_cl.data.avalanche_classic import LAYOUTS, class_order, load_core50, lo
 from gift_cl.data.base import DataError
 
 from fixtures import (
+    CONFIGS,
     FASHION_MNIST_DEB_DIR,
     decode_label,
     require_debian_fashion_mnist,
@@ -25,7 +26,6 @@ from fixtures import (
 
 torch.set_num_threads(1)
 ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], image_size=16)
-CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "configs"))
 
 
 def check_tasks(tasks, n_tasks, classes_per_task, decode=lambda original: original % 10):

@@ -4,18 +4,14 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from gift_cl.data.base import DataError
 from gift_cl.data.fgvc import FGVC_DATASETS, load_fgvc
 
-from fixtures import FGVC_IMAGE_DIRS, decode_label, write_fgvc
+from fixtures import FGVC_IMAGE_DIRS, ID, benchmark_from_config, decode_label, write_fgvc, write_text
 
 torch.set_num_threads(1)
-ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 
 
 @pytest.mark.parametrize("dataset", list(FGVC_DATASETS))
@@ -66,24 +62,16 @@ def test_crop_ratio_and_cache(tmp_path):
 def test_config_instantiates(tmp_path, dataset):
     root = str(tmp_path)
     write_fgvc(root, dataset, num_classes=2, per_class={"train": 1, "val": 1, "test": 1})
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base=None):
-        cfg = compose(overrides=[f"+benchmark=fgvc/{dataset}", f"benchmark.root={root}", "+model.image_size=16",
-                                 "+model.mean=[0.5,0.5,0.5]", "+model.std=[0.5,0.5,0.5]"])
-    (t,) = instantiate(cfg.benchmark)
+    (t,) = benchmark_from_config(f"fgvc/{dataset}", root)
     assert t.name == dataset and t.train[0][0].shape == (3, 16, 16)
 
 
 # ----------------------------------------------------------------------------- bad input
-def _write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def _edit(path, fn):
     with open(path) as f:
         doc = json.load(f)
     fn(doc)
-    _write(path, json.dumps(doc))
+    write_text(path, json.dumps(doc))
 
 
 def _first_image(root, split="train"):
@@ -100,14 +88,14 @@ def _corrupt(path):
 BAD_INPUTS = {
     "missing_root": (lambda r: os.rename(r, r + "_moved"), "directory not found; expected the VPT FGVC layout"),
     "missing_split_file": (lambda r: os.remove(os.path.join(r, "val.json")), "val.json: file not found"),
-    "malformed_json": (lambda r: _write(os.path.join(r, "train.json"), '{\n"a.jpg": 1,\n}'),
+    "malformed_json": (lambda r: write_text(os.path.join(r, "train.json"), '{\n"a.jpg": 1,\n}'),
                        r"train.json:3:1: malformed JSON"),
-    "not_an_object": (lambda r: _write(os.path.join(r, "train.json"), '["a.jpg"]'), "expected a JSON object"),
+    "not_an_object": (lambda r: write_text(os.path.join(r, "train.json"), '["a.jpg"]'), "expected a JSON object"),
     "bad_class_id": (lambda r: _edit(os.path.join(r, "val.json"), lambda d: d.update({"x.jpg": "bird"})),
                      "'x.jpg' has class id 'bird'; expected an integer"),
     "label_not_in_train": (lambda r: _edit(os.path.join(r, "val.json"), lambda d: d.update({"x.jpg": "150"})),
                            "'x.jpg' has class id '150', which train.json never uses"),
-    "empty_split": (lambda r: _write(os.path.join(r, "val.json"), "{}"), "val.json: the split lists no images"),
+    "empty_split": (lambda r: write_text(os.path.join(r, "val.json"), "{}"), "val.json: the split lists no images"),
     "missing_image": (lambda r: os.remove(_first_image(r, "val")),
                       r"val_0.jpg: image not found \(listed in .*val.json\)"),
     "corrupt_image": (lambda r: _corrupt(_first_image(r)), r"train_0.jpg: not a readable image .*train.json"),

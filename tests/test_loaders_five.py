@@ -5,14 +5,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from gift_cl.data.base import DataError
 from gift_cl.data.five_datasets import FIVE_DATASETS, load_five_datasets
 
 from fixtures import (
     FASHION_MNIST_DEB_DIR,
+    ID,
+    benchmark_from_config,
     decode_label,
     install_debian_fashion_mnist,
     require_debian_fashion_mnist,
@@ -21,8 +21,6 @@ from fixtures import (
 )
 
 torch.set_num_threads(1)
-ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +60,7 @@ def test_order_subset_and_resize(five_root):
 
 def test_config_instantiates(five_root):
     root, _ = five_root
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base=None):
-        cfg = compose(overrides=["+benchmark=five_datasets", f"benchmark.root={root}", "+model.image_size=16",
-                                 "+model.mean=[0.5,0.5,0.5]", "+model.std=[0.5,0.5,0.5]"])
-    tasks = instantiate(cfg.benchmark)
+    tasks = benchmark_from_config("five_datasets", root)
     assert [t.name for t in tasks] == ["svhn", "mnist", "cifar10", "notmnist", "fashion_mnist"]
     assert tasks[0].train[0][0].shape == (3, 32, 32)  # native transform by default
 

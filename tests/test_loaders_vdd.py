@@ -5,19 +5,16 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torchvision import transforms as T
 
 from gift_cl.data.base import DataError
 from gift_cl.data.vdd import VDD_BASELINE_ACC, VDD_DOMAINS, decathlon_score, load_vdd
 
-from fixtures import decode_label, vdd_offset, write_vdd
+from fixtures import benchmark_from_config, decode_label, vdd_offset, write_text, write_vdd
 
 torch.set_num_threads(1)
 # identity normalisation (pixels stay decodable) and the decathlon's native 64 px transform
 ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], transform="native")
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +117,12 @@ def test_cache_decoded_matches_files(vdd_root):
 
 def test_config_instantiates(vdd_root):
     root, _ = vdd_root
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base=None):
-        cfg = compose(overrides=["+benchmark=vdd", f"benchmark.root={root}", "benchmark.domains=[dtd,aircraft]",
-                                 "+model.image_size=16", "+model.mean=[0.5,0.5,0.5]", "+model.std=[0.5,0.5,0.5]"])
-    tasks = instantiate(cfg.benchmark)
+    tasks = benchmark_from_config("vdd", root, "benchmark.domains=[dtd,aircraft]")
     assert [t.name for t in tasks] == ["dtd", "aircraft"]
     assert tasks[0].train[0][0].shape == (3, 16, 16)  # transform=resize by default
 
 
 # ----------------------------------------------------------------------------- bad input
-def _write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def _corrupt_image(root):
     path = os.path.join(root, "data", "aircraft", "val", "0000001.jpg")
     with open(path, "wb") as f:
@@ -144,7 +133,7 @@ def _corrupt_image(root):
 BAD_INPUTS = {
     "missing_root": (lambda r: os.rename(os.path.join(r, "annotations"), os.path.join(r, "x")), "decathlon-1.0"),
     "missing_split_file": (lambda r: os.remove(_json(r, "aircraft", "val")), "aircraft_val.json: file not found"),
-    "malformed_json": (lambda r: _write(_json(r, "aircraft", "train"), '{"images": [\n{"id": 1,,}]}'),
+    "malformed_json": (lambda r: write_text(_json(r, "aircraft", "train"), '{"images": [\n{"id": 1,,}]}'),
                        r"aircraft_train.json:2:\d+: malformed JSON"),
     "label_out_of_range": (lambda r: _edit(r, "aircraft", "train",
                                            lambda d: d["annotations"][0].update(category_id=99)),

@@ -3,17 +3,13 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from gift_cl.data.base import DataError
 from gift_cl.data.vtab import VTAB_GROUPS, VTAB_NUM_CLASSES, VTAB_TASKS, load_vtab
 
-from fixtures import decode_label, write_vtab
+from fixtures import ID, benchmark_from_config, decode_label, write_text, write_vtab
 
 torch.set_num_threads(1)
-ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +57,11 @@ def test_paths_with_spaces_and_cache(tmp_path):
 def test_config_instantiates(tmp_path, task):
     root = str(tmp_path)
     write_vtab(root, task, num_classes=2, per_class={"train800": 1, "val200": 1, "test": 1})
-    with initialize_config_dir(config_dir=os.path.abspath(CONFIGS), version_base=None):
-        cfg = compose(overrides=[f"+benchmark=vtab/{task}", f"benchmark.root={root}", "+model.image_size=16",
-                                 "+model.mean=[0.5,0.5,0.5]", "+model.std=[0.5,0.5,0.5]"])
-    (t,) = instantiate(cfg.benchmark)
+    (t,) = benchmark_from_config(f"vtab/{task}", root)
     assert t.name == task and t.num_classes == VTAB_NUM_CLASSES[task] and t.train[0][0].shape == (3, 16, 16)
 
 
 # ----------------------------------------------------------------------------- bad input
-def _write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def _append(path, text):
     with open(path, "a") as f:
         f.write(text)
@@ -91,7 +79,7 @@ BAD_INPUTS = {
                        r"train800.txt:7: malformed line 'images/a.jpg three'"),
     "label_out_of_range": (lambda d: _append(os.path.join(d, "train800.txt"), "images/train800/00000.jpg 47\n"),
                            r"train800.txt:7: label 47 out of range, expected 0..46"),
-    "empty_split": (lambda d: _write(os.path.join(d, "val200.txt"), "\n"),
+    "empty_split": (lambda d: write_text(os.path.join(d, "val200.txt"), "\n"),
                     "val200.txt: the split file lists no images"),
     "missing_image": (lambda d: os.remove(os.path.join(d, "images", "val200", "00001.jpg")),
                       r"00001.jpg: image not found \(listed in .*val200.txt\)"),

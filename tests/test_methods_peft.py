@@ -8,7 +8,6 @@ parts, fused attention where unused, checkpoints, deepcopy) are checked on a tin
 import copy
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
@@ -28,13 +27,9 @@ from gift_cl.methods import (
 )
 from gift_cl.methods.gist import symmetric_kl
 
-D, DEPTH, HEADS, PATCHES = 64, 2, 2, 16  # the tiny ViT below: 32 px images, 8 px patches
+from runs import tiny_vit
 
-
-def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             embed_dim=D, depth=DEPTH, num_heads=HEADS, num_classes=0).eval()
+D, DEPTH, HEADS, PATCHES = 64, 2, 2, 16  # runs.tiny_vit's: 32 px images, 8 px patches
 
 
 @pytest.fixture
@@ -45,7 +40,7 @@ def x():
 
 def task_features(model, x, task):
     """The [CLS] feature as the task's head sees it (plug-ins switched on)."""
-    with torch.no_grad(), model.plugin_task(task):
+    with torch.no_grad(), model.serving(task):
         return model.features(x, task)
 
 
@@ -75,7 +70,7 @@ def test_zero_initialised_methods_equal_the_frozen_model_bitwise(name, x):
     for task in (0, 1):
         assert torch.equal(task_features(model, x, task), frozen)
     model.train()  # dropout-free ViT: still exact in training mode
-    with torch.no_grad(), model.plugin_task(0):
+    with torch.no_grad(), model.serving(0):
         assert torch.equal(model.features(x, 0), frozen)
 
 
@@ -98,7 +93,7 @@ def test_coeff_tuning_starts_at_the_pretrained_model(method, x):
     assert torch.equal(task_features(model, x, 0), explicit)
     torch.testing.assert_close(task_features(model, x, 0), fused, rtol=0, atol=1e-5)
     model.train()  # dropout on α = 0 is still 0
-    with torch.no_grad(), model.plugin_task(0):
+    with torch.no_grad(), model.serving(0):
         assert torch.equal(model.features(x, 0), explicit)
 
 
@@ -177,7 +172,7 @@ def test_gist_loss_matches_the_formula_and_detaches_nothing(x):
     # by hand: the same head on the normed Gist token
     captured = {}
     model.backbone.norm.register_forward_hook(lambda m, a, out: captured.setdefault("normed", out))
-    with model.plugin_task(0):
+    with model.serving(0):
         model.features(x, 0)
     gist_logits = model.classifiers["0"](captured["normed"][:, 1])
     p_c, p_g = F.softmax(logits / 3, -1), F.softmax(gist_logits / 3, -1)

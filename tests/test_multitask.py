@@ -1,6 +1,5 @@
 """Multi-task models: per-task heads, padding, trunk policies, task-id inference."""
 import pytest
-import timm
 import torch
 
 from gift_cl import GiftConfig
@@ -14,11 +13,7 @@ from gift_cl.methods import (
 )
 from gift_cl.optim import OptimConfig, build_optimizer
 
-
-def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             embed_dim=64, depth=2, num_heads=2, num_classes=0).eval()
+from runs import tiny_vit
 
 
 def gift_mt(trunk="frozen_after_first", **kw):

@@ -18,13 +18,10 @@ from gift_cl.official import (
     official_config,
 )
 
+from runs import tiny_vit
+
 RANK, DIM, CLASSES = 4, 64, 5
-
-
-def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=DIM,
-                             depth=3, num_heads=2, num_classes=CLASSES)
+VIT = dict(embed_dim=DIM, depth=3, num_classes=CLASSES, training=True)  # three blocks, in timm's train mode
 
 
 def official_state(seed=1):
@@ -80,7 +77,7 @@ def official_logits(backbone, state, x):
 def test_loaded_checkpoint_gives_the_official_logits_and_maps(tmp_path):
     state = official_state()
     path = write_checkpoint(tmp_path / "last.pth.tar", state)
-    backbone = tiny_vit()
+    backbone = tiny_vit(**VIT)
     x = torch.randn(3, 3, 32, 32)
     expected = official_logits(backbone, state, x)
     gift, ckpt = gift_model_from_official(path, backbone=copy.deepcopy(backbone))
@@ -102,10 +99,10 @@ def test_newer_argument_names_and_bare_state_dicts(tmp_path):
     cfg = official_config(state, vars(args))
     assert cfg.rank == RANK and cfg.target_modules == ("attn.proj",)
     torch.save(state, tmp_path / "bare.pt")
-    gift, _ = gift_model_from_official(tmp_path / "bare.pt", backbone=tiny_vit())
+    gift, _ = gift_model_from_official(tmp_path / "bare.pt", backbone=tiny_vit(**VIT))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(gift(x), official_logits(tiny_vit(), state, x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gift(x), official_logits(tiny_vit(**VIT), state, x), rtol=1e-5, atol=1e-6)
 
 
 def test_unsupported_generators_are_refused(tmp_path):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from omegaconf import OmegaConf
 
@@ -40,15 +39,9 @@ from gift_cl.reporting import read_predictions
 from orchestration.cli import main as cli_main
 from orchestration.export import MODEL_DIR, main as export_main
 
-from runs import compose_cfg, run_in_process
+from runs import compose_cfg, run_in_process, tiny_vit
 
 D = 64
-
-
-def tiny_vit(seed: int = 0, num_classes: int = 0):
-    torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=D,
-                             depth=2, num_heads=2, num_classes=num_classes).eval()
 
 
 def small_gift(**kw):

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,7 +20,18 @@ from orchestration.loop import CHECKPOINT, Run
 from orchestration.rundir import RunLock
 from strategies.evaluation import close_loggers
 
-from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
+from runs import (
+    PROCEDURAL,
+    REPO,
+    TINY,
+    compose_cfg,
+    env,
+    results,
+    run_py,
+    tensorboard_scalars,
+    wandb_file,
+    wandb_records,
+)
 
 QUICK = [*TINY, *PROCEDURAL, "optim.epochs=1", "benchmark.domains=[digits,pedestrians]"]
 # a free trunk and a high learning rate: the second task moves the first task's accuracy, so forgetting is not 0
@@ -50,36 +60,13 @@ def mtime(path: Path) -> int:
     return path.stat().st_mtime_ns if path.is_file() else 0
 
 
-def scalars(tb_dir: Path) -> dict:
-    """``{tag: [(step, value), ...]}`` as TensorBoard reads the directory back."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def wandb_history(wandb_file: Path) -> dict:
-    """``{step: {key: value}}`` from an offline run's ``.wandb`` file (W&B's record log: a 7-byte header,
-    then records of crc32, length, type and a protobuf ``Record``, in 32 KiB blocks)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, chunk, history = wandb_file.read_bytes(), 7, b"", {}
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # a whole record, or the last piece of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunk)
-            chunk = b""
-            if record.WhichOneof("record_type") == "history":
-                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
-                history[int(items["_step"])] = {k: v for k, v in items.items() if not k.startswith("_")}
+def wandb_history(path: Path) -> dict:
+    """``{step: {key: value}}`` from an offline run's ``.wandb`` file."""
+    history = {}
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            history[int(items["_step"])] = {k: v for k, v in items.items() if not k.startswith("_")}
     return history
 
 
@@ -89,7 +76,7 @@ def latest_wandb_history(log_dir: Path, timeout: float = 60.0) -> dict:
     apart agree."""
     deadline, last = time.time() + timeout, None
     while True:
-        history = wandb_history(next((log_dir / "wandb" / "latest-run").resolve().glob("*.wandb")))
+        history = wandb_history(wandb_file(log_dir))
         if (history and history == last) or time.time() > deadline:
             return history
         last = history
@@ -119,7 +106,8 @@ def test_killed_sequential_run_logs_continue_the_uninterrupted_series(tmp_path):
     forgetting = [row.split(",")[4] for row in (reference / "logs" / "eval_results.csv").read_text().splitlines()[1:]]
     assert any(float(f) != 0 for f in forgetting)  # the series compared is one that a lost state would zero
 
-    got, expected = scalars(killed / "logs" / "tensorboard"), scalars(reference / "logs" / "tensorboard")
+    got = tensorboard_scalars(killed / "logs" / "tensorboard")
+    expected = tensorboard_scalars(reference / "logs" / "tensorboard")
     assert got == expected
     assert any(v != 0 for tag, series in got.items() if tag.startswith("ExperienceForgetting") for _, v in series)
     for tag, series in got.items():

@@ -28,3 +28,19 @@ def test_joint_preset_has_its_own_learning_rate_and_the_command_line_wins():
     assert compose_cfg("strategy=gift_joint", "optim.lr=1e-3").optim.lr == pytest.approx(1e-3)
     assert compose_cfg("strategy=gift_joint", "optim=paper").optim.lr == pytest.approx(1e-4)
     assert Path(REPO / "gift_cl" / "configs" / "strategy" / "gift_joint.yaml").is_file()  # shipped with the package
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_only_gift_configs_carry_a_generator(name):
+    """The generator group belongs to GIFT: a run of another method has no ``generator`` key (nothing to tell
+    runs apart by, nothing to compare on resume), and ``generator=...`` with it is refused by name."""
+    from hydra.errors import ConfigCompositionException
+
+    cfg = compose_cfg(f"strategy={name}")
+    gift = str(cfg.strategy.method._target_) == "gift_cl.methods.GiftMethod"
+    assert ("generator" in cfg) == gift
+    if gift:
+        assert compose_cfg(f"strategy={name}", "generator=linear").strategy.method.config.rank == 16
+    else:
+        with pytest.raises(ConfigCompositionException, match="generator"):
+            compose_cfg(f"strategy={name}", "generator=linear")

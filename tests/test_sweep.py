@@ -192,3 +192,44 @@ def test_submitit_job_preempted_is_requeued_and_continues_its_run(tmp_path):
     assert "this job is preempted" in job_logs and "Requeued job" in job_logs, job_logs[-3000:]
     log = (run_dir / "gift_cl.log").read_text()
     assert f"resumed from {run_dir / CHECKPOINT} at experience" in log, log[-3000:]
+
+
+# ------------------------------------------------------------------ names, status without torch
+def test_sweep_directory_names_keep_every_varying_key_and_the_seed():
+    recipe = ["model=vit_tiny_random", "benchmark=procedural", "benchmark.domains=[digits,pedestrians,signs,textures]",
+              "benchmark.n_train=2000", "benchmark.n_test=1000", "optim.batch_size=64", "optim.epochs=30"]
+    runs = [[f"strategy={s}", *recipe, f"optim.lr={lr}", f"seed={seed}"]
+            for s in ("gift_multitask", "lora_multitask") for lr in (0.003, 0.01) for seed in (0, 1, 2)]
+    assert len(",".join(runs[0])) > 150  # a name cut at a fixed length would lose the seed
+    assert sweep.varying_keys(runs) == {"strategy", "optim.lr", "seed"}
+    names = [d.name for d in sweep.run_dirs(runs, Path("/nonexistent"))]
+    assert len(set(names)) == len(runs)
+    assert names[0] == f"strategy=gift_multitask,optim.lr=0.003,seed=0__{sweep.run_hash(runs[0])}"
+    # too many varying keys for the budget: keys shortened, then every item cut equally, none dropped
+    wide = [[f"strategy.method.config.block{i}=value_number_{i}_{j}" for i in range(12)] + [f"seed={j}"] for j in range(2)]
+    for run in wide:
+        name = sweep.run_name(run, sweep.varying_keys(wide))
+        assert len(name) <= sweep.MAX_NAME + 10 and name.count(",") == 12 and f"seed={run[-1][-1]}" in name
+
+
+def test_sweep_plan_and_status_answer_without_torch_and_find_runs_by_hash(tmp_path):
+    """A finished sweep called again prints its plan and ends without importing torch; --status likewise; a
+    run directory named otherwise (every override, same hash) is found and counted as the run's."""
+    plan = tmp_path / "plan.txt"
+    plan.write_text("strategy=gift_multitask model=vit_tiny_random seed=0,1\n")
+    runs = sweep.read_plans([str(plan)])
+    out = tmp_path / "out"
+    for run in runs:  # named by every override, not only the varying ones
+        (out / sweep.run_name(run)).mkdir(parents=True)
+        (out / sweep.run_name(run) / "results.json").write_text(json.dumps({"finished": True}))
+    assert sweep.run_dirs(runs, out) == [out / sweep.run_name(r) for r in runs]
+    code = ("import atexit, sys; atexit.register(lambda: print('heavy imports:', sorted({'torch', 'timm', "
+            "'avalanche'} & set(sys.modules)))); from orchestration.sweep import main; sys.exit(main(sys.argv[1:]))")
+    for args, expected in ((["--status"], '{"finished": 2, "started": 0, "pending": 0}'), ([], "plan: 2 runs, 2 finished")):
+        proc = subprocess.run([sys.executable, "-c", code, str(plan), "--out", str(out), *args], cwd=REPO, env=env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and expected in proc.stdout + proc.stderr, proc.stderr
+        assert "heavy imports: []" in proc.stdout
+    index = (out / sweep.INDEX_FILE).read_text().splitlines()
+    assert index[0] == "directory\toverrides" and len(index) == 3
+    assert f"{sweep.run_name(runs[1])}\tstrategy=gift_multitask model=vit_tiny_random seed=1" in index

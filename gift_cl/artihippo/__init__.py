@@ -1,6 +1,11 @@
-"""ArtiHippo's search (similarity-guided sampling, supernet, evolution) and its report; the model itself is
-:class:`gift_cl.methods.artihippo.ArtiHippo`."""
+"""ArtiHippo (Savadikar, Dai, Wu; arXiv 2303.08250) in one package: the model that grows experts in every
+``attn.proj`` (:mod:`.model`), its vocabulary (:mod:`.arch`), the similarity-guided sampling
+(:mod:`.sampling`), the supernet and evolutionary search with the Avalanche plugin that runs it per task
+(:mod:`.search`), and the run's report (:mod:`.report`)."""
+from .arch import OPS, PRETRAINED, Arch
+from .model import ArtiHippo, ExpertPool
 from .sampling import HierarchicalSampler
-from .search import SearchConfig, search_task
+from .search import ArtiHippoSearch, SearchConfig, search_task
 
-__all__ = ["HierarchicalSampler", "SearchConfig", "search_task"]
+__all__ = ["OPS", "PRETRAINED", "Arch", "ArtiHippo", "ArtiHippoSearch", "ExpertPool", "HierarchicalSampler",
+           "SearchConfig", "search_task"]

@@ -38,7 +38,7 @@ from typing import Optional
 
 import torch
 
-from ..methods.artihippo import PRETRAINED
+from .arch import PRETRAINED
 
 
 def normalised(cos: float) -> float:

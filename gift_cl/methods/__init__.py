@@ -1,6 +1,7 @@
-"""Task-aware models, one file per method; every protocol (independent, sequential, joint) uses them."""
+"""Task-aware models, one file per method; every protocol (independent, sequential, joint) uses them.
+ArtiHippo, a method with a search of its own, is a package of its own (:mod:`gift_cl.artihippo`), also
+reachable here as ``gift_cl.methods.ArtiHippo``."""
 from .adapter import AdapterMethod, GistAdapterMethod
-from .artihippo import ArtiHippo
 from .base import PAD_LOGIT, TaskAwareModel
 from .bitfit import BitFit
 from .coeff import CoeffTuning
@@ -15,3 +16,12 @@ from .vpt import VptDeep
 
 __all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CoeffTuning", "FullFinetune",
            "GiftMethod", "Gist", "GistAdapterMethod", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]
+
+
+def __getattr__(name: str):
+    # gift_cl.artihippo builds on this package (methods.base), so it is imported when first asked for
+    if name == "ArtiHippo":
+        from ..artihippo import ArtiHippo
+
+        return ArtiHippo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

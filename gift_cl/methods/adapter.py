@@ -64,7 +64,6 @@ class AdapterMethod(HookedBackboneModel):
         for i, blk in enumerate(self.backbone.blocks):
             for branch in self.BRANCHES:
                 getattr(blk, branch).register_forward_hook(_AdapterHook(self, f"{i}:{branch}"))
-        self.record_pretrained_keys()
 
     def add_task_parts(self, task: int) -> None:
         device = self.backbone.cls_token.device
@@ -128,7 +127,6 @@ class GistAdapterMethod(HookedBackboneModel):
                 # added to the branch's output after the drop path, i.e. straight onto the residual stream
                 getattr(blk, norm).register_forward_pre_hook(hook.capture)
                 getattr(blk, drop_path).register_forward_hook(hook.add)
-        self.record_pretrained_keys()
 
     def add_task_parts(self, task: int) -> None:
         device = self.backbone.cls_token.device

@@ -9,9 +9,10 @@ The lifecycle the strategy drives, per task ``t``:
 ``penalty()`` added to the loss → ``end_task(t, prototype)`` (freeze; store the task's mean frozen [CLS]
 feature for task-id inference).
 
-Adding a method: subclass :class:`TaskAwareModel` in a file of its own, implement ``features``,
-``frozen_features`` and ``frozen_state_keys``, and say which parameters train (``add_task_parts``,
-``task_parameters``, ``shared_parameters``). See ``bitfit.py`` for a short worked example.
+Adding a method: subclass :class:`TaskAwareModel` in a file of its own, implement ``features`` and
+``frozen_features``, and say which parameters train (``add_task_parts``, ``task_parameters``,
+``shared_parameters``). What is pretrained (never checkpointed) follows one rule
+(:meth:`TaskAwareModel.frozen_state_keys`). See ``bitfit.py`` for a short worked example.
 
 Model plug-ins (GIST, Coeff-Tuning; ``plugin.py``) attach to the ViT(s) a method runs: a method that
 accepts ``plugins={name: ModelPlugin}`` says which ViT a task runs through (``vit(task)``); the base class
@@ -21,7 +22,6 @@ A method's own files beside ``results.json`` come from :meth:`TaskAwareModel.wri
 from __future__ import annotations
 
 import abc
-import contextlib
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..injection import backbone_parameter_count, count_parameters
 from ..padding import PAD_LOGIT
+from ..selective import TaskSelective, serving
 from .arguments import RecordsArguments
 
 
@@ -72,6 +73,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         self.classifiers = nn.ModuleDict()
         self.prototypes: dict[int, torch.Tensor] = {}
         self.model_plugins = nn.ModuleDict()  # name -> ModelPlugin (GIST, Coeff-Tuning, ...)
+        self._pretrained_keys: set[str] = set()  # set when the constructor returns (after_init)
 
     # --------------------------------------------------------------- what a method provides
     @abc.abstractmethod
@@ -82,9 +84,11 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         """Features of the pretrained backbone, untouched by any task (for task-id inference)."""
 
-    @abc.abstractmethod
     def frozen_state_keys(self) -> set[str]:
-        """State-dict keys of the pretrained backbone that never train (left out of checkpoints)."""
+        """State-dict keys of the pretrained weights, which never train and are left out of checkpoints. One rule
+        for every method (:meth:`after_init`): what the model holds when its constructor returns, except the
+        parameters that require grad (a method's shared trainable parts) and the plug-ins."""
+        return self._pretrained_keys
 
     def add_task_parts(self, task: int) -> None:
         """Create the task's own parts besides its classifier (generator head, adapter, ...)."""
@@ -112,7 +116,12 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
     # --------------------------------------------------------------- model plug-ins (plugin.py)
     def after_init(self, arguments: dict) -> None:
-        """The method's constructor has returned: take the plug-ins it was given (its ``plugins`` argument)."""
+        """The method's constructor has returned: record the pretrained keys (:meth:`frozen_state_keys`) and take
+        the plug-ins it was given (its ``plugins`` argument)."""
+        self._pretrained_keys = {
+            k for k, t in self.state_dict(keep_vars=True).items()
+            if k != "_extra_state" and not k.startswith("model_plugins.")
+            and not (isinstance(t, nn.Parameter) and t.requires_grad)}
         self.use_plugins(arguments.get("plugins"))
 
     def use_plugins(self, plugins: Optional[Mapping[str, nn.Module]]) -> None:
@@ -128,16 +137,11 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         """The plug-ins' loss terms for the last forward pass (e.g. GIST's Gist-token losses)."""
         return sum((p.auxiliary_loss(targets) for p in self.model_plugins.values()), 0.0)
 
-    @contextlib.contextmanager
-    def plugin_task(self, task: Optional[int]):
-        """Switch the plug-ins to ``task``'s parts for the enclosed forward pass (None: off)."""
-        for p in self.model_plugins.values():
-            p.active = None if task is None else str(task)
-        try:
-            yield
-        finally:
-            for p in self.model_plugins.values():
-                p.active = None
+    def serving(self, task: Optional[int]):
+        """The one way a forward pass selects its task: inside ``with model.serving(task):`` every per-task part
+        (:class:`~gift_cl.selective.TaskSelective`: LoRA layers, adapter/prompt hooks, plug-ins) applies
+        ``task``'s parameters (``None``: none, the pretrained behaviour)."""
+        return serving(self, task)
 
     # --------------------------------------------------------------- Avalanche integration
     @property
@@ -179,7 +183,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def _forward_task(self, x: torch.Tensor, task: int, index: Optional[torch.Tensor]) -> torch.Tensor:
         if not self.model_plugins:
             return self.classifiers[str(task)](self.features(x, task))
-        with self.plugin_task(task):
+        with self.serving(task):
             feats = self.features(x, task)
         head = self.classifiers[str(task)]
         logits = head(feats)
@@ -283,40 +287,25 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
 
 class FrozenBackboneModel(TaskAwareModel):
-    """A method on a frozen pretrained backbone stored as ``self.backbone``. Subclasses insert their
-    per-task parts, then call :meth:`record_pretrained_keys` at the end of ``__init__``: every state
-    key that exists then is pretrained and never checkpointed."""
+    """A method on a frozen pretrained backbone stored as ``self.backbone``; subclasses insert their per-task
+    parts (created per task, or frozen hooks: nothing of the constructor's trains)."""
 
     def __init__(self, backbone: nn.Module):
         backbone = headless(backbone).requires_grad_(False)
         super().__init__(backbone)
         self.backbone = backbone
-        self._frozen_keys: set[str] = set()
-
-    def record_pretrained_keys(self) -> None:
-        self._frozen_keys = {k for k in self.state_dict() if not k.startswith("model_plugins.")} - {"_extra_state"}
 
     def vit(self, task: int) -> nn.Module:
         return self.backbone
 
-    def frozen_state_keys(self) -> set[str]:
-        return self._frozen_keys
 
-
-class HookedBackboneModel(FrozenBackboneModel):
-    """A frozen backbone whose hooks (adapters, prompts) read ``self.active``: the task whose parts apply
-    during the current forward pass, ``None`` for the pretrained backbone."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__(backbone)
-        self.active: Optional[str] = None
+class HookedBackboneModel(TaskSelective, FrozenBackboneModel):
+    """A frozen backbone whose hooks (adapters, prompts) read the model's ``active``: the task whose parts
+    apply during the current forward pass (:meth:`serving`), ``None`` for the pretrained backbone."""
 
     def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        self.active = str(task)
-        try:
+        with self.serving(task):
             return self.backbone(x)
-        finally:
-            self.active = None
 
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

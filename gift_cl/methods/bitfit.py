@@ -42,7 +42,6 @@ class BitFit(FrozenBackboneModel):
         if not self.bias_names:
             raise ValueError(f"BitFit (biases={biases!r}) needs a backbone with such bias terms; this one has none")
         self.biases = nn.ModuleDict()  # task -> ParameterDict of that task's biases
-        self.record_pretrained_keys()
 
     def add_task_parts(self, task: int) -> None:
         pretrained = dict(self.backbone.named_parameters())

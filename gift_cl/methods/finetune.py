@@ -15,7 +15,6 @@ class FullFinetune(TaskAwareModel):
         super().__init__(backbone)
         self.pretrained = backbone
         self.backbones = nn.ModuleDict()
-        self._frozen_keys = {"pretrained." + k for k in backbone.state_dict()}
 
     def vit(self, task):
         return self.backbones[str(task)]  # plug-ins hook each task's copy, never the pretrained one
@@ -31,6 +30,3 @@ class FullFinetune(TaskAwareModel):
 
     def frozen_features(self, x):
         return self.pretrained(x)
-
-    def frozen_state_keys(self):
-        return self._frozen_keys

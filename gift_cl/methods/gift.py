@@ -44,7 +44,6 @@ class GiftMethod(TaskAwareModel):
         self.per_task_recovery = per_task_recovery
         self.anchors: dict[int, dict[str, torch.Tensor]] = {}
         self.first_task: Optional[int] = None
-        self._frozen_keys = {"gift." + k for k in self.gift.state_dict() if not k.startswith("generators.")}
 
     def vit(self, task: int) -> nn.Module:
         return self.gift.model
@@ -108,9 +107,6 @@ class GiftMethod(TaskAwareModel):
             den = sum(a.pow(2).sum() for a in anchor.values()).clamp_min(1e-12)
             total = total + num / den
         return self.anchor_weight * total / len(self.anchors)
-
-    def frozen_state_keys(self) -> set[str]:
-        return self._frozen_keys
 
     def get_extra_state(self):
         return {**super().get_extra_state(), "anchors": self.anchors, "first_task": self.first_task}

@@ -13,7 +13,6 @@ class LinearProbe(FrozenBackboneModel):
 
     def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
         super().__init__(backbone)
-        self.record_pretrained_keys()
 
     def features(self, x, task):
         return self.backbone(x)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 from torch import nn
 
 from ..injection import find_linear_targets, set_submodule
@@ -19,7 +18,6 @@ class LoraMethod(FrozenBackboneModel):
         self.targets = [n for n, _ in find_linear_targets(self.backbone, target_modules)]
         for n in self.targets:
             set_submodule(self.backbone, n, LoraLinear(self.backbone.get_submodule(n), rank, alpha))
-        self.record_pretrained_keys()
 
     def _layers(self) -> list[LoraLinear]:
         return [self.backbone.get_submodule(n) for n in self.targets]
@@ -31,17 +29,9 @@ class LoraMethod(FrozenBackboneModel):
     def task_parameters(self, task):
         return super().task_parameters(task) + [p for l in self._layers() for p in l.adapters[str(task)].parameters()]
 
-    def _run(self, x: torch.Tensor, active: Optional[str]) -> torch.Tensor:
-        for layer in self._layers():
-            layer.active = active
-        try:
-            return self.backbone(x)
-        finally:
-            for layer in self._layers():
-                layer.active = None
-
     def features(self, x, task):
-        return self._run(x, str(task))
+        with self.serving(task):
+            return self.backbone(x)
 
     def frozen_features(self, x):
-        return self._run(x, None)
+        return self.backbone(x)  # no task served: every layer is the frozen one

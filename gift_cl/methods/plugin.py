@@ -26,10 +26,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..selective import TaskSelective
 from .arguments import RecordsArguments
 
 
-class ModelPlugin(RecordsArguments, nn.Module, abc.ABC):
+class ModelPlugin(RecordsArguments, TaskSelective, nn.Module, abc.ABC):
     """Base class; see the module docstring for the protocol."""
 
     def __init__(self):

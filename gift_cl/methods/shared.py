@@ -18,7 +18,6 @@ class SharedBackbone(TaskAwareModel):
         super().__init__(backbone)
         self.backbone = backbone
         self.reference = copy.deepcopy(backbone).requires_grad_(False)
-        self._frozen_keys = {"reference." + k for k in self.reference.state_dict()}
 
     def vit(self, task):
         return self.backbone
@@ -31,6 +30,3 @@ class SharedBackbone(TaskAwareModel):
 
     def frozen_features(self, x):
         return self.reference(x)
-
-    def frozen_state_keys(self):
-        return self._frozen_keys

@@ -45,7 +45,6 @@ class VptDeep(HookedBackboneModel):
         self.prompts = nn.ParameterDict()  # task -> (depth, length, D)
         for i, blk in enumerate(self.backbone.blocks):
             blk.register_forward_pre_hook(self._prompt_hook(i))
-        self.record_pretrained_keys()
 
     def _prompt_hook(self, layer: int):
         return _PromptHook(self, layer)

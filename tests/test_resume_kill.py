@@ -1,5 +1,6 @@
-"""kill -9 at random moments, resume, repeat, until the run finishes; in each protocol the result is the
-uninterrupted run's: its numbers, per-image predictions, CSV logs byte for byte and TensorBoard scalars.
+"""Resume (orchestration.loop, orchestration.rundir) under kill -9 at random moments: kill, resume, repeat,
+until the run finishes; in each protocol the result is the uninterrupted run's: its numbers, per-image
+predictions, CSV logs byte for byte and TensorBoard scalars.
 A run that finishes before enough kills is followed by another, killed afresh, until there were enough.
 
 The moments: random times since the process started (start-up and imports included), and the moments
@@ -7,7 +8,7 @@ right after the run directory's lock is taken (start-up: before the configuratio
 checkpoint read), a checkpoint or ``results.json`` is written.
 Every attempt is the same command, as a requeue loop runs it: ``hydra.run.dir=D resume=D``.
 
-Minutes on a CPU: ``pytest -m killloop -s tests/test_killloop.py`` (``GIFT_CL_KILLLOOP_SEED`` draws the
+Minutes on a CPU: ``pytest -m killloop -s tests/test_resume_kill.py`` (``GIFT_CL_KILLLOOP_SEED`` draws the
 moments, ``GIFT_CL_KILLLOOP_KILLS`` is the number of kills per protocol, default 10).
 """
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runs import PROCEDURAL, REPO, TINY, env, results, run_py
+from runs import PROCEDURAL, REPO, TINY, env, results, run_py, tensorboard_scalars
 
 pytestmark = pytest.mark.killloop
 
@@ -80,15 +81,10 @@ def logs(run_dir: Path) -> dict:
 
 
 def scalars(run_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     out = {}
     for tb_dir in sorted((run_dir / "logs").rglob("tensorboard")):
         assert len(list(tb_dir.glob("events.out.tfevents.*"))) == 1, tb_dir
-        acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-        acc.Reload()
-        out[tb_dir.relative_to(run_dir)] = {t: [(e.step, e.value) for e in acc.Scalars(t)]
-                                            for t in acc.Tags()["scalars"]}
+        out[tb_dir.relative_to(run_dir)] = tensorboard_scalars(tb_dir)
     return out
 
 

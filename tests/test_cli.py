@@ -1,6 +1,6 @@
-"""Runs that cannot silently go wrong (README "Bad input and safety"): every way a user can make a run
-exit 0 with something wrong, or run code it should not, ends in one clear message (or the right behaviour).
-Through ``run.py`` where that is how a user meets it."""
+"""``run.py`` (orchestration.cli) given bad input: every way a user can make a run exit 0 with something wrong,
+or run code it should not, ends in one clear message (or the right behaviour). Through ``run.py`` where that is
+how a user meets it; the guarantees are listed in docs/guide/safety.md."""
 import os
 import pickle
 import shutil
@@ -225,3 +225,16 @@ def test_split_file_paths_must_stay_inside_the_root(tmp_path, bad):
     split.write_text("\n".join(lines) + "\n")
     err = fails(*TINY, "benchmark=vtab/dtd", f"benchmark.root={root}", f"hydra.run.dir={tmp_path / 'run'}")
     assert "DataError" in err and f"{split}:3" in err and bad in err
+
+
+def test_a_run_that_fails_before_training_leaves_no_half_made_directory(tmp_path):
+    """Data that cannot be built is found after the run has taken its directory: what the start wrote there
+    goes again, so no directory looks like a run that resume=true or the tools would pick up."""
+    from gift_cl.errors import library_user_errors
+    from orchestration.cli import run, user_error
+
+    cfg = compose_cfg(*PROCEDURAL, "threads=1", "benchmark.domains=[digits,no_such_domain]")
+    with pytest.raises(Exception) as err:
+        run(cfg, tmp_path / "run")
+    assert isinstance(user_error(err.value), library_user_errors()) and "no_such_domain" in str(err.value)
+    assert list((tmp_path / "run").iterdir()) == []

@@ -1,18 +1,28 @@
-"""What a run shows and logs: no progress bars where nobody can see them (a log file, a pipe), one line per
-epoch and evaluated experience instead; TensorBoard with every update's loss and learning rate, the run's
-configuration as hparams and its final numbers; W&B (offline) with the run config, project and group from
-the config, and the final numbers as its summary. Everything is read back the way a user's tools read it:
-TensorBoard's EventAccumulator, W&B's offline record file."""
+"""What a run shows and logs (orchestration.cli's console output and ``progress`` option, the TensorBoard and
+W&B loggers of strategies.evaluation): no progress bars where nobody can see them (a log file, a pipe), one
+line per epoch and evaluated experience instead; TensorBoard with every update's loss and learning rate, the
+run's configuration as hparams and its final numbers; W&B (offline) with the run config, project and group
+from the config, and the final numbers as its summary. Everything is read back the way a user's tools read
+it: TensorBoard's EventAccumulator, W&B's offline record file."""
 import json
 import re
-import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from runs import PROCEDURAL, REPO, compose_cfg, env, results, run_in_process, run_py
+from runs import (
+    PROCEDURAL,
+    REPO,
+    compose_cfg,
+    env,
+    results,
+    run_in_process,
+    run_py,
+    tensorboard_accumulator,
+    wandb_file,
+    wandb_records,
+)
 
 # TINY without progress=false: the default (progress=auto) is what is tested
 QUIET = ["model=vit_tiny_random", "threads=1", "optim.epochs=2", "optim.batch_size=16", *PROCEDURAL,
@@ -30,7 +40,7 @@ def piped_run(tmp_path_factory):
     return run_dir, proc
 
 
-# ----------------------------------------------------------------------------- item 1: logs worth reading
+# ----------------------------------------------------------------------------- console and progress
 def test_piped_output_has_no_progress_bars_and_one_line_per_epoch(piped_run):
     run_dir, proc = piped_run
     assert "\r" not in proc.stdout and "\r" not in proc.stderr  # no tqdm redraws in a pipe (progress=auto)
@@ -101,15 +111,7 @@ def test_a_bad_logger_option_stops_the_run_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# ----------------------------------------------------------------------------- item 2: TensorBoard
-def accumulator(tb_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return acc
-
-
+# ----------------------------------------------------------------------------- TensorBoard
 def hparams_of(acc) -> tuple[dict, list]:
     """The session's hparams ({name: value}) and the metric tags of the experiment, as the HParams tab reads them."""
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -126,7 +128,7 @@ def test_tensorboard_holds_updates_hparams_and_final_numbers(piped_run):
     res = results(run_dir)
     tb_dir = run_dir / "logs" / "tensorboard"
     assert len(list(tb_dir.glob("events.out.tfevents.*"))) == 1
-    acc = accumulator(tb_dir)
+    acc = tensorboard_accumulator(tb_dir)
     scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     updates = 2 * 2 * 3  # tasks x epochs x ceil(48 / 16) updates
     assert [s for s, _ in scalars["train/loss"]] == list(range(1, updates + 1))
@@ -154,41 +156,18 @@ def test_independent_tasks_each_get_hparams_and_their_accuracy(tmp_path):
     configuration as hparams (with its task) and its own final accuracy."""
     res = run_in_process(compose_cfg(*QUIET, "strategy=linear", "optim.epochs=1", "logger=tensorboard"), tmp_path)
     for task in TASKS:
-        acc = accumulator(tmp_path / "logs" / task / "tensorboard")
+        acc = tensorboard_accumulator(tmp_path / "logs" / task / "tensorboard")
         assert acc.Scalars("final/accuracy")[-1].value == pytest.approx(res["final_accuracy"][task])
         values, metric_tags = hparams_of(acc)
         assert values["task"] == task and metric_tags == ["final/accuracy"]
         assert len(acc.Scalars("train/loss")) == 3
 
 
-# ----------------------------------------------------------------------------- item 2: W&B
-def wandb_records(run_dir: Path) -> list:
-    """Every record of the offline run's ``.wandb`` file (W&B's record log: a 7-byte header, then records of
-    crc32, length, type and a protobuf ``Record``, in 32 KiB blocks)."""
-    from wandb.proto import wandb_internal_pb2
-
-    path = next((run_dir / "logs" / "wandb" / "latest-run").resolve().glob("*.wandb"))
-    data, pos, chunk, records = path.read_bytes(), 7, b"", []
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # a whole record, or the last piece of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunk)
-            records.append(record)
-            chunk = b""
-    return records
-
-
+# ----------------------------------------------------------------------------- W&B
 def test_wandb_gets_project_group_run_config_and_final_summary(piped_run):
     run_dir, _ = piped_run
     res = results(run_dir)
-    records = wandb_records(run_dir)
+    records = wandb_records(wandb_file(run_dir / "logs"))
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.project == "gift_cl_test" and run.run_group == "ux"
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
@@ -226,61 +205,3 @@ def test_wandb_options_are_checked():
         logger_options({"mlflow": {}})
     cfg = compose_cfg("logger=wandb", "logger.wandb.mode=online", "logger.wandb.entity=team")
     assert logger_options(cfg.logger)["wandb"]["entity"] == "team"
-
-
-def test_a_run_that_fails_before_training_leaves_no_half_made_directory(tmp_path):
-    """Data that cannot be built is found after the run has taken its directory: what the start wrote there
-    goes again, so no directory looks like a run that resume=true or the tools would pick up."""
-    from gift_cl.errors import library_user_errors
-    from orchestration.cli import run, user_error
-
-    cfg = compose_cfg(*PROCEDURAL, "threads=1", "benchmark.domains=[digits,no_such_domain]")
-    with pytest.raises(Exception) as err:
-        run(cfg, tmp_path / "run")
-    assert isinstance(user_error(err.value), library_user_errors()) and "no_such_domain" in str(err.value)
-    assert list((tmp_path / "run").iterdir()) == []
-
-
-# ----------------------------------------------------------------------------- the sweep runner
-def test_sweep_directory_names_keep_every_varying_key_and_the_seed():
-    from orchestration import sweep
-
-    recipe = ["model=vit_tiny_random", "benchmark=procedural", "benchmark.domains=[digits,pedestrians,signs,textures]",
-              "benchmark.n_train=2000", "benchmark.n_test=1000", "optim.batch_size=64", "optim.epochs=30"]
-    runs = [[f"strategy={s}", *recipe, f"optim.lr={lr}", f"seed={seed}"]
-            for s in ("gift_multitask", "lora_multitask") for lr in (0.003, 0.01) for seed in (0, 1, 2)]
-    assert len(",".join(runs[0])) > 150  # the old names cut this at 120 characters: the seed was lost
-    assert sweep.varying_keys(runs) == {"strategy", "optim.lr", "seed"}
-    names = [d.name for d in sweep.run_dirs(runs, Path("/nonexistent"))]
-    assert len(set(names)) == len(runs)
-    assert names[0] == f"strategy=gift_multitask,optim.lr=0.003,seed=0__{sweep.run_hash(runs[0])}"
-    # too many varying keys for the budget: keys shortened, then every item cut equally, none dropped
-    wide = [[f"strategy.method.config.block{i}=value_number_{i}_{j}" for i in range(12)] + [f"seed={j}"] for j in range(2)]
-    for run in wide:
-        name = sweep.run_name(run, sweep.varying_keys(wide))
-        assert len(name) <= sweep.MAX_NAME + 10 and name.count(",") == 12 and f"seed={run[-1][-1]}" in name
-
-
-def test_sweep_plan_and_status_answer_without_torch_and_find_runs_by_hash(tmp_path):
-    """A finished sweep called again prints its plan and ends without importing torch; --status likewise; a
-    run directory named by the old naming (same hash) is found and counted as the run's."""
-    from orchestration import sweep
-
-    plan = tmp_path / "plan.txt"
-    plan.write_text("strategy=gift_multitask model=vit_tiny_random seed=0,1\n")
-    runs = sweep.read_plans([str(plan)])
-    out = tmp_path / "out"
-    for run in runs:  # named as before: every override, no varying keys
-        (out / sweep.run_name(run)).mkdir(parents=True)
-        (out / sweep.run_name(run) / "results.json").write_text(json.dumps({"finished": True}))
-    assert sweep.run_dirs(runs, out) == [out / sweep.run_name(r) for r in runs]
-    code = ("import atexit, sys; atexit.register(lambda: print('heavy imports:', sorted({'torch', 'timm', "
-            "'avalanche'} & set(sys.modules)))); from orchestration.sweep import main; sys.exit(main(sys.argv[1:]))")
-    for args, expected in ((["--status"], '{"finished": 2, "started": 0, "pending": 0}'), ([], "plan: 2 runs, 2 finished")):
-        proc = subprocess.run([sys.executable, "-c", code, str(plan), "--out", str(out), *args], cwd=REPO, env=env(),
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0 and expected in proc.stdout + proc.stderr, proc.stderr
-        assert "heavy imports: []" in proc.stdout
-    index = (out / sweep.INDEX_FILE).read_text().splitlines()
-    assert index[0] == "directory\toverrides" and len(index) == 3
-    assert f"{sweep.run_name(runs[1])}\tstrategy=gift_multitask model=vit_tiny_random seed=1" in index

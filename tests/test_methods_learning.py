@@ -1,4 +1,4 @@
-"""Every method we ship learns something real on offline data, not only runs.
+"""gift_cl.methods: every method we ship learns something real on offline data, not only runs.
 
 The shipped backbone (pretrained on the procedural upstream domains) is fine-tuned for a few epochs
 on held-out procedural domains; each method must beat chance by a wide margin, and GIFT must beat the

@@ -1,4 +1,4 @@
-"""GPU as a first-class path, tested on CPU: device=auto, precision (bf16/fp16 autocast, the fp16 loss
+"""orchestration.device, the GPU path tested on CPU: device=auto, precision (bf16/fp16 autocast, the fp16 loss
 scaler), TF32, torch.compile wiring, loader settings, RNG state across devices. (Submitit jobs and their requeue:
 tests/test_sweep.py.)"""
 import contextlib

@@ -1,4 +1,4 @@
-"""Bad input and faults, round two (README "Bad input and safety"): a saved configuration instantiates only what
+"""gift_cl.config and the checks behind it (docs/guide/safety.md): a saved configuration instantiates only what
 the shipped configs name; a backbone checkpoint that does not fit is refused; every numeric argument of a method,
 generator or plug-in is range-checked before anything is built; a damaged ``results.json`` stops the analysis
 tools with one line naming the file and the field, and summarize.py averages only finished runs."""

@@ -1,7 +1,7 @@
 """ArtiHippo (Savadikar, Dai, Wu; arXiv 2303.08250): a mixture of experts grown in the final projection of
 every attention block (``blocks.l.attn.proj``) of a frozen ViT, one architecture per task.
 
-For each task and block the architecture holds one operation (``gift_cl.artihippo`` searches it):
+For each task and block the architecture holds one operation (:mod:`gift_cl.artihippo.search` finds it):
 
 - ``reuse`` an old expert as it is (``source``: the old task whose expert it is, or ``-1``, the pretrained
   projection, which every task may reuse or adapt like an old task's expert);
@@ -34,20 +34,9 @@ from torch import nn
 
 from ..gift import GiftConfig, GiftGenerator
 from ..lora import LoraAdapter
-from .base import FrozenBackboneModel
-
-OPS = ("reuse", "adapt", "new", "skip")
-PRETRAINED = -1  # the source id of the pretrained projection
-NEW_INITS = ("random", "pretrained")
-ADAPTS = ("lora", "gift")
-SEARCH = "search"  # module key prefix of the supernet's parts
-
-# An architecture: one (op, source) pair per block; source is an int for reuse/adapt, None for new/skip.
-Arch = list[tuple[str, Optional[int]]]
-
-
-def source_key(source: int) -> str:
-    return "pre" if source == PRETRAINED else str(source)
+from ..methods.base import FrozenBackboneModel
+from .arch import ADAPTS, NEW_INITS, OPS, PRETRAINED, SEARCH, Arch, source_key
+from .report import write_report
 
 
 class ExpertPool(nn.Module):
@@ -99,7 +88,6 @@ class ArtiHippo(FrozenBackboneModel):
             self._generator_params = sum(p.numel() for p in self._new_generator().parameters())
         self.arch: dict[int, Arch] = {}
         self.search_log: dict[int, dict] = {}  # what the search saw and chose, per task (for the report)
-        self.record_pretrained_keys()
 
     @property
     def depth(self) -> int:
@@ -377,8 +365,6 @@ class ArtiHippo(FrozenBackboneModel):
 
     def write_artifacts(self, run_dir, task_names: Sequence[str], final: bool) -> None:
         """Run-loop hook: ``artihippo.json`` (the grown architecture) and, at the end, ``artihippo.png``."""
-        from ..artihippo.report import write_report
-
         write_report(self.architecture_report(), run_dir, task_names, figure=final)
 
     def get_extra_state(self):

@@ -1,4 +1,4 @@
-"""Bad data cannot run code or go wrong in silence (README "Bad input and safety", round two): pickled
+"""Data files as gift_cl.data reads them cannot run code or go wrong in silence (docs/guide/safety.md): pickled
 data files are read with a restricted unpickler, every PIL mode is decoded right or refused, truncated
 images are found at load time, damaged caches are regenerated, one-class tasks and tasks listed twice
 are refused. Each through the loader functions the benchmark configs name, on format-exact fixtures."""
@@ -27,6 +27,7 @@ from gift_cl.data.vtab import load_vtab
 from orchestration.cli import user_error
 
 from fixtures import (
+    ID,
     write_cifar10,
     write_cifar100,
     write_fgvc,
@@ -38,7 +39,6 @@ from fixtures import (
 from runs import TINY, compose_cfg, run_py
 
 torch.set_num_threads(1)
-ID = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
 
 
 # ----------------------------------------------------------------------------- pickled data run no code
