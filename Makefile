@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run lint test test-all real-data test-real-data constraints clean notebooks pretrain
+.PHONY: install run lint test test-all real-data test-real-data constraints clean notebooks pretrain gpu-wheels gpu-check
 
 # pyproject.toml holds version ranges; constraints.txt the exact versions CI tests (`make constraints`).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -46,7 +46,7 @@ notebooks: install
 	GIFT_CL_RUN=$(RUN) GIFT_CL_BASELINE=$(BASELINE) $(VENV)/bin/jupyter execute --inplace analysis/notebooks/*.ipynb
 
 test-all: install  # also the slow and real-data checks
-	$(PY) -m pytest -q -m "not official_checkpoint"  # that one needs a released checkpoint: docs/development.md (kill loop included)
+	$(PY) -m pytest -q -m "not official_checkpoint and not gpu"  # those need a released checkpoint (docs/development.md), a GPU (make gpu-check); kill loop included
 
 # Installs the real Fashion-MNIST (31 MB, MIT) with apt; fails (never skips) if that does not work.
 real-data:
@@ -107,6 +107,17 @@ export FREEZE_CONSTRAINTS
 # Regenerate constraints.txt from the venv (after installing/upgrading and testing there).
 constraints:
 	$(PY) -c "$$FREEZE_CONSTRAINTS" > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+# A GPU machine without network (docs/guide/gpu.md "Checking a GPU"): `make gpu-wheels` here downloads the wheels it
+# lacks (avalanche-lib, Hydra, OmegaConf... pinned by constraints.txt, pure Python) into gpu_wheels/ (git-ignored:
+# carry it); `make gpu-check` there installs them offline and runs the CUDA tests, the ViT-B throughput benchmark
+# and the GPU reference runs in ~6 minutes (analysis/gpu/check.sh; GPU_CHECK_DRY=1: every step small, on the CPU).
+gpu-wheels:
+	PY=$(PY) analysis/gpu/wheels.sh
+
+GPU_CHECK_DRY ?= 0
+gpu-check:
+	GPU_CHECK_DRY=$(GPU_CHECK_DRY) analysis/gpu/check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .cache

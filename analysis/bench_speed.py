@@ -3,6 +3,8 @@
     python analysis/bench_speed.py                 # ViT-S/16, 224 px, batch 16, fp32 (the issue's reference)
     python analysis/bench_speed.py --quick         # a tiny ViT at 32 px: the same sections in a minute
     python analysis/bench_speed.py --model vit_base_patch16_224 --device cuda --repeats 20
+    python analysis/bench_speed.py --model vit_base_patch16_224 --device cuda --precision bf16 --batch-size 64 \
+        --sections train gen eval --goals gpu   # issue 20's GPU table (analysis/gpu/check.sh runs it)
 
 Every goal is a ratio of two measurements taken in the same run, alternating between the methods round by
 round (a round runs one step of every method), so a slow minute on a shared machine hits all methods alike.
@@ -15,7 +17,8 @@ Sections:
           the target layers' biases and the classifier train: the backward must still reach the first target
           layer, as GIFT's does, but there is no residual), GIFT-paca and GIFT-linear (factored residual, and the
           dense ``x ΔWᵀ`` form for reference), gift_cl's LoRA r8, peft LoRA r8 and the official GIFT v2 code
-          (when installed), and a 10-head GIFT-paca on batches whose samples span 1, 4 and 10 tasks.
+          (when installed), full fine-tuning (every parameter trained), and a 10-head GIFT-paca on batches
+          whose samples span 1, 4 and 10 tasks. Times are also given as training images per second.
   memory  peak memory of one step: CUDA ``max_memory_allocated``; on CPU (no allocator statistics) the bytes
           the autograd graph keeps for the backward (distinct storages saved for backward that did not exist
           before the step), which is where the methods differ.
@@ -32,10 +35,20 @@ Optional baselines (``pip install -e .[bench]`` for peft and the official code's
                   timm==0.9.8, so install it without dependencies (``pip install --no-deps <checkout>``) or
                   point ``--official-src`` (or ``$GIFT_OFFICIAL_SRC``) at a checkout's root.
 A baseline that cannot be imported is skipped with a message.
+
+Precision: ``--precision bf16`` runs every forward (training and eval) under ``torch.autocast(bfloat16)``, as a run
+with ``precision=bf16`` does; the loss is taken in fp32, weights and optimizer state stay fp32, and GIFT's
+generator runs with autocast off (as in training). TF32 is off on CUDA unless ``--tf32`` (a run's default,
+``tf32=true``: the fp32 matmuls that remain, GIFT's generator among them, use TF32).
+
+Goals: ``--goals speed`` (the default in fp32) checks issue 12's time ratios; ``--goals gpu`` (the default with
+bf16) issue 20's: GIFT-paca ≥ 1.0× peft LoRA r8's images/s and ≤ 1.0× its peak memory, ≥ 0.95× the frozen-backward
+floor's images/s, and a 10-task mixed batch ≤ 1.2× a single-task batch's time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import importlib
@@ -69,6 +82,13 @@ GOALS = [  # (label, numerator, denominator, target): numerator / denominator �
     ("mixed batch, 4 tasks / single task", "mixed-4", "mixed-1", 1.10),
     ("mixed batch, 10 tasks / single task", "mixed-10", "mixed-1", 1.20),
 ]
+# issue 20 (ViT-B/16, 224 px, bf16, batch 64 on a GPU): (label, numerator, denominator, target, kind)
+# kind "speed ≥": images/s ratio = denominator time / numerator time, at least target; "time ≤": time ratio, at most
+GPU_GOALS = [
+    ("GIFT-paca images/s / peft LoRA r8", "gift-paca", "peft-lora-r8", 1.00, "speed ≥"),
+    ("GIFT-paca images/s / frozen-backward floor", "gift-paca", "floor", 0.95, "speed ≥"),
+    ("mixed batch, 10 tasks / single task (time)", "mixed-10", "mixed-1", 1.20, "time ≤"),
+]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -79,6 +99,14 @@ def sync(device: torch.device) -> None:
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
+AMP: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # main() sets bf16 autocast
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, device) -> dict[str, list[float]]:
@@ -131,6 +159,11 @@ def peft_lora(base: nn.Module, targets, rank: int = 8):
     return model, None
 
 
+def full_finetune(base: nn.Module) -> nn.Module:
+    """Every parameter trained: the upper bound of the backward's and the optimizer's cost."""
+    return copy.deepcopy(base).requires_grad_(True)
+
+
 def official_gift(base: nn.Module, targets, src: Optional[str], rank: int = 16):
     mod, why = load_optional("gift.gift", src)
     if mod is None:
@@ -149,7 +182,9 @@ class Step:
         self.opt = torch.optim.AdamW(params, lr=1e-4)
 
     def __call__(self):
-        loss = F.cross_entropy(self.forward(self.model, self.x), self.y)
+        with AMP():
+            logits = self.forward(self.model, self.x)
+        loss = F.cross_entropy(logits.float(), self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -180,8 +215,9 @@ def step_memory(step: Step, device: torch.device) -> float:
             saved[s.data_ptr()] = s.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(step.forward(step.model, step.x), step.y)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), AMP():
+        logits = step.forward(step.model, step.x)
+    loss = F.cross_entropy(logits.float(), step.y)
     loss.backward()
     step.opt.zero_grad(set_to_none=True)
     return float(sum(saved.values()))
@@ -200,6 +236,8 @@ def bench_train(a, base, x, y, device):
         steps["gift-paca-dense"] = Step(gift(paca, residual="dense"), x, y)
         steps["gift-linear-dense"] = Step(gift(linear, residual="dense"), x, y)
     steps["lora-r8"] = Step(LoraModel(copy.deepcopy(base), rank=8, target_modules=targets), x, y)
+    if not a.no_full:
+        steps["full-ft"] = Step(full_finetune(base), x, y)
     skipped = {}
     model, why = peft_lora(base, targets)
     if model is None:
@@ -256,7 +294,7 @@ def bench_eval(a, base, x, device):
     stock = copy.deepcopy(base).to(device).eval()
     stock.load_state_dict(merged.state_dict())
     plain = copy.deepcopy(base).to(device).eval()
-    with torch.no_grad():
+    with torch.no_grad(), AMP():
         same = torch.equal(merged(x), stock(x))
         times = interleaved({"plain timm": lambda: plain(x), "merged": lambda: merged(x),
                              "unmerged (cached factors)": lambda: gift(x)}, a.repeats, 1, device)
@@ -316,6 +354,12 @@ def main(argv=None):
                    choices=["train", "gen", "eval", "layer"])
     p.add_argument("--no-dense", action="store_true", help="skip the dense-form reference runs in 'train'")
     p.add_argument("--no-mixed", action="store_true", help="skip the mixed-task batches in 'train'")
+    p.add_argument("--no-full", action="store_true", help="skip full fine-tuning in 'train'")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32, or the forward under torch.autocast in bf16/fp16 (loss, weights, optimizer in fp32)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls, as a run's tf32=true (default: off)")
+    p.add_argument("--goals", choices=["speed", "gpu"], default=None,
+                   help="speed: issue 12's time ratios; gpu: issue 20's (default: gpu with bf16/fp16, else speed)")
     p.add_argument("--official-src", default=os.environ.get("GIFT_OFFICIAL_SRC"),
                    help="root of a savadikarc/gift checkout (holding its gift/ package)")
     p.add_argument("--json", help="also write every measurement to this file")
@@ -323,12 +367,14 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    global clock
+    global clock, AMP
+    AMP = autocast_factory(a.precision, device)
+    a.goals = a.goals or ("speed" if a.precision == "fp32" else "gpu")
     a.clock = a.clock or ("cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall")
     clock = CLOCK[a.clock]
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as in the issue's reference
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32  # off: fp32 as in the issue's reference
+        torch.backends.cudnn.allow_tf32 = a.tf32
     if a.quick:
         name, kwargs, size = MODELS["quick"]
     else:
@@ -337,28 +383,40 @@ def main(argv=None):
     base = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
     x = torch.randn(a.batch_size, 3, size, size, device=device)
     y = torch.randint(0, 10, (a.batch_size,), device=device)
-    print(f"{name} {kwargs} batch {a.batch_size} fp32 on {device} ({torch.get_num_threads()} CPU threads), "
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    print(f"{name} {kwargs} batch {a.batch_size} {a.precision} on {gpu_name or device} "
+          f"({torch.get_num_threads()} CPU threads), "
           f"targets {a.targets}, {a.clock} clock, torch {torch.__version__}, timm {timm.__version__}")
-    report: dict = {"model": name, "batch_size": a.batch_size, "device": str(device), "targets": a.targets,
-                    "clock": a.clock, "threads": torch.get_num_threads()}
+    report: dict = {"model": name, "img_size": size, "batch_size": a.batch_size, "device": str(device),
+                    "gpu": gpu_name, "precision": a.precision, "tf32": a.tf32, "targets": a.targets, "clock": a.clock,
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                    "timm": timm.__version__}
 
     if "train" in a.sections:
         times, memory = bench_train(a, base, x, y, device)
         ref = "floor"
         print(f"\n== train step ({a.repeats} interleaved rounds after {a.warmup} warm-up) ==")
-        print(f"{'method':<20}{'median s':>10}{'min s':>10}{'× floor':>9}   {'memory MB':>10}{'× peft':>8}")
+        print(f"{'method':<20}{'median s':>10}{'min s':>10}{'img/s':>10}{'× floor':>9}   {'memory MB':>10}{'× peft':>8}")
         mem_ref = memory.get("peft-lora-r8") or memory.get("lora-r8")
         for k, ts in times.items():
             mem = memory.get(k)
             mem_s = f"{mem / 2**20:>10.1f}{mem / mem_ref:>8.4f}" if mem is not None else ""
-            t_s = f"{statistics.median(ts):>10.4f}{min(ts):>10.4f}{paired_ratio(times, k, ref):>9.3f}" if ts else " " * 29
+            t_s = (f"{statistics.median(ts):>10.4f}{min(ts):>10.4f}{a.batch_size / statistics.median(ts):>10.1f}"
+                   f"{paired_ratio(times, k, ref):>9.3f}" if ts else " " * 39)
             print(f"{k:<20}{t_s}   {mem_s}")
         if "peft-lora-r8" not in memory:
             print("(memory × peft: peft absent, relative to gift_cl's lora-r8)")
         report["train_s"] = times
+        report["train_images_per_s"] = {k: a.batch_size / statistics.median(ts) for k, ts in times.items() if ts}
         report["memory_bytes"] = memory
         report["memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "bytes saved for backward"
-        goals = [(label, paired_ratio(times, n, d), target) for label, n, d, target in GOALS]
+        if a.goals == "speed":
+            goals = [(label, paired_ratio(times, n, d), target) for label, n, d, target in GOALS]
+        else:
+            goals = []
+            for label, n, d, target, kind in GPU_GOALS:
+                r = paired_ratio(times, n, d)
+                goals.append((label, None if r is None else (1 / r if kind == "speed ≥" else r), target, kind))
         mem_r = memory["gift-paca"] / memory["peft-lora-r8"] if "peft-lora-r8" in memory else None
         goals.append(("GIFT-paca peak memory / peft LoRA r8", mem_r, 1.00))
     else:
@@ -376,9 +434,11 @@ def main(argv=None):
         ev, same = bench_eval(a, base, x, device)
         print("\n== eval forward, no grad ==")
         for k, ts in ev.items():
-            print(f"{k:<28}{statistics.median(ts):>10.4f} s   × plain {paired_ratio(ev, k, 'plain timm'):.3f}")
+            print(f"{k:<28}{statistics.median(ts):>10.4f} s {a.batch_size / statistics.median(ts):>10.1f} img/s"
+                  f"   × plain {paired_ratio(ev, k, 'plain timm'):.3f}")
         print(f"stock timm with the merged weights gives the merged model's logits bit for bit: {same}")
         report["eval_s"], report["merged_equals_stock_timm"] = ev, same
+        report["eval_images_per_s"] = {k: a.batch_size / statistics.median(ts) for k, ts in ev.items()}
         goals.append(("merged inference / plain timm", paired_ratio(ev, "merged", "plain timm"), 1.02))
 
     if "layer" in a.sections:
@@ -396,12 +456,14 @@ def main(argv=None):
         report["layers"] = rows
 
     if goals:
-        print("\n== goals (ratio of two measurements in this run; lower is better) ==")
-        for label, value, target in goals:
+        print("\n== goals (ratio of two measurements in this run) ==")
+        for label, value, target, *kind in goals:
+            sense = kind[0].split()[-1] if kind else "≤"
             if value is None:
-                print(f"{label:<46} {'n/a':>8}  (target ≤ {target}; not measured: a baseline missing or skipped)")
+                print(f"{label:<46} {'n/a':>8}  (target {sense} {target}; not measured: a baseline missing or skipped)")
             else:
-                print(f"{label:<46} {value:>8.3f}  target ≤ {target:<5} {'met' if value <= target else 'MISSED'}")
+                met = value >= target if sense == "≥" else value <= target
+                print(f"{label:<46} {value:>8.3f}  target {sense} {target:<5} {'met' if met else 'MISSED'}")
         report["goals"] = goals
     if a.json:
         with open(a.json, "w") as f:

@@ -191,6 +191,23 @@ class Range:
             raise ConfigError(f"{key}={value!r}: must be {self.describe()}")
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """The values a string argument may take (checked with the numbers, before anything is built)."""
+
+    values: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def check(self, value: Any, key: str) -> None:
+        if not self.contains(value):
+            raise ConfigError(f"{key}={value!r}: must be {self.describe()}")
+
+
 def _count(low: int, high: int) -> Range:
     return Range(low, high, integer=True)
 
@@ -205,7 +222,7 @@ WIDTH = 4096  # the largest rank / hidden size / cluster count a ViT generator o
 # Every numeric argument of every constructor a method, generator or plug-in config may name (a test keeps
 # this complete): a degenerate value (0 clusters, rank 0, mlp_ratio 0) would otherwise build a model that
 # trains nothing, or fail with a traceback deep inside the run.
-ARGUMENT_RANGES: dict[str, dict[str, Range]] = {
+ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
     "gift_cl.GiftConfig": {"rank": _count(1, WIDTH), "depth": _count(0, 64), "num_clusters": _count(1, WIDTH),
                            "num_heads": _count(1, 64), "mlp_ratio": _positive(16)},
     "gift_cl.methods.GiftMethod": {"anchor_weight": Range(0, 1e9)},
@@ -227,8 +244,10 @@ ARGUMENT_RANGES: dict[str, dict[str, Range]] = {
         "batch_size": _count(1, 10**6), "val_fraction": Range(0, 1, open_low=True, open_high=True),
         "max_val": _count(1, 10**9), "population": _count(1, 10**4), "generations": _count(0, 10**4),
         "parents": _count(1, 10**4), "mutation_prob": Range(0, 1), "eps_train": Range(0, 1), "eps_search": Range(0, 1),
-        "temperature": _positive(1e3), "pretrained_similarity": Range(-1, 1), "tolerance": Range(0, 1),
-        "eval_batch_size": _count(1, 10**6), "probe_steps": _count(0, 10**7), "new_lr_scale": _positive(1e3)},
+        "temperature": _positive(1e3), "pretrained_similarity": Range(-1, 1), "tolerance": Range(0, 1e6),
+        "eval_batch_size": _count(1, 10**6), "probe_steps": _count(0, 10**7), "new_lr_scale": _positive(1e3),
+        "level1": OneOf(("aux", "separate")), "tolerance_kind": OneOf(("absolute", "relative", "images")),
+        "choice": OneOf(("parameters", "flops"))},
 }
 
 # annotation -> (python types, how a message says it); a float argument takes an int too

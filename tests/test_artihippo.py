@@ -326,3 +326,43 @@ def test_level1_option_reaches_the_search_from_the_config():
     assert ArtiHippoSearch().cfg.level1 == "aux"  # the default is unchanged
     with pytest.raises(ValueError, match="level1"):
         SearchConfig(level1="uniform")
+
+
+def test_selection_tolerance_kinds_and_choices():
+    """Which near-best candidate is chosen: the tolerance as an accuracy margin, a fraction of the best (CHEEM)
+    or a count of search images, and the cheapest by added parameters (the default) or by FLOPs (CHEEM)."""
+    from gift_cl.artihippo.search import SearchConfig, choose
+
+    n_val = 40
+    reuse, new, skip = (("reuse", 0),), (("new", None),), (("skip", None),)
+    scores = {new: 30 / n_val, reuse: 29 / n_val, skip: 28 / n_val}  # one and two images below the best
+    costs = {new: (1000, 50), reuse: (0, 40), skip: (0, 10)}
+
+    def cost(arch):
+        return costs[tuple(arch)]
+
+    default = SearchConfig()  # 0.02 absolute: less than one image of 40, only the best qualifies
+    assert choose(scores, cost, default, n_val) == (new, [new])
+    one_image = SearchConfig(tolerance=1, tolerance_kind="images")
+    assert choose(scores, cost, one_image, n_val)[0] == reuse  # no parameters added; more accurate than skip
+    two_images = SearchConfig(tolerance=2, tolerance_kind="images")
+    assert choose(scores, cost, two_images, n_val)[0] == reuse  # params tie: accuracy decides before FLOPs
+    assert choose(scores, cost, SearchConfig(tolerance=2, tolerance_kind="images", choice="flops"), n_val)[0] == skip
+    # relative: 5 % of 0.75 = 0.0375 admits one image (0.025) below the best, not two (0.05)
+    assert sorted(choose(scores, cost, SearchConfig(tolerance=0.05, tolerance_kind="relative"), n_val)[1]) == \
+        sorted([new, reuse])
+    with pytest.raises(ValueError, match="tolerance_kind"):
+        SearchConfig(tolerance_kind="percent")
+    with pytest.raises(ValueError, match="tolerance=2"):
+        SearchConfig(tolerance=2)  # an accuracy margin above 1
+
+
+def test_search_options_checked_before_the_run_name_what_the_search_accepts():
+    from gift_cl.artihippo.sampling import HierarchicalSampler
+    from gift_cl.artihippo.search import SearchConfig
+    from gift_cl.config import ARGUMENT_RANGES
+
+    ranges = ARGUMENT_RANGES["gift_cl.artihippo.ArtiHippoSearch"]
+    assert ranges["level1"].values == tuple(HierarchicalSampler.LEVEL1)
+    assert ranges["tolerance_kind"].values == SearchConfig.TOLERANCE_KINDS
+    assert ranges["choice"].values == SearchConfig.CHOICES

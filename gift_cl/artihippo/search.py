@@ -6,10 +6,12 @@ of the best, the one that adds the fewest parameters (then the most accurate, th
 What comes from the sources and what is the project's own:
 
 - SPOS supernet + evolutionary search, exploration ε₁ (supernet) / ε₂ (search): ArtiHippo / CHEEM.
-- The selection rule is the project's own: CHEEM picks the fewest *FLOPs* within 2 % (relative) of the best
-  accuracy; here ``tolerance`` is an *absolute* accuracy margin and the primary key is the number of *added
-  parameters*. On a small search split the margin may be below one image (40 images: one image = 0.025), so
-  with the default 0.02 only exact ties qualify.
+- The selection rule: the candidates within ``tolerance`` of the best, then the cheapest by ``choice``. CHEEM's
+  rule is ``tolerance_kind="relative", tolerance=0.02, choice="flops"`` (the fewest FLOPs within 2 % of the
+  best accuracy). The default is the project's own: an *absolute* accuracy margin (``tolerance_kind=
+  "absolute"``) and the fewest *added parameters* first (``choice="parameters"``). On a small search split an
+  accuracy margin may be below one image (40 images: one image = 0.025, so 0.02 admits only exact ties);
+  ``tolerance_kind="images"`` states the margin in search images instead (``tolerance=2``: two images).
 - The task similarity is the project's simplification: one global cosine between mean frozen [CLS] features
   (:func:`similarities`); CHEEM computes it per layer along the old task's path.
 - The supernet's head warm-started as a linear probe (:func:`linear_probe`) and the ``new_lr_scale`` for new
@@ -71,6 +73,11 @@ class SearchConfig:
     probe_steps: int = 200
     new_lr_scale: float = 0.1
     level1: str = "aux"
+    tolerance_kind: str = "absolute"  # absolute | relative (CHEEM) | images (a count of search-split images)
+    choice: str = "parameters"  # parameters (the project's) | flops (CHEEM): the cheapest near-best candidate
+
+    TOLERANCE_KINDS = ("absolute", "relative", "images")
+    CHOICES = ("parameters", "flops")
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
@@ -85,6 +92,28 @@ class SearchConfig:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.level1 not in HierarchicalSampler.LEVEL1:
             raise ValueError(f"level1={self.level1!r}: must be one of {list(HierarchicalSampler.LEVEL1)}")
+        if self.tolerance_kind not in self.TOLERANCE_KINDS:
+            raise ValueError(f"tolerance_kind={self.tolerance_kind!r}: must be one of {list(self.TOLERANCE_KINDS)}")
+        if self.choice not in self.CHOICES:
+            raise ValueError(f"choice={self.choice!r}: must be one of {list(self.CHOICES)}")
+        if self.tolerance < 0 or (self.tolerance_kind != "images" and self.tolerance > 1):
+            raise ValueError(f"tolerance={self.tolerance}: must be in [0, 1] (an accuracy margin or fraction), or "
+                             f"a count of images >= 0 with tolerance_kind=images")
+
+    def margin(self, best: float, n_val: int) -> float:
+        """The accuracy margin below ``best`` within which a candidate counts as near-best."""
+        if self.tolerance_kind == "relative":
+            return self.tolerance * best
+        if self.tolerance_kind == "images":
+            return self.tolerance / n_val
+        return self.tolerance
+
+    def cost_key(self, params: int, flops: int, accuracy: float) -> tuple:
+        """How the near-best candidates are ranked (lowest first): ``choice``'s cost, then accuracy, then the
+        other cost."""
+        if self.choice == "flops":
+            return (flops, -accuracy, params)
+        return (params, -accuracy, flops)
 
 
 def split_indices(n: int, val_fraction: float, max_val: int, task: int) -> tuple[list[int], list[int]]:
@@ -159,11 +188,13 @@ def train_supernet(model, head: nn.Module, loader, sampler: HierarchicalSampler,
 
 
 def evolutionary_search(evaluate: Callable[[Arch], float], sampler: HierarchicalSampler, cost: Callable,
-                        cfg: SearchConfig, generator: Optional[torch.Generator] = None) -> tuple[Arch, dict]:
+                        cfg: SearchConfig, generator: Optional[torch.Generator] = None,
+                        n_val: int = 1) -> tuple[Arch, dict]:
     """SPOS's evolution (population, top-k parents, mutation and crossover, every path evaluated once), then
-    the computation-aware choice among the candidates within ``tolerance`` (absolute accuracy) of the best: the
-    fewest added parameters, then the best accuracy, then the fewest FLOPs. This rule is the project's own;
-    CHEEM's is the fewest FLOPs within 2 % of the best."""
+    the computation-aware choice among the candidates within the tolerance of the best
+    (:meth:`SearchConfig.margin`; ``n_val``: the search split's size) by :meth:`SearchConfig.cost_key`. By
+    default the fewest added parameters, then the best accuracy, then the fewest FLOPs (the project's rule);
+    ``choice="flops"`` with a relative tolerance is CHEEM's."""
     scores: dict[tuple, float] = {}
 
     def score(arch: Arch) -> None:
@@ -196,20 +227,35 @@ def evolutionary_search(evaluate: Callable[[Arch], float], sampler: Hierarchical
                 children.append(child)
         for child in children:
             score(child)
+    chosen, near = choose(scores, cost, cfg, n_val)
     best = max(scores.values())
-    near = [k for k, v in scores.items() if v >= best - cfg.tolerance]
-    # fewest added parameters first; among equally many, the most accurate; FLOPs break exact ties
-    # (ranking FLOPs before accuracy would let skip win every noisy tie against reuse)
-    chosen = min(near, key=lambda k: (cost(list(k))[0], -scores[k], cost(list(k))[1], k.__repr__()))
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     return list(chosen), {
         "evaluated": len(scores),
         "best_val_accuracy": best,
+        "near_best": len(near),
         "chosen_val_accuracy": scores[chosen],
         "best_arch": [list(op) for op in ranked[0][0]],
         "top": [{"arch": [list(op) for op in k], "val_accuracy": v, "added_parameters": cost(list(k))[0]}
                 for k, v in ranked[:5]],
     }
+
+
+def choose(scores: dict[tuple, float], cost: Callable, cfg: SearchConfig, n_val: int) -> tuple[tuple, list]:
+    """The chosen architecture among the evaluated ones (``scores``: search accuracy by architecture), and the
+    near-best candidates it was chosen from: those within :meth:`SearchConfig.margin` of the best, ranked by
+    :meth:`SearchConfig.cost_key` (``cost(arch)`` = added parameters, added FLOPs)."""
+    best = max(scores.values())
+    margin = cfg.margin(best, n_val)
+    near = [k for k, v in scores.items() if v >= best - margin - 1e-9]  # 1e-9: accuracies are counts / n_val
+    # default: fewest added parameters first, then the most accurate, FLOPs break exact ties (FLOPs first, as
+    # choice="flops", lets skip win every noisy tie against reuse on a small search split)
+
+    def rank(k: tuple) -> tuple:
+        params, flops = cost(list(k))
+        return (*cfg.cost_key(params, flops, scores[k]), repr(k))
+
+    return min(near, key=rank), near
 
 
 def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, device) -> tuple[Arch, dict]:
@@ -247,7 +293,7 @@ def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, 
             return correct / sum(len(y) for _, y in val)
 
         cost = lambda arch: (model.added_parameters(arch), model.added_flops(arch))  # noqa: E731
-        arch, evo = evolutionary_search(evaluate, sampler, cost, cfg, generator=gen)
+        arch, evo = evolutionary_search(evaluate, sampler, cost, cfg, generator=gen, n_val=len(val_idx))
     finally:
         model.drop_search_modules()
         model.train(was_training)
@@ -274,7 +320,7 @@ class ArtiHippoSearch(SupervisedPlugin):
                  parents: int = 4, mutation_prob: float = 0.25, eps_train: float = 0.3, eps_search: float = 0.5,
                  temperature: float = 0.2, pretrained_similarity: float = 0.0, tolerance: float = 0.02,
                  eval_batch_size: int = 256, probe_steps: int = 200, new_lr_scale: float = 0.1,
-                 level1: str = "aux"):
+                 level1: str = "aux", tolerance_kind: str = "absolute", choice: str = "parameters"):
         super().__init__()
         args = dict(locals())
         self.cfg = SearchConfig(**{k: v for k, v in args.items() if k not in ("self", "__class__")})
