@@ -247,7 +247,7 @@ ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
         "temperature": _positive(1e3), "pretrained_similarity": Range(-1, 1), "tolerance": Range(0, 1e6),
         "eval_batch_size": _count(1, 10**6), "probe_steps": _count(0, 10**7), "new_lr_scale": _positive(1e3),
         "level1": OneOf(("aux", "separate")), "tolerance_kind": OneOf(("absolute", "relative", "images")),
-        "choice": OneOf(("parameters", "flops"))},
+        "choice": OneOf(("parameters", "flops")), "similarity": OneOf(("global", "per_layer"))},
 }
 
 # annotation -> (python types, how a message says it); a float argument takes an int too

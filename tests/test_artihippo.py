@@ -366,3 +366,21 @@ def test_search_options_checked_before_the_run_name_what_the_search_accepts():
     assert ranges["level1"].values == tuple(HierarchicalSampler.LEVEL1)
     assert ranges["tolerance_kind"].values == SearchConfig.TOLERANCE_KINDS
     assert ranges["choice"].values == SearchConfig.CHOICES
+    assert ranges["similarity"].values == SearchConfig.SIMILARITIES
+
+
+def test_per_layer_similarity_records_each_task_along_its_own_path(tmp_path):
+    """similarity=per_layer (CHEEM's): every finished task records its mean [CLS] token after each block of its
+    own path; a new task's similarity to it is one cosine per block; a task's own data scores 1 at every block."""
+    from gift_cl.artihippo.search import layer_similarities
+
+    run = tiny_run(tmp_path, "strategy.plugins.0.similarity=per_layer", domains="[digits,pedestrians]", epochs=1)
+    run.train_and_evaluate()
+    model = run.model.eval()
+    assert sorted(model.layer_prototypes) == [0, 1]
+    assert all(p.shape == (model.depth, model.feature_dim) for p in model.layer_prototypes.values())
+    sims = model.search_log[1]["similarity"]
+    assert list(sims) == ["0"] and len(sims["0"]) == model.depth and all(-1 <= s <= 1 for s in sims["0"])
+    own = layer_similarities(model, run.experiences[0].dataset.eval(), 64, "cpu")
+    assert own[0] == pytest.approx([1.0] * model.depth, abs=1e-5)
+    assert sorted(model.get_extra_state()["layer_prototypes"]) == [0, 1]  # checkpointed with the model

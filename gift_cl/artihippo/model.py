@@ -88,6 +88,8 @@ class ArtiHippo(FrozenBackboneModel):
             self._generator_params = sum(p.numel() for p in self._new_generator().parameters())
         self.arch: dict[int, Arch] = {}
         self.search_log: dict[int, dict] = {}  # what the search saw and chose, per task (for the report)
+        # per task, the mean [CLS] token after every block along its own path (depth, D): the per-layer similarity
+        self.layer_prototypes: dict[int, torch.Tensor] = {}
 
     @property
     def depth(self) -> int:
@@ -288,19 +290,22 @@ class ArtiHippo(FrozenBackboneModel):
             return y + pool.lora[eid[1]](x)
         return y + F.linear(x, self._delta(pool, eid[1], eid[2]))
 
-    def run_path(self, x: torch.Tensor, path: Sequence) -> torch.Tensor:
-        """The pooled [CLS] feature with block ``l`` running expert ``path[l]`` (``None``: skip the attention)."""
+    def run_path(self, x: torch.Tensor, path: Sequence, cls_tokens: Optional[list] = None) -> torch.Tensor:
+        """The pooled [CLS] feature with block ``l`` running expert ``path[l]`` (``None``: skip the attention).
+        ``cls_tokens``: a list that receives the [CLS] token after every block (the per-layer similarity)."""
         bb = self.backbone
         x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
         for blk, pool, eid in zip(bb.blocks, self.pools, path):
             if eid is None:
                 x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-                continue
-            pool.route = lambda h, pool=pool, eid=eid: self._expert_out(pool, eid, h)
-            try:
-                x = blk(x)
-            finally:
-                pool.route = None
+            else:
+                pool.route = lambda h, pool=pool, eid=eid: self._expert_out(pool, eid, h)
+                try:
+                    x = blk(x)
+                finally:
+                    pool.route = None
+            if cls_tokens is not None:
+                cls_tokens.append(x[:, 0])
         return bb.forward_head(bb.norm(x), pre_logits=True)
 
     def task_path(self, task: int) -> list:
@@ -370,12 +375,14 @@ class ArtiHippo(FrozenBackboneModel):
     def get_extra_state(self):
         return {**super().get_extra_state(),
                 "arch": {t: [[op, src] for op, src in a] for t, a in self.arch.items()},
-                "search_log": self.search_log}
+                "search_log": self.search_log,
+                "layer_prototypes": {t: p.cpu() for t, p in self.layer_prototypes.items()}}
 
     def set_extra_state(self, state) -> None:
         super().set_extra_state(state)
         self.arch = {int(t): [(op, src) for op, src in a] for t, a in state["arch"].items()}
         self.search_log = {int(t): s for t, s in state.get("search_log", {}).items()}
+        self.layer_prototypes = {int(t): p for t, p in state.get("layer_prototypes", {}).items()}
         for task in sorted(self.arch):  # the modules exist before the children load their tensors
             self._build_task_modules(task)
 

@@ -45,13 +45,19 @@ def normalised(cos: float) -> float:
     return (1.0 + float(cos)) / 2.0
 
 
+def _at(similarity, block: int) -> float:
+    """A similarity at ``block``: the value itself (one per task) or its ``block``-th entry (per layer)."""
+    return float(similarity) if isinstance(similarity, (int, float)) else float(similarity[block])
+
+
 class HierarchicalSampler:
     """Samples one (op, source) per block for the task being searched, given its cosine similarity to
-    each old task (``similarity``: {old task: cos})."""
+    each old task (``similarity``: {old task: cos}, or {old task: [cos per block]} for the per-layer
+    similarity)."""
 
     LEVEL1 = ("aux", "separate")
 
-    def __init__(self, model, similarity: dict[int, float], temperature: float = 0.2,
+    def __init__(self, model, similarity: dict, temperature: float = 0.2,
                  pretrained_similarity: float = 0.0, generator: Optional[torch.Generator] = None,
                  level1: str = "aux"):
         if level1 not in self.LEVEL1:
@@ -67,7 +73,7 @@ class HierarchicalSampler:
             experts = {}
             if self.ops & {"reuse", "adapt"}:
                 for owner, users in model.candidates(l, old).items():
-                    sims = [similarity[t] for t in users]
+                    sims = [_at(similarity[t], l) for t in users]
                     if owner == PRETRAINED:
                         sims.append(pretrained_similarity)
                     experts[owner] = normalised(max(sims))

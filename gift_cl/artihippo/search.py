@@ -12,8 +12,10 @@ What comes from the sources and what is the project's own:
   "absolute"``) and the fewest *added parameters* first (``choice="parameters"``). On a small search split an
   accuracy margin may be below one image (40 images: one image = 0.025, so 0.02 admits only exact ties);
   ``tolerance_kind="images"`` states the margin in search images instead (``tolerance=2``: two images).
-- The task similarity is the project's simplification: one global cosine between mean frozen [CLS] features
-  (:func:`similarities`); CHEEM computes it per layer along the old task's path.
+- The task similarity: by default the project's simplification, one global cosine between mean frozen [CLS]
+  features (:func:`similarities`); ``similarity="per_layer"`` is CHEEM's, per block along the old task's path
+  (:func:`layer_similarities`: the new task's mean [CLS] token after block ``l`` of the old task's path against
+  the old task's own, recorded when it finished).
 - The supernet's head warm-started as a linear probe (:func:`linear_probe`) and the ``new_lr_scale`` for new
   experts are the project's own.
 
@@ -75,9 +77,11 @@ class SearchConfig:
     level1: str = "aux"
     tolerance_kind: str = "absolute"  # absolute | relative (CHEEM) | images (a count of search-split images)
     choice: str = "parameters"  # parameters (the project's) | flops (CHEEM): the cheapest near-best candidate
+    similarity: str = "global"  # global (one cosine of frozen [CLS] means) | per_layer (CHEEM: per block, along paths)
 
     TOLERANCE_KINDS = ("absolute", "relative", "images")
     CHOICES = ("parameters", "flops")
+    SIMILARITIES = ("global", "per_layer")
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:
@@ -96,6 +100,8 @@ class SearchConfig:
             raise ValueError(f"tolerance_kind={self.tolerance_kind!r}: must be one of {list(self.TOLERANCE_KINDS)}")
         if self.choice not in self.CHOICES:
             raise ValueError(f"choice={self.choice!r}: must be one of {list(self.CHOICES)}")
+        if self.similarity not in self.SIMILARITIES:
+            raise ValueError(f"similarity={self.similarity!r}: must be one of {list(self.SIMILARITIES)}")
         if self.tolerance < 0 or (self.tolerance_kind != "images" and self.tolerance > 1):
             raise ValueError(f"tolerance={self.tolerance}: must be in [0, 1] (an accuracy margin or fraction), or "
                              f"a count of images >= 0 with tolerance_kind=images")
@@ -154,6 +160,34 @@ def similarities(model, prototype: torch.Tensor) -> dict[int, float]:
     old task (the project's simplification; CHEEM computes it per layer along the old task's path)."""
     return {t: float(F.cosine_similarity(prototype, p.to(prototype.device), dim=0))
             for t, p in sorted(model.prototypes.items()) if t in model.arch}
+
+
+@torch.no_grad()
+def layer_means(model, dataset, path: list, batch_size: int, device) -> torch.Tensor:
+    """The mean [CLS] token after every block of ``path`` over ``dataset`` (un-augmented): ``(depth, D)``."""
+    total, n = None, 0
+    for x, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        tokens: list = []
+        model.run_path(x.to(device), path, cls_tokens=tokens)
+        batch = torch.stack(tokens).sum(1)
+        total = batch if total is None else total + batch
+        n += len(x)
+    assert total is not None, "an empty dataset has no mean"
+    return total / n
+
+
+def layer_similarities(model, dataset, batch_size: int, device) -> dict[int, list[float]]:
+    """CHEEM's task similarity, per block: for each old task with a recorded ``layer_prototypes`` entry, the
+    cosine between the new task's mean [CLS] token after block ``l`` of that task's path and the old task's own
+    (``{old task: [cos per block]}``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return {t: F.cosine_similarity(layer_means(model, dataset, model.task_path(t), batch_size, device),
+                                       model.layer_prototypes[t].to(device), dim=-1).tolist()
+                for t in sorted(model.layer_prototypes) if t in model.arch}
+    finally:
+        model.train(was_training)
 
 
 def train_supernet(model, head: nn.Module, loader, sampler: HierarchicalSampler, cfg: SearchConfig,
@@ -268,7 +302,8 @@ def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, 
     train_idx, val_idx = split_indices(len(dataset), cfg.val_fraction, cfg.max_val, task)
     feats, labels = frozen_features(model, dataset.eval(), cfg.eval_batch_size, device)
     prototype = feats.mean(0)
-    sims = similarities(model, prototype)
+    sims: dict = (layer_similarities(model, dataset.eval(), cfg.eval_batch_size, device)
+                  if cfg.similarity == "per_layer" else similarities(model, prototype))
     sampler = HierarchicalSampler(model, sims, cfg.temperature, cfg.pretrained_similarity, generator=gen,
                                   level1=cfg.level1)
     old = sorted(sims)
@@ -320,7 +355,8 @@ class ArtiHippoSearch(SupervisedPlugin):
                  parents: int = 4, mutation_prob: float = 0.25, eps_train: float = 0.3, eps_search: float = 0.5,
                  temperature: float = 0.2, pretrained_similarity: float = 0.0, tolerance: float = 0.02,
                  eval_batch_size: int = 256, probe_steps: int = 200, new_lr_scale: float = 0.1,
-                 level1: str = "aux", tolerance_kind: str = "absolute", choice: str = "parameters"):
+                 level1: str = "aux", tolerance_kind: str = "absolute", choice: str = "parameters",
+                 similarity: str = "global"):
         super().__init__()
         args = dict(locals())
         self.cfg = SearchConfig(**{k: v for k, v in args.items() if k not in ("self", "__class__")})
@@ -343,3 +379,20 @@ class ArtiHippoSearch(SupervisedPlugin):
         log.info("artihippo task %d: %s (supernet %.0fs, search %.0fs, val acc %.3f of best %.3f)", task,
                  " ".join(op if src is None else f"{op}:{src}" for op, src in arch), report["supernet_time_s"],
                  report["search_time_s"], report["chosen_val_accuracy"], report["best_val_accuracy"])
+
+    def after_training_exp(self, strategy, **kwargs):
+        """The per-layer similarity's record of the task just trained: its mean [CLS] token after every block
+        along its own path, over its training data (un-augmented)."""
+        if self.cfg.similarity != "per_layer":
+            return
+        model = strategy.model
+        (task,) = classes_per_task(strategy.experience.dataset)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            means = layer_means(model, strategy.experience.dataset.eval(), model.task_path(task),
+                                self.cfg.eval_batch_size, device)
+        finally:
+            model.train(was_training)
+        model.layer_prototypes[task] = means.cpu()
