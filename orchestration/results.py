@@ -47,6 +47,16 @@ def task_inference_accuracy(model, test_exps, batch_size: int, device: str) -> d
     return out
 
 
+def final_accuracies(protocol: str, matrix: list[list[float]]) -> list[float]:
+    """Each task's accuracy at the end of a run of ``protocol`` (:meth:`gift_cl.protocols.Protocol.final_accuracies`)."""
+    return get_protocol(protocol).final_accuracies(matrix)
+
+
+def experience_times(protocol: str, seconds: list[float], n_tasks: int) -> list[Optional[float]]:
+    """``results.csv``'s ``train_time_s`` per task (:meth:`gift_cl.protocols.Protocol.experience_times`)."""
+    return get_protocol(protocol).experience_times(seconds, n_tasks)
+
+
 def _data_seed(cfg: DictConfig):
     """The seed that drew the data: ``benchmark.data_seed`` (procedural), ``benchmark.class_order_seed``
     (Avalanche's class-split benchmarks), else the run's seed (loaders with a fixed split)."""

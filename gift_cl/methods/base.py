@@ -143,6 +143,8 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         ``task``'s parameters (``None``: none, the pretrained behaviour)."""
         return serving(self, task)
 
+    plugin_task = serving  # the name plug-in code uses for the same scope
+
     # --------------------------------------------------------------- Avalanche integration
     @property
     def tasks(self) -> list[int]:
