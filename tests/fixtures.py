@@ -415,3 +415,51 @@ def write_core50(root: str, mini: bool = False, run: int = 0, per_class: int = 2
             f.write("\n".join(rows) + "\n")
         out[scenario] = {"batches": batches, "test_labels": [y for y in test for _ in range(per_class)]}
     return out
+
+
+# ----------------------------------------------------------------------------- ImageNet-R
+def write_imagenet_r(
+    root: str,
+    wnids: Iterable[str],
+    per_class: int | Iterable[int] = 5,
+    layout: str = "flat",
+    test_per_class: Optional[int] = None,
+    size: tuple[int, int] = (24, 18),
+) -> dict:
+    """Write ImageNet-R as ``imagenet-r.tar`` unpacks (``layout="flat"``: ``root/<wnid>/<style>_<i>.jpg`` and
+    ``root/README.txt``) or pre-split (``layout="folders"``: ``root/{train,test}/<wnid>/...``, LAMDA-PILOT's layout).
+
+    Args:
+        wnids: the class folders, in any order; a class's label is its index in the *sorted* wnids, and its
+            images are filled with ``class_value(label)``.
+        per_class: images a class (one count for all, or one per wnid in the order given); with
+            ``layout="folders"`` the train images.
+        test_per_class: ``layout="folders"``: test images a class (default: half of per_class, at least 1).
+
+    Returns ``{split: {wnid: [relative paths, sorted]}}`` with split ``all`` (flat) or ``train`` and ``test``.
+    """
+    wnids = list(wnids)
+    counts = [per_class] * len(wnids) if isinstance(per_class, int) else list(per_class)
+    label = {w: k for k, w in enumerate(sorted(wnids))}
+    styles = ("art", "cartoon", "sketch", "toy")
+    os.makedirs(root, exist_ok=True)
+    out: dict = {}
+    if layout == "flat":
+        with open(os.path.join(root, "README.txt"), "w") as f:
+            f.write("ImageNet-R: 200 classes, renditions of ImageNet classes (fixture)\n")
+        plan = {"all": ("", counts)}
+    elif layout == "folders":
+        plan = {"train": ("train", counts),
+                "test": ("test", [test_per_class if test_per_class is not None else max(1, n // 2) for n in counts])}
+    else:
+        raise ValueError(f"layout={layout!r}: flat or folders")
+    for split, (sub, split_counts) in plan.items():
+        out[split] = {}
+        for w, n in zip(wnids, split_counts):
+            rel = [os.path.join(sub, w, f"{styles[i % len(styles)]}_{split}_{i}.jpg") if sub
+                   else os.path.join(w, f"{styles[i % len(styles)]}_{i}.jpg") for i in range(n)]
+            for r in rel:
+                save_image(os.path.join(root, r), label[w], size)
+            os.makedirs(os.path.join(root, sub, w), exist_ok=True)  # a class of 0 images: an empty folder
+            out[split][w] = sorted(rel)
+    return out

@@ -11,6 +11,11 @@ Nothing is downloaded: the files are read from ``root``. The class split follows
 with ``class_ids_from_zero_in_each_exp=True``), so ``split_mnist`` with seed 0 has the same class
 order as ``avalanche.benchmarks.classic.SplitMNIST(5, seed=0, return_task_id=True)``.
 
+Class-incremental splits ("B<base> Inc<inc>", as in L2P, CODA-Prompt and LAMDA-PILOT): ``first_task_classes``
+gives the first task's classes and ``n_experiences`` the number of tasks, the rest equal (:func:`split_classes`);
+``class_order_rule=pilot`` shuffles the classes as LAMDA-PILOT does (:func:`class_order`). Every task's
+``info`` records its original ``classes`` and its ``class_offset`` (classes in all earlier tasks).
+
 On-disk layouts (the default ``root`` is where Avalanche itself would have downloaded the data,
 ``~/.avalanche/data/<dataset>``, so a machine that ran Avalanche online once has them)::
 
@@ -207,9 +212,20 @@ def list_tiny_imagenet(name: str, root: str, train: bool) -> tuple[str, list[str
 
 
 # ----------------------------------------------------------------------------- class split
+CLASS_ORDER_RULES = ("avalanche", "pilot")
+
+
 def class_order(classes: Sequence[int], class_order_seed: Optional[int], fixed_class_order=None,
-                shuffle: bool = True) -> list[int]:
-    """Avalanche's ``nc_benchmark`` order: fixed, or the sorted classes permuted by ``randperm``."""
+                shuffle: bool = True, rule: str = "avalanche") -> list[int]:
+    """The order the classes are split into tasks in: ``fixed_class_order``; else, with ``shuffle``, the
+    sorted classes permuted with ``class_order_seed`` by ``rule``; else the sorted classes.
+
+    ``rule="avalanche"``: Avalanche's ``nc_benchmark`` (``torch.randperm`` after ``manual_seed(seed)``).
+    ``rule="pilot"``: LAMDA-PILOT's ``DataManager`` (``np.random.seed(seed); np.random.permutation(n)``,
+    its default seed 1993), drawn from a private ``np.random.RandomState(seed)`` (the same numbers, the
+    global numpy state untouched); the permutation indexes the sorted classes, as PILOT's ImageFolder labels.
+    """
+    check_choice(rule, CLASS_ORDER_RULES, "class_order_rule")
     classes = sorted(int(c) for c in classes)
     if fixed_class_order is not None:
         order = [int(c) for c in fixed_class_order]
@@ -221,15 +237,49 @@ def class_order(classes: Sequence[int], class_order_seed: Optional[int], fixed_c
     if class_order_seed is None:
         raise DataError("class_order_seed is null: give a seed (or fixed_class_order, or shuffle=false) so "
                         "the class order is reproducible")
-    g = torch.Generator().manual_seed(int(class_order_seed))
-    return [classes[i] for i in torch.randperm(len(classes), generator=g).tolist()]
+    if rule == "pilot":
+        perm = np.random.RandomState(int(class_order_seed)).permutation(len(classes)).tolist()
+    else:
+        g = torch.Generator().manual_seed(int(class_order_seed))
+        perm = torch.randperm(len(classes), generator=g).tolist()
+    return [classes[i] for i in perm]
 
 
-def split_classes(order: Sequence[int], n_experiences: int) -> list[list[int]]:
-    if n_experiences < 1 or len(order) % n_experiences:
-        raise DataError(f"n_experiences={n_experiences} does not divide the {len(order)} classes evenly")
-    k = len(order) // n_experiences
-    return [list(order[i * k:(i + 1) * k]) for i in range(n_experiences)]
+def split_classes(order: Sequence[int], n_experiences: int,
+                  first_task_classes: Optional[int] = None) -> list[list[int]]:
+    """The classes of every task, in order: the class-incremental "B<base> Inc<inc>" increments.
+
+    ``first_task_classes=None``: ``n_experiences`` equal tasks (B0 Inc ``n/n_experiences``), which must
+    divide the classes. ``first_task_classes=B``: ``n_experiences`` tasks in all, the first with ``B``
+    classes, the other ``n_experiences - 1`` sharing the remaining classes equally (B50 Inc10 on
+    CIFAR-100 is ``first_task_classes=50, n_experiences=6``); a remainder that does not divide evenly is
+    refused (LAMDA-PILOT would append a smaller last task).
+    """
+    n = len(order)
+    if first_task_classes is None:
+        if n_experiences < 1 or n % n_experiences:
+            raise DataError(f"n_experiences={n_experiences} does not divide the {n} classes evenly")
+        sizes = [n // n_experiences] * n_experiences
+    else:
+        if isinstance(first_task_classes, bool) or not isinstance(first_task_classes, (int, np.integer)) \
+                or not 1 <= first_task_classes <= n:
+            raise DataError(f"first_task_classes={first_task_classes!r} must be an integer in [1, {n}] (the "
+                            f"first task's classes, of {n}); null splits the classes equally")
+        base = int(first_task_classes)
+        rest, later = n - base, n_experiences - 1
+        if n_experiences < 1 or (later == 0 and rest) or (later > 0 and (rest == 0 or rest % later)):
+            raise DataError(f"first_task_classes={base}, n_experiences={n_experiences}: the {rest} classes after "
+                            f"the first task do not split evenly into {max(later, 0)} further task(s) "
+                            f"(n_experiences counts every task, the first included; B{base} Inc<k> on {n} "
+                            f"classes needs n_experiences = 1 + {rest}/k)")
+        sizes = [base] + ([rest // later] * later if later else [])
+    starts = np.cumsum([0] + sizes).tolist()
+    return [list(order[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+
+
+def class_offsets(tasks_classes: Sequence[Sequence[int]]) -> list[int]:
+    """How many classes all earlier tasks hold, per task (a class-incremental head's first index)."""
+    return np.cumsum([0] + [len(c) for c in tasks_classes[:-1]]).tolist() if tasks_classes else []
 
 
 def _select(labels: np.ndarray, task_classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -273,21 +323,33 @@ def load_split(
     verify_images: bool = False,
     train_per_class: Optional[int] = None,
     test_per_class: Optional[int] = None,
+    first_task_classes: Optional[int] = None,
+    class_order_rule: str = "avalanche",
 ) -> list[TaskData]:
     """SplitMNIST / SplitFMNIST / SplitCIFAR10 / SplitCIFAR100 / SplitTinyImageNet as task-incremental tasks.
 
     Args:
         name: one of ``SPLIT_BENCHMARKS``.
         root: the dataset folder (module docstring); ``None`` = Avalanche's default location.
-        n_experiences: tasks; must divide the number of classes.
+        n_experiences: tasks; must divide the number of classes (with ``first_task_classes``: all tasks,
+            the first included, and must divide the classes after the first task).
         class_order_seed, fixed_class_order, shuffle: the class order, as in Avalanche's ``nc_benchmark``.
+        first_task_classes: the class-incremental "B<base> Inc<inc>" split (:func:`split_classes`): the
+            first task's classes; ``None`` (default) splits all classes equally (B0).
+        class_order_rule: how ``class_order_seed`` shuffles the classes (:func:`class_order`):
+            ``avalanche`` (default; Avalanche's ``nc_benchmark``) or ``pilot`` (LAMDA-PILOT's
+            ``np.random.seed(seed); np.random.permutation(n)``; its runs use seed 1993).
         image_size, mean, std: the backbone's input size and normalisation.
         cache_decoded, verify_images: Tiny ImageNet only: decode every JPEG once into RAM (at its
             native 64 px) / check every file decodes, at load time.
         train_per_class, test_per_class: keep only the first k images of every class (file order),
             for quick runs on a CPU; ``None`` keeps all. Recorded in each task's ``info``.
+
+    Every task's ``info`` holds ``classes`` (the original class ids of the task, in label order) and
+    ``class_offset`` (the number of classes in all earlier tasks).
     """
     check_choice(name, SPLIT_BENCHMARKS, "benchmark")
+    check_choice(class_order_rule, CLASS_ORDER_RULES, "class_order_rule")
     root = os.path.expanduser(str(root if root is not None else default_root(name)))
     if not os.path.isdir(root):
         raise missing(name, root, "the folder does not exist")
@@ -310,14 +372,16 @@ def load_split(
         class_names = None
 
     train_labels = splits[True][-1]
-    order = class_order(np.unique(train_labels), class_order_seed, fixed_class_order, shuffle)
+    order = class_order(np.unique(train_labels), class_order_seed, fixed_class_order, shuffle, class_order_rule)
     for train in (True, False):
         bad = np.setdiff1d(np.unique(splits[train][-1]), np.unique(train_labels))
         if bad.size:
             raise DataError(f"{root}: the {'train' if train else 'test'} split has classes {bad.tolist()} "
                             "that the training split lacks")
+    split = split_classes(order, n_experiences, first_task_classes)
+    offsets = class_offsets(split)
     tasks = []
-    for t, task_classes in enumerate(split_classes(order, n_experiences)):
+    for t, task_classes in enumerate(split):
         parts = {}
         for train in (True, False):
             idx, y = _select(splits[train][-1], task_classes)
@@ -329,7 +393,8 @@ def load_split(
             else:
                 parts[train] = ArrayDataset(splits[train][0][idx], y.tolist(), tf)
         info = {"benchmark": f"avalanche/{name}", "experience": t, "classes": task_classes,
-                "image_size": int(image_size), "train_per_class": train_per_class, "test_per_class": test_per_class, "n_train": len(parts[True]), "n_eval": len(parts[False]),
+                "class_offset": offsets[t], "image_size": int(image_size), "train_per_class": train_per_class,
+                "test_per_class": test_per_class, "n_train": len(parts[True]), "n_eval": len(parts[False]),
                 "eval_split": "test" if name != "split_tiny_imagenet" else "val"}
         if class_names is not None:
             info["class_names"] = [class_names[c] for c in task_classes]
