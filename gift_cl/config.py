@@ -70,9 +70,30 @@ def _backbone_data(key: str, *, _parent_) -> object:
     return ListConfig(value) if isinstance(value, list) else value
 
 
+# a protocol other than the method's home one is named by this suffix (gift_multitask, gift_joint)
+PROTOCOL_SUFFIX = {"independent": "independent", "sequential": "multitask", "joint": "joint"}
+
+
+def strategy_name(method: str, home_protocol: str, *own_plugins: str, _parent_) -> str:
+    """``strategy.name`` of a run of ``method`` (``${strategy_name:lora,independent}`` in ``configs/method/``): the
+    method's name, ``_<protocol>`` appended when the run's protocol is not the method's home one
+    (``lora_multitask``), then the continual-learning plugins' names (``strategy.plugins`` keys, ``cl=...``) other
+    than the method's own (``own_plugins``: ArtiHippo's search) (``lora_multitask_ewc``); the plain shared model with them is named by them alone
+    (``naive`` + ``cl=ewc`` is ``ewc``). The shipped ``strategy=<name>`` combinations are named so."""
+    strategy = _parent_
+    protocol = str(strategy.get("protocol", home_protocol))
+    name = str(method) if protocol == home_protocol else f"{method}_{PROTOCOL_SUFFIX.get(protocol, protocol)}"
+    plugins = strategy.get("plugins")
+    extra = [str(k) for k in plugins if str(k) not in own_plugins] if isinstance(plugins, DictConfig) else []
+    if extra:
+        name = "_".join(extra) if name == "naive" else "_".join([name, *extra])
+    return name
+
+
 # name -> resolver. Neither is cached by OmegaConf: the key alone ("mean") does not identify the backbone
 # (backbones.py caches what is costly)
-RESOLVERS: dict[str, Callable[..., Any]] = {"asset": asset_path, "backbone_data": _backbone_data}
+RESOLVERS: dict[str, Callable[..., Any]] = {"asset": asset_path, "backbone_data": _backbone_data,
+                                             "strategy_name": strategy_name}
 PROJECT_RESOLVERS = tuple(RESOLVERS)  # the only resolvers a saved configuration may use
 
 
@@ -144,7 +165,13 @@ def allowed_targets() -> dict[str, frozenset[str]]:
             if extra:
                 found.setdefault(slot, set()).update(extra)
                 changed = True
-    return {slot: frozenset(targets) for slot, targets in found.items()}
+    # Avalanche plugins are named (strategy.plugins.<name>); a configuration that lists them (strategy.plugins[])
+    # may name the same constructors
+    listed = found.setdefault("strategy.plugins[]", set())
+    for slot, targets in list(found.items()):
+        if slot.startswith("strategy.plugins.") and slot.count(".") == 2:
+            listed.update(targets)
+    return {slot: frozenset(targets) for slot, targets in found.items() if targets}
 
 
 # positional arguments the run itself passes (not the configuration): a method gets the backbone

@@ -226,7 +226,7 @@ def config_dir() -> str:
     return str(Path(spec.submodule_search_locations[0]).resolve() / "configs")
 
 
-RESOLVER_NAMES = ("asset", "backbone_data")  # gift_cl.config.RESOLVERS' names (a test keeps them equal)
+RESOLVER_NAMES = ("asset", "backbone_data", "strategy_name")  # gift_cl.config.RESOLVERS' names (a test keeps them equal)
 
 
 def defer_resolvers() -> None:

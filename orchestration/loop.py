@@ -42,6 +42,16 @@ log = logging.getLogger("gift_cl")
 
 
 
+def strategy_plugins(node) -> list:
+    """The strategy's Avalanche plugins: ``strategy.plugins`` maps names to plugin configs (``cl=ewc`` adds ``ewc``;
+    a method's own, e.g. ArtiHippo's search), in the order the configuration composed them; a list is taken as it
+    is."""
+    if node is None:
+        return []
+    items = node.values() if isinstance(node, DictConfig) else node
+    return [instantiate(item) for item in items]
+
+
 def experience_accuracies(metrics: dict, test_exps) -> list[float]:
     row = []
     for exp in test_exps:
@@ -87,7 +97,7 @@ class Run:
         seed_everything(cfg.seed)  # independent: every task starts from the same seed, whatever ran before
         backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
         self.model = instantiate(cfg.strategy.method, backbone)
-        self.plugins = list(instantiate(cfg.strategy.plugins) or [])
+        self.plugins = strategy_plugins(cfg.strategy.get("plugins"))
         checkpoints = EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)
         self.strategy = TaskAwareStrategy(
             model=self.model,
@@ -247,7 +257,7 @@ class Run:
 
     def write_results(self, final: bool) -> dict:
         inference = None
-        if final and not self.protocol.fresh_model_per_task and len(self.tasks) > 1 and self.cfg.strategy.task_inference:
+        if final and not self.protocol.fresh_model_per_task and len(self.tasks) > 1 and self.cfg.strategy.get("task_inference", True):
             inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.env.device)
         counts = None if self.protocol.fresh_model_per_task else self.model.trainable_parameter_count()
         results = write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)

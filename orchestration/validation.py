@@ -62,7 +62,7 @@ def validate(cfg: DictConfig, *, command_line: bool = False) -> None:
     if unknown:
         raise ConfigError(f"strategy.{sorted(unknown)[0]}: unknown key; allowed: {sorted(STRATEGY_KEYS)}")
     _choice(strategy.protocol, "strategy.protocol", tuple(PROTOCOLS))
-    _choice(strategy.task_inference, "strategy.task_inference", (True, False))
+    _choice(strategy.get("task_inference", True), "strategy.task_inference", (True, False))
     if "generator" in cfg:  # first: strategy.method.config is ${generator}, the key a user sets
         check_arguments(cfg.generator, "generator", command_line)
     check_arguments(strategy.method, "strategy.method", command_line)
@@ -73,9 +73,11 @@ def validate(cfg: DictConfig, *, command_line: bool = False) -> None:
             instantiate(strategy.method.config)
         except Exception as err:  # noqa: BLE001 (the generator config's own checks: block, rank, heads)
             raise ConfigError(f"generator: {getattr(err, '__cause__', None) or err}") from None
-    plugins = strategy.plugins if strategy.plugins is not None else []
-    if not isinstance(plugins, ListConfig):
-        raise ConfigError("strategy.plugins: must be a list of plugin configs")
+    plugins = strategy.get("plugins")
+    if plugins is not None and (not isinstance(plugins, (ListConfig, DictConfig))
+                                or (isinstance(plugins, DictConfig) and "_target_" in plugins)):
+        raise ConfigError("strategy.plugins: must map names to plugin configs (cl=ewc adds strategy.plugins.ewc), "
+                          "or list plugin configs")
     check_instantiable(plugins, "strategy.plugins", command_line=command_line)
     # ----------------------------------------------------------- optimisation
     fields = {f.name for f in dataclasses.fields(OptimConfig)}

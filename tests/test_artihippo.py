@@ -174,14 +174,14 @@ def test_candidates_dedupe_reused_experts():
 def tiny_run(run_dir, *overrides, domains="[digits,pedestrians,signs]", epochs=2, checkpoint_every=0):
     cfg = compose_cfg("strategy=artihippo", f"optim.epochs={epochs}", "optim.batch_size=16",
                       f"benchmark.domains={domains}", "benchmark.n_train=48", "benchmark.n_test=24",
-                      f"checkpoint_every={checkpoint_every}", "strategy.plugins.0.population=4",
-                      "strategy.plugins.0.generations=2", *overrides)
+                      f"checkpoint_every={checkpoint_every}", "strategy.plugins.artihippo_search.population=4",
+                      "strategy.plugins.artihippo_search.generations=2", *overrides)
     return Run(cfg, run_dir)
 
 
 def test_old_tasks_never_change_bitwise(tmp_path):
     run = tiny_run(tmp_path, "strategy.method.adapt=gift", "strategy.method.new_init=pretrained",
-                   "strategy.plugins.0.tolerance=1.0", "strategy.method.ops=[reuse,adapt,new]")
+                   "strategy.plugins.artihippo_search.tolerance=1.0", "strategy.method.ops=[reuse,adapt,new]")
     experiences = run.experiences
     run.experiences = experiences[:1]
     run.train_and_evaluate()
@@ -319,9 +319,9 @@ def test_level1_option_reaches_the_search_from_the_config():
 
     from runs import compose_cfg
 
-    cfg = compose_cfg("strategy=artihippo", "strategy.plugins.0.level1=separate")
+    cfg = compose_cfg("strategy=artihippo", "strategy.plugins.artihippo_search.level1=separate")
     validate(cfg)
-    assert cfg.strategy.plugins[0].level1 == "separate"
+    assert cfg.strategy.plugins.artihippo_search.level1 == "separate"
     assert ArtiHippoSearch(level1="separate").cfg.level1 == "separate"
     assert ArtiHippoSearch().cfg.level1 == "aux"  # the default is unchanged
     with pytest.raises(ValueError, match="level1"):
@@ -374,7 +374,7 @@ def test_per_layer_similarity_records_each_task_along_its_own_path(tmp_path):
     own path; a new task's similarity to it is one cosine per block; a task's own data scores 1 at every block."""
     from gift_cl.artihippo.search import layer_similarities
 
-    run = tiny_run(tmp_path, "strategy.plugins.0.similarity=per_layer", domains="[digits,pedestrians]", epochs=1)
+    run = tiny_run(tmp_path, "strategy.plugins.artihippo_search.similarity=per_layer", domains="[digits,pedestrians]", epochs=1)
     run.train_and_evaluate()
     model = run.model.eval()
     assert sorted(model.layer_prototypes) == [0, 1]

@@ -79,6 +79,17 @@ optim:
   lr: 1.0e-2
 """
 
+METHOD_CONFIG = """\
+# @package _global_
+strategy:
+  name: ${strategy_name:my_method,independent}
+  method:
+    _target_: my_methods.ScaleShift
+    init_scale: 1.0
+optim:
+  lr: 1.0e-2
+"""
+
 # two small domains, one epoch: a few seconds
 QUICK = ["model=vit_tiny_random", "threads=1", "progress=false", "optim.epochs=1", "optim.batch_size=16",
          *PROCEDURAL, "benchmark.domains=[digits,signs]"]
@@ -93,6 +104,8 @@ def user_package(tmp_path) -> tuple[Path, Path, Path]:
     (src / "my_methods" / "__init__.py").write_text(METHOD)
     (configs / "strategy").mkdir(parents=True)
     (configs / "strategy" / "my_method.yaml").write_text(CONFIG.format(log=log))
+    (configs / "method").mkdir()
+    (configs / "method" / "my_method.yaml").write_text(METHOD_CONFIG)
     return src, configs, log
 
 
@@ -231,3 +244,23 @@ def test_resolvers_are_registered_explicitly_and_saved_configs_register_their_ow
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split()
     assert lines[0].endswith("gift_cl/assets/vit_formula.safetensors") and lines[1].endswith("gift_cl/assets/x")
+
+
+def test_a_users_method_file_joins_the_matrix(tmp_path, user_package):
+    """``my_configs/method/my_method.yaml`` on the search path: the user's method in any protocol, with the
+    shipped cl plugins, named as the shipped methods are."""
+    import sys as _sys
+
+    from orchestration.validation import validate
+
+    src, configs, _ = user_package
+    _sys.path.insert(0, str(src))
+    try:
+        cfg = compose_cfg(f"hydra.searchpath=[file://{configs}]", "method=my_method", "protocol=sequential", "cl=ewc")
+        validate(cfg, command_line=True)
+    finally:
+        _sys.path.remove(str(src))
+        _sys.modules.pop("my_methods", None)
+    assert cfg.strategy.method._target_ == "my_methods.ScaleShift"
+    assert cfg.strategy.name == "my_method_multitask_ewc"
+    assert list(cfg.strategy.plugins) == ["ewc"]

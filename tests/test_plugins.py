@@ -69,7 +69,7 @@ def test_plugin_in_the_sequential_protocol_resumes_exactly(tmp_path, overrides):
 
 
 def test_replay_resumes_exactly_with_its_buffer(tmp_path):
-    expected, got, full = _stop_and_resume(tmp_path, ["strategy=replay", "strategy.plugins.0.mem_size=30"],
+    expected, got, full = _stop_and_resume(tmp_path, ["strategy=replay", "strategy.plugins.replay.mem_size=30"],
                                            stop_after=2)
     for key in ("accuracy_matrix", "final_accuracy", "task_id_accuracy", "params", "forgetting"):
         assert got[key] == expected[key], key
@@ -83,7 +83,7 @@ def test_replay_resumes_exactly_with_its_buffer(tmp_path):
 
 
 def test_replay_state_is_tensors_and_plain_containers(tmp_path):
-    run = _run(tmp_path, "strategy=replay", "strategy.plugins.0.mem_size=20")
+    run = _run(tmp_path, "strategy=replay", "strategy.plugins.replay.mem_size=20")
     run.experiences = run.experiences[:2]
     run.train_and_evaluate()
     checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=True)
@@ -99,7 +99,7 @@ class _Killed(Exception):
 def test_replay_killed_mid_experience_resumes_exactly(tmp_path):
     """Killed after the first epoch of the second experience (the buffer is in use): the resumed run
     rebuilds the buffer from the checkpoint and ends with the uninterrupted numbers."""
-    overrides = ["strategy=replay", "strategy.plugins.0.mem_size=30", "optim.epochs=2", "checkpoint_every=1"]
+    overrides = ["strategy=replay", "strategy.plugins.replay.mem_size=30", "optim.epochs=2", "checkpoint_every=1"]
 
     def run(run_dir):
         cfg = compose_cfg(*overrides, "optim.batch_size=16", "benchmark.domains=[digits,pedestrians,signs]",

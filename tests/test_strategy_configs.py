@@ -44,3 +44,61 @@ def test_only_gift_configs_carry_a_generator(name):
     else:
         with pytest.raises(ConfigCompositionException, match="generator"):
             compose_cfg(f"strategy={name}", "generator=linear")
+
+
+METHODS = sorted(p.stem for p in (REPO / "configs" / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("protocol", ["independent", "sequential", "joint"])
+def test_every_method_composes_in_every_protocol_and_is_named_by_both(method, protocol):
+    cfg = compose_cfg(f"method={method}", f"protocol={protocol}")
+    validate(cfg)
+    assert cfg.strategy.protocol == protocol
+    home = "sequential" if method == "naive" or method.startswith("artihippo") else "independent"
+    suffix = {"independent": "_independent", "sequential": "_multitask", "joint": "_joint"}[protocol]
+    assert cfg.strategy.name == (method if protocol == home else method + suffix)
+
+
+def test_a_named_combination_is_its_parts():
+    """``strategy=<name>`` is a method, a protocol and cl plugins: the same configuration as the parts."""
+    from omegaconf import OmegaConf
+
+    def same(a, b):
+        return OmegaConf.to_container(a, resolve=True) == OmegaConf.to_container(b, resolve=True)
+
+    assert same(compose_cfg("strategy=lora_multitask"), compose_cfg("method=lora", "protocol=sequential"))
+    assert same(compose_cfg("strategy=ewc"), compose_cfg("method=naive", "protocol=sequential", "cl=ewc"))
+    assert same(compose_cfg(), compose_cfg("method=gift", "protocol=sequential"))  # the default run
+
+
+def test_cl_plugins_are_named_combine_and_name_the_run():
+    cfg = compose_cfg("method=lora", "protocol=sequential", "cl=[ewc,replay]")
+    validate(cfg)
+    assert list(cfg.strategy.plugins) == ["ewc", "replay"]
+    assert cfg.strategy.plugins.replay._target_ == "strategies.plugins.Replay"
+    assert cfg.strategy.name == "lora_multitask_ewc_replay"
+    assert compose_cfg("strategy=replay", "cl=lwf").strategy.name == "lwf"  # the command line's choice wins
+    assert "plugins" not in compose_cfg("strategy=lora").strategy  # cl=none: no Avalanche plugin
+    artihippo = compose_cfg("strategy=artihippo", "cl=ewc")
+    assert list(artihippo.strategy.plugins) == ["ewc", "artihippo_search"]
+    assert artihippo.strategy.name == "artihippo_ewc"  # the method's own plugin does not name the run
+
+
+def test_the_accelerator_group_sets_device_and_precision_and_keys_still_win():
+    assert (compose_cfg().device, compose_cfg().precision, compose_cfg().compile) == ("auto", "fp32", False)
+    cfg = compose_cfg("accelerator=gpu_bf16")
+    assert (cfg.device, cfg.precision, cfg.compile, cfg.tf32) == ("cuda", "bf16", True, True)
+    assert compose_cfg("accelerator=gpu", "device=cuda:1").device == "cuda:1"
+    assert compose_cfg("device=cpu").device == "cpu"
+
+
+def test_method_files_hold_one_target_and_no_protocol():
+    """A method file says what the model is, never which protocol it runs in or which cl plugins it takes."""
+    import yaml
+
+    for name in METHODS:
+        node = yaml.safe_load((REPO / "configs" / "method" / f"{name}.yaml").read_text())
+        strategy = node.get("strategy", {})
+        assert "protocol" not in strategy and "task_inference" not in strategy, name
+        assert set(strategy.get("plugins") or {}) <= {"artihippo_search"}, name

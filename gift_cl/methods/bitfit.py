@@ -9,7 +9,7 @@
 Each task gets its own copy of the biases (initialised from the pretrained ones), swapped into the frozen
 backbone for that task's forward pass; at step 0 the model is the frozen one, bit for bit.
 
-The worked example of docs/guide/extending.md ("Adding a method"): one file plus ``configs/strategy/bitfit.yaml``.
+The worked example of docs/guide/extending.md ("Adding a method"): one file plus ``configs/method/bitfit.yaml``.
 """
 from __future__ import annotations
 
