@@ -4,7 +4,7 @@ numbers reported from the matching test runs, mean ± std over seeds. Markdown a
     python analysis/compare.py multirun/2026-11-23_10-00-00 [more dirs ...] [--csv table.csv] [--md table.md]
            [--select mean|per-task]
 
-Reads only the results schema (``results.json``, ``schema_version`` 1) below the given folders.
+Reads only the results schema (``results.json``, ``schema_version`` 1 or 2) below the given folders.
 
 What a run is
 - method: ``results["strategy"]`` plus its model plug-ins (``gift+gist``, ``lora+coeff``), read from the

@@ -5,7 +5,7 @@ mean ± std over seeds.
     python analysis/summarize.py outputs/*/procedural/* --csv table.csv
     python analysis/summarize.py multirun/... --all                     # also runs that did not finish
 
-Reads only the results schema (``results.json``, ``schema_version`` 1; docs/guide/runs.md "Results schema"): one column
+Reads only the results schema (``results.json``, ``schema_version`` 1 or 2; docs/guide/runs.md "Results schema"): one column
 per task (final accuracy), the average, forgetting and BWT (sequential), task-id accuracy, trainable
 parameters per task (with and without its classifier), shared parameters, wall time (train + eval seconds).
 Runs that differ only in ``seed``, or in keys that do not change results (threads, device, logger, ...:

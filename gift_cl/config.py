@@ -71,7 +71,7 @@ def _backbone_data(key: str, *, _parent_) -> object:
 
 
 # a protocol other than the method's home one is named by this suffix (gift_multitask, gift_joint)
-PROTOCOL_SUFFIX = {"independent": "independent", "sequential": "multitask", "joint": "joint"}
+PROTOCOL_SUFFIX = {"independent": "independent", "sequential": "multitask", "joint": "joint", "class_incremental": "cil"}
 
 
 def strategy_name(method: str, home_protocol: str, *own_plugins: str, _parent_) -> str:
@@ -258,6 +258,7 @@ ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
                                           "init_std": Range(0, 10)},
     "gift_cl.methods.LoraMethod": {"rank": _count(1, WIDTH), "alpha": _positive(1e6)},
     "gift_cl.methods.VptDeep": {"length": _count(1, 1024), "dropout": Range(0, 1, open_high=True)},
+    "gift_cl.methods.RanPAC": {"projection_dim": _count(1, 65536), "projection_seed": SEED_RANGE},
     "gift_cl.artihippo.ArtiHippo": {"lora_rank": _count(1, WIDTH), "lora_alpha": _positive(1e6)},
     "gift_cl.methods.CoeffTuning": {"dropout": Range(0, 1, open_high=True)},
     "gift_cl.methods.Gist": {"ce_weight": Range(0, 1e6), "kl_weight": Range(0, 1e6), "temperature": _positive(1e3),

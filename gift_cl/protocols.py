@@ -5,6 +5,10 @@
 - :class:`Sequential` (``sequential``): one model learns the tasks one after the other; after each
   experience every task seen so far is evaluated, filling the accuracy matrix ``R[i][j]``.
 - :class:`Joint` (``joint``): one model, one experience holding every task, batches mixed across tasks.
+- :class:`ClassIncremental` (``class_incremental``): trained as the sequential protocol; after each experience
+  the model is also evaluated without task identity over every class seen so far (one growing label space:
+  task ``t``'s label ``y`` is the global class ``offset_t + y``), as the pretrained-ViT continual-learning
+  literature reports it (``gift_cl.classincremental``).
 
 :data:`PROTOCOLS` is the registry (name -> protocol); :func:`get_protocol` looks a name up. The module
 imports neither torch nor Avalanche at import time, so configuration checks and the analysis tools read the
@@ -24,6 +28,8 @@ class Protocol(ABC):
     fresh_model_per_task: bool = False
     #: an accuracy matrix with one row per trained experience (``accuracy_matrix.csv``, the summary's matrix)
     has_matrix: bool = True
+    #: also evaluated without task identity over every class seen so far, after each experience
+    class_incremental: bool = False
 
     def experiences(self, train_stream) -> list:
         """The training experiences, in order."""
@@ -109,6 +115,11 @@ class Sequential(Protocol):
         return bool(matrix) and all(len(row) == i + 1 for i, row in enumerate(matrix))
 
 
+class ClassIncremental(Sequential):
+    name = "class_incremental"
+    class_incremental = True
+
+
 class Joint(Protocol):
     name = "joint"
 
@@ -142,7 +153,11 @@ def joint_experience(train_stream) -> Any:
     return exp
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (Independent(), Sequential(), Joint())}
+# how a model with per-task heads finds an image's task in the class-incremental protocol (strategy.infer_task;
+# gift_cl.methods.base.TaskAwareModel.class_incremental_logits)
+INFER_TASK = ("auto", "max_logit", "nearest_class", "nearest_task")
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (Independent(), Sequential(), Joint(), ClassIncremental())}
 
 
 def get_protocol(name: str) -> Protocol:

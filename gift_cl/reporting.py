@@ -21,7 +21,9 @@ def read_json(path: str | os.PathLike) -> Optional[dict]:
         return json.load(f)
 
 
-RESULTS_SCHEMA_VERSION = 1  # orchestration/results.py writes it; the analysis tools read only this version
+RESULTS_SCHEMA_VERSION = 2  # orchestration/results.py writes it
+# what the analysis tools read: version 2 added the class_incremental block (null outside that protocol)
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 
 def find_result_dirs(paths) -> list[Path]:
@@ -87,6 +89,12 @@ RESULTS_FIELDS = {
     "data_seed": (_Nullable(INTEGER), False),
     "benchmark": (TEXT, False),
     "method": (TEXT, False),
+    "class_incremental": (_Nullable({
+        "accuracy_per_stage": (_Of(list, _Nullable(FRACTION)), True),
+        "last_accuracy": (_Nullable(FRACTION), True),
+        "average_incremental_accuracy": (_Nullable(FRACTION), True),
+        "accuracy_matrix": (_Of(list, _Of(list, _Nullable(FRACTION))), True),
+        "forgetting": (_Nullable(NUMBER), True)}), False),
 }
 
 
@@ -141,9 +149,9 @@ def read_results(run_dir: str | os.PathLike) -> dict:
                                  f"truncated or damaged?") from None
     if not isinstance(res, dict):
         raise ResultsError(path, f"expected a JSON object (the results schema), got {_words(res)}")
-    if res.get("schema_version") != RESULTS_SCHEMA_VERSION:
+    if res.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise ResultsError(path, f"schema_version {res.get('schema_version')!r}, this tool reads "
-                                 f"{RESULTS_SCHEMA_VERSION}")
+                                 f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
     _check_field(res, RESULTS_FIELDS, "", path)
     return res
 
@@ -229,8 +237,54 @@ def format_summary(results: dict) -> str:
             f"task-id accuracy   {100 * results['task_id_accuracy']:.2f}  (inferred from frozen [CLS] means)",
             f"accuracy, inferred task ids {100 * results['average_accuracy_inferred_task']:.2f}",
         ]
+    lines += _class_incremental_lines(results)
     lines += _score_lines(results)
     return "\n".join(lines)
+
+
+def _class_incremental_lines(results: dict) -> list[str]:
+    cil = results.get("class_incremental")
+    if not cil:
+        return []
+    stages = "  ".join("-" if a is None else f"{100 * a:.1f}" for a in cil["accuracy_per_stage"])
+    rule = cil.get("infer_task")
+    how = "one head over all classes" if rule == "head" else f"task inferred by {rule}"
+    lines = ["", f"class-incremental (no task id, every class seen; {how})",
+             f"accuracy per stage {stages}", f"last accuracy      {100 * cil['last_accuracy']:.2f}"]
+    if cil["average_incremental_accuracy"] is not None:
+        lines.append(f"average incremental accuracy {100 * cil['average_incremental_accuracy']:.2f}")
+    if cil["forgetting"] is not None:
+        lines.append(f"forgetting (class-incremental) {100 * cil['forgetting']:.2f}")
+    return lines
+
+
+def plot_class_incremental(results: dict, path: str | os.PathLike) -> None:
+    """Accuracy over all classes seen after each stage (class-incremental), beside the task-incremental mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cil = results["class_incremental"]
+    classes = [sum(t["num_classes"] for t in results["tasks"][: i + 1]) for i in range(len(cil["accuracy_per_stage"]))]
+    points = [(c, 100 * a) for c, a in zip(classes, cil["accuracy_per_stage"]) if a is not None]
+    til = [(c, 100 * sum(row) / len(row)) for c, row in zip(classes, results["accuracy_matrix"]) if row]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(*zip(*points), marker="o", label="class-incremental (no task id)")
+    if til:
+        ax.plot(*zip(*til), marker="s", linestyle="--", label="task-incremental (task id given)")
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 105)
+    title = f"{results['strategy']} on {results['benchmark']}: last {100 * cil['last_accuracy']:.1f}%"
+    if cil["average_incremental_accuracy"] is not None:
+        title += f", avg {100 * cil['average_incremental_accuracy']:.1f}%"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def _score_lines(results: dict) -> list[str]:

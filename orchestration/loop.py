@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gift_cl.backbones import create_backbone
 from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_run_checkpoint, save_safetensors
+from gift_cl.classincremental.evaluation import check_disjoint_classes, evaluate_class_incremental
 from gift_cl.data.stream import build_stream
 from gift_cl.optim import OptimConfig
 from gift_cl.protocols import get_protocol
@@ -83,6 +84,9 @@ class Run:
         self.experiences = self.protocol.experiences(self.stream.train_stream)
         # progress is everything the results are computed from; it travels in every checkpoint
         self.progress = {"position": 0, "matrix": [], "time_s": [], "params": []}
+        if self.protocol.class_incremental:  # rows without task ids (gift_cl.classincremental), one per experience
+            check_disjoint_classes(self.tasks)
+            self.progress.update(cil_matrix=[], cil_accuracy=[], cil_task_id_accuracy=[])
         self.model = self.strategy = None
         # each task's per-image predictions at its latest evaluation (the final one at the end): predictions.npz
         self.predictions: dict[str, tuple] = {}
@@ -233,6 +237,8 @@ class Run:
                     self.predictions[self.names[exp.current_experience]] = self.recorder.predictions[exp.task_label]
             row = broadcast_object(row)
             self.progress["matrix"].append(row)
+            if self.protocol.class_incremental:
+                self._evaluate_class_incremental(i, seen)
             self.progress["time_s"].append(time.time() - t0)
             if self.protocol.fresh_model_per_task:  # the task's own model: its counts and weights now
                 counts = self.model.trainable_parameter_count()
@@ -254,6 +260,26 @@ class Run:
                 self.write_results(final=False)
             log.info("after %s: %s", self.experiences[i].name,
                      " ".join(f"{100 * a:.1f}" for a in row) if row else "(not evaluated: evaluate=last_experience)")
+
+    def _evaluate_class_incremental(self, i: int, seen: list) -> None:
+        """The class-incremental row after this experience: every seen class, no task id (rank 0 evaluates)."""
+        out = None
+        if self.env.is_main and seen:
+            # as the task-incremental evaluation: nothing it draws changes what trains next
+            before, training = rng_state(), self.model.training
+            out = evaluate_class_incremental(self.model, seen, self.cfg.eval_batch_size, self.env.device,
+                                             self.cfg.strategy.get("infer_task", "auto"), self.strategy.amp.autocast)
+            set_rng_state(before)
+            self.model.train(training)
+        out = broadcast_object(out)
+        self.progress["cil_matrix"].append(out["per_task"] if out else [])
+        self.progress["cil_accuracy"].append(out["accuracy"] if out else None)
+        self.progress["cil_task_id_accuracy"].append(out["task_id_accuracy"] if out else None)
+        self.progress["cil_infer_task"] = self.model.task_inference_rule(self.cfg.strategy.get("infer_task", "auto"))
+        if out:
+            log.info("class-incremental after %s: %.1f on %d images of the %d classes seen", self.experiences[i].name,
+                     100 * out["accuracy"], out["n"],
+                     sum(self.model.classifiers[str(t)].out_features for t in self.model.tasks))
 
     def write_results(self, final: bool) -> dict:
         inference = None

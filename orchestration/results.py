@@ -1,4 +1,4 @@
-"""The one results schema (``results.json``, ``schema_version`` 1) and the files written beside it.
+"""The one results schema (``results.json``, ``schema_version`` 2) and the files written beside it.
 
 Every protocol writes the same fields (docs/guide/runs.md, "Results schema"); fields that a protocol cannot define
 (forgetting without a sequence, task-id accuracy with one task) are ``null``. Accuracies are fractions.
@@ -13,17 +13,29 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from gift_cl.checkpoint import write_json, write_text
+from gift_cl.classincremental.evaluation import class_incremental_summary
 from gift_cl.metrics import backward_transfer, benchmark_scores, forgetting
 from gift_cl.protocols import get_protocol
 from gift_cl.reporting import (
     RESULTS_SCHEMA_VERSION,
     format_summary,
     plot_accuracy_matrix,
+    plot_class_incremental,
     plot_task_accuracies,
     write_csv,
 )
 
-from .runfiles import ACCURACY_PLOT, MATRIX_CSV, MATRIX_PLOT, OVERRIDES_FILE, RESULTS_CSV, RESULTS_FILE, SUMMARY_FILE
+from .runfiles import (
+    ACCURACY_PLOT,
+    CIL_CSV,
+    CIL_PLOT,
+    MATRIX_CSV,
+    MATRIX_PLOT,
+    OVERRIDES_FILE,
+    RESULTS_CSV,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+)
 
 SCHEMA_VERSION = RESULTS_SCHEMA_VERSION
 
@@ -74,6 +86,17 @@ def _overrides(run_dir: Path) -> list[str]:
     return list(OmegaConf.load(path)) if path.is_file() else []
 
 
+def _class_incremental(cfg: DictConfig, protocol, progress: dict, names: list[str]) -> Optional[dict]:
+    if not protocol.class_incremental:
+        return None
+    block = class_incremental_summary(progress["cil_matrix"], progress["cil_accuracy"], names)
+    if block is not None:
+        block["task_id_accuracy_per_stage"] = progress["cil_task_id_accuracy"]
+        # how the task of an image was found: max_logit | nearest_class | nearest_task | head (one head, no task)
+        block["infer_task"] = progress.get("cil_infer_task", str(cfg.strategy.get("infer_task", "auto")))
+    return block
+
+
 def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts: Optional[dict],
                   inference: Optional[dict], final: bool) -> dict:
     protocol = get_protocol(cfg.strategy.protocol)
@@ -104,6 +127,7 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
         "task_inference": None,
         "task_id_accuracy": None,
         "average_accuracy_inferred_task": None,
+        "class_incremental": _class_incremental(cfg, protocol, progress, names),
         "train_time_s": progress["time_s"],
         "wall_time_s": sum(progress["time_s"]),
         "finished": final,
@@ -140,6 +164,14 @@ def write_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
         write_csv([{"after": rows[i], **{c: (row[j] if j < len(row) else "") for j, c in enumerate(names)}}
                    for i, row in enumerate(results["accuracy_matrix"])], run_dir / MATRIX_CSV)
         plot_accuracy_matrix(results, run_dir / MATRIX_PLOT)
+    cil = results["class_incremental"]
+    if cil and any(a is not None for a in cil["accuracy_per_stage"]):
+        write_csv([{"stage": i, "after": names[i], "classes_seen": sum(t["num_classes"] for t in results["tasks"][: i + 1]),
+                    "accuracy": "" if a is None else a,
+                    "task_id_accuracy": "" if cil["task_id_accuracy_per_stage"][i] is None
+                    else cil["task_id_accuracy_per_stage"][i]}
+                   for i, a in enumerate(cil["accuracy_per_stage"])], run_dir / CIL_CSV)
+        plot_class_incremental(results, run_dir / CIL_PLOT)
     if final:
         write_text(format_summary(results) + "\n", run_dir / SUMMARY_FILE)
     return results

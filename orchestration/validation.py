@@ -21,12 +21,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gift_cl.backbones import check_backbone
 from gift_cl.config import SEED_RANGE, ConfigError, Range, allowed_targets, check_instantiable
 from gift_cl.optim import OptimConfig
-from gift_cl.protocols import PROTOCOLS
+from gift_cl.protocols import INFER_TASK, PROTOCOLS
 from strategies.evaluation import LOGGERS
 
 from .device import PRECISIONS, check_device
 
-STRATEGY_KEYS = {"name", "protocol", "task_inference", "method", "plugins"}
+STRATEGY_KEYS = {"name", "protocol", "task_inference", "infer_task", "method", "plugins"}
 
 
 def check_arguments(node: DictConfig, where: str, command_line: bool = False) -> None:
@@ -63,6 +63,7 @@ def validate(cfg: DictConfig, *, command_line: bool = False) -> None:
         raise ConfigError(f"strategy.{sorted(unknown)[0]}: unknown key; allowed: {sorted(STRATEGY_KEYS)}")
     _choice(strategy.protocol, "strategy.protocol", tuple(PROTOCOLS))
     _choice(strategy.get("task_inference", True), "strategy.task_inference", (True, False))
+    _choice(strategy.get("infer_task", "auto"), "strategy.infer_task", INFER_TASK)
     if "generator" in cfg:  # first: strategy.method.config is ${generator}, the key a user sets
         check_arguments(cfg.generator, "generator", command_line)
     check_arguments(strategy.method, "strategy.method", command_line)

@@ -133,6 +133,8 @@ class TaskAwareStrategy(SupervisedTemplate):
             start = self.clock.train_exp_epochs = state["epochs_done"]
             set_rng_state(state["rng"])
             self.amp.load_state_dict(state.get("scaler"))
+        if not any(p.requires_grad for p in self.model.parameters()):
+            return  # nothing trains for this experience (SimpleCIL, RanPAC; APER after its first task)
         for _ in range(start, self.train_epochs):
             self._before_training_epoch(**kwargs)
             self.training_epoch(**kwargs)
@@ -147,21 +149,37 @@ class TaskAwareStrategy(SupervisedTemplate):
     # ------------------------------------------------------------------ task boundary
     def _after_training_exp(self, **kwargs):
         super()._after_training_exp(**kwargs)  # plugins first: EWC computes importances with live grads
-        for task, proto in self.task_prototypes().items():
+        task_means, class_means = self.observe_experience()
+        for task, means in class_means.items():
+            self.model.record_class_means(task, means)
+        for task, proto in task_means.items():
             self.model.end_task(task, proto)
 
     @torch.no_grad()
-    def task_prototypes(self) -> dict[int, torch.Tensor]:
-        """Mean frozen [CLS] feature of each task in the experience, on un-augmented training images."""
+    def observe_experience(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """One pass over the experience's un-augmented training images (eval mode): each task's mean frozen [CLS]
+        feature (task-id inference), each of its classes' mean (class-incremental task inference), and the
+        model's own ``observe_training_data`` (SimpleCIL's prototypes, RanPAC's Gram matrix)."""
         self.model.eval()
         loader = DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size, shuffle=False)
         sums: dict[int, torch.Tensor] = {}
         counts: dict[int, int] = {}
-        for x, _, t in loader:
-            feats = self.model.frozen_features(x.to(self.device))
+        class_sums: dict[int, torch.Tensor] = {}
+        class_counts: dict[int, torch.Tensor] = {}
+        for x, y, t in loader:
+            x, y, t = x.to(self.device), y.to(self.device), t.to(self.device)
+            feats = self.model.frozen_features(x)
             for task in t.unique().tolist():
-                sel = feats[t.to(self.device) == task]
-                sums[task] = sums.get(task, 0) + sel.sum(0)
-                counts[task] = counts.get(task, 0) + len(sel)
+                sel = t == task
+                width = self.model.classifiers[str(task)].out_features
+                sums[task] = sums.get(task, 0) + feats[sel].sum(0)
+                counts[task] = counts.get(task, 0) + int(sel.sum())
+                onehot = torch.nn.functional.one_hot(y[sel], width).to(torch.float64)
+                class_sums[task] = class_sums.get(task, 0) + onehot.T @ feats[sel].to(torch.float64)
+                class_counts[task] = class_counts.get(task, 0) + onehot.sum(0)
+            self.model.observe_training_data(x, y, t)
         self.model.train()
-        return {task: sums[task] / counts[task] for task in sums}
+        class_means = {task: (class_sums[task] / class_counts[task].clamp_min(1)[:, None]).to(sums[task].dtype)
+                       for task in class_sums}
+        return {task: sums[task] / counts[task] for task in sums}, class_means
+

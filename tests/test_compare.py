@@ -124,7 +124,7 @@ def test_plugins_are_part_of_the_method_and_schema_is_checked(tmp_path):
     run = fake(tmp_path, "lora", 0, "test", {"digits": 0.5}, ["+plugin=coeff"])
     assert compare.Run(read_results(run)).method == "lora+coeff"
     data = json.loads((run / "results.json").read_text())
-    data["schema_version"] = 2
+    data["schema_version"] = 3
     (run / "results.json").write_text(json.dumps(data))
     with pytest.raises(SystemExit, match="schema_version"):
         read_results(run)

@@ -450,7 +450,7 @@ DAMAGES = [
     (_edit(lambda r: r.update(overrides="seed=0")), "field 'overrides' must be a list, got a string"),
     (_edit(lambda r: r.update(average_accuracy=float("nan"))), "field 'average_accuracy' must be a fraction"),
     (_edit(lambda r: r["params"].update(shared="0")), "field 'params.shared' must be a finite number"),
-    (_edit(lambda r: r.update(schema_version=2)), "schema_version 2, this tool reads 1"),
+    (_edit(lambda r: r.update(schema_version=3)), "schema_version 3, this tool reads 1 and 2"),
 ]
 DAMAGE_IDS = ["truncated", "empty", "list", "string-accuracy", "string-seed", "no-per-task", "no-finished",
               "tasks-object", "task-name", "info-string", "overrides-string", "nan", "string-shared", "version"]

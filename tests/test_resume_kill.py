@@ -95,7 +95,7 @@ def predictions(run_dir: Path) -> dict:
 
 def assert_same_run(reference: Path, killed: Path) -> None:
     a, b = results(reference), results(killed)
-    assert b["finished"] and b["schema_version"] == 1
+    assert b["finished"] and b["schema_version"] == 2
     for key in SAME:
         assert a.get(key) == b.get(key), key
     assert predictions(killed) == predictions(reference)

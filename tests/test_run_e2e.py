@@ -15,7 +15,7 @@ def test_single_task_run_directory(tmp_path):
                  f"hydra.run.dir={tmp_path}").stdout
     assert "top-1 %" in out and "digits" in out
     res = results(tmp_path)
-    assert res["finished"] and res["protocol"] == "independent" and res["schema_version"] == 1
+    assert res["finished"] and res["protocol"] == "independent" and res["schema_version"] == 2
     assert [t["name"] for t in res["tasks"]] == ["digits", "pedestrians"]
     assert res["accuracy_matrix"] == [[res["final_accuracy"]["digits"]], [res["final_accuracy"]["pedestrians"]]]
     assert res["forgetting"] is None and res["task_id_accuracy"] is None

@@ -181,6 +181,11 @@ class RandomProjectionRidge(nn.Module):
         """1 + the largest class id seen, or 0 before any update."""
         return int(self._counts.numel())
 
+    @property
+    def stage_open(self) -> bool:
+        """Whether data was added since the last :meth:`fit` (a stage to end)."""
+        return bool(self._pending)
+
     def project(self, features: Tensor) -> Tensor:
         """H = relu(features @ W), float64."""
         return torch.relu(features.to(torch.float64) @ self.W.to(features.device, torch.float64))

@@ -187,7 +187,7 @@ def read_results(run_dir: str | Path) -> Optional[dict]:
 
 
 def task_accuracies(results: dict) -> dict[str, float]:
-    """Final accuracy per task name from a ``results.json`` (schema_version 1: ``final_accuracy``)."""
+    """Final accuracy per task name from a ``results.json`` (``final_accuracy``)."""
     return {str(k): float(v) for k, v in results["final_accuracy"].items()}
 
 

@@ -7,15 +7,19 @@ from .bitfit import BitFit
 from .coeff import CoeffTuning
 from .finetune import FullFinetune
 from .gift import GiftMethod
+from .gift_aper import GiftAper
 from .gist import Gist
 from .linear import LinearProbe
 from .lora import LoraMethod
 from .plugin import ModelPlugin
+from .ranpac import RanPAC
 from .shared import SharedBackbone
+from .simplecil import SimpleCIL
 from .vpt import VptDeep
 
 __all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CoeffTuning", "FullFinetune",
-           "GiftMethod", "Gist", "GistAdapterMethod", "LinearProbe", "LoraMethod", "ModelPlugin", "SharedBackbone", "VptDeep"]
+           "GiftAper", "GiftMethod", "Gist", "GistAdapterMethod", "LinearProbe", "LoraMethod", "ModelPlugin", "RanPAC",
+           "SharedBackbone", "SimpleCIL", "VptDeep"]
 
 
 def __getattr__(name: str):

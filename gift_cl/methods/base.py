@@ -31,6 +31,7 @@ from torch import nn
 
 from ..injection import backbone_parameter_count, count_parameters
 from ..padding import PAD_LOGIT
+from ..protocols import INFER_TASK
 from ..selective import TaskSelective, serving
 from .arguments import RecordsArguments
 
@@ -68,10 +69,12 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.feature_dim = backbone.num_features
+        self.feature_dim: int = int(backbone.num_features)
         self.backbone_params = backbone_parameter_count(backbone)
         self.classifiers = nn.ModuleDict()
         self.prototypes: dict[int, torch.Tensor] = {}
+        # per task, the mean frozen [CLS] feature of each of its classes (C_t, d): class-incremental task inference
+        self.class_means: dict[int, torch.Tensor] = {}
         self.model_plugins = nn.ModuleDict()  # name -> ModelPlugin (GIST, Coeff-Tuning, ...)
         self._pretrained_keys: set[str] = set()  # set when the constructor returns (after_init)
 
@@ -247,6 +250,82 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         sims = F.normalize(self.frozen_features(x), dim=-1) @ protos.T
         return torch.as_tensor(tasks, device=x.device)[sims.argmax(-1)]
 
+    # --------------------------------------------------------------- class-incremental prediction
+    def class_offsets(self) -> dict[int, int]:
+        """Each known task's first global class id: the classes of the tasks before it (stream order), so task
+        ``t``'s label ``y`` is the global class ``offset[t] + y`` (one label space that grows)."""
+        offsets, seen = {}, 0
+        for t in self.tasks:
+            offsets[t] = seen
+            seen += self.classifiers[str(t)].out_features
+        return offsets
+
+    @torch.no_grad()
+    def observe_training_data(self, x: torch.Tensor, y: torch.Tensor, task_labels: torch.Tensor) -> None:
+        """After a task trained, its un-augmented training images pass through here once, in batches (eval mode).
+        Nothing by default; methods whose classifier is built from features (SimpleCIL's prototypes, RanPAC's
+        ridge regression) accumulate them here."""
+
+    def record_class_means(self, task: int, means: torch.Tensor) -> None:
+        """Store task ``task``'s per-class mean frozen [CLS] feature (C_t, d) for ``infer_task="nearest_class"``."""
+        self.class_means[task] = means.detach().clone()
+
+    @torch.no_grad()
+    def class_incremental_logits(self, x: torch.Tensor, infer_task: str = "auto") -> torch.Tensor:
+        """Logits over every class seen so far (global ids, :meth:`class_offsets`), no task id given.
+
+        With per-task heads, the task of each image is found first (``infer_task``), then its head answers:
+        ``max_logit``: every task's forward pass, its head's logits side by side (with task-independent features
+        this is one growing linear classifier); ``nearest_class``: the task of the nearest class mean of the frozen
+        [CLS] feature (cosine); ``nearest_task``: the nearest task mean (ArtiHippo's, :meth:`infer_task`);
+        ``auto``: ``max_logit`` when the features do not depend on the task (one pass), else ``nearest_class``.
+        The other tasks' classes get :data:`PAD_LOGIT`. Methods with one head over all classes override this."""
+        infer_task = self.task_inference_rule(infer_task)
+        tasks, offsets = self.tasks, self.class_offsets()
+        widths: list[int] = [self.classifiers[str(t)].out_features for t in tasks]  # type: ignore[misc]
+        total = sum(widths)
+        if infer_task == "max_logit":
+            heads = self.forward_all_tasks_known(x)
+            return torch.cat([heads[t].float() for t in tasks], dim=1)
+        if infer_task == "nearest_class":
+            chosen = self.infer_task_by_class(x)
+        elif infer_task == "nearest_task":
+            chosen = self.infer_task(x)
+        else:
+            raise ValueError(f"infer_task={infer_task!r}: expected one of {INFER_TASK}")
+        out = x.new_full((x.shape[0], total), PAD_LOGIT, dtype=torch.float32)
+        for t in chosen.unique().tolist():
+            idx = (chosen == t).nonzero(as_tuple=True)[0]
+            logits = self._forward_task(x[idx], int(t), None).float()
+            out[idx, offsets[t]: offsets[t] + logits.shape[1]] = logits
+        return out
+
+    def task_inference_rule(self, infer_task: str = "auto") -> str:
+        """What :meth:`class_incremental_logits` does with ``infer_task``: ``auto`` resolved, or ``head`` for a
+        method with one head over all classes (no task is chosen)."""
+        if infer_task == "auto":
+            return "max_logit" if self.shared_features and not self.model_plugins else "nearest_class"
+        return infer_task
+
+    def forward_all_tasks_known(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Every known task's logits for ``x`` (one backbone pass when the features do not depend on the task)."""
+        if self.shared_features and not self.model_plugins:
+            feats = self.features(x, None)
+            return {t: self.classifiers[str(t)](feats) for t in self.tasks}
+        return {t: self._forward_task(x, t, None) for t in self.tasks}
+
+    @torch.no_grad()
+    def infer_task_by_class(self, x: torch.Tensor) -> torch.Tensor:
+        """The task of the nearest class mean of the frozen [CLS] feature (cosine), for each image."""
+        if not self.class_means:
+            raise RuntimeError("no class means stored yet: nearest_class task inference needs the strategy's pass "
+                               "over each task's training data (record_class_means)")
+        tasks = sorted(self.class_means)
+        means = torch.cat([self.class_means[t] for t in tasks]).to(x.device)
+        owner = torch.cat([torch.full((len(self.class_means[t]),), t, dtype=torch.long) for t in tasks]).to(x.device)
+        sims = F.normalize(self.frozen_features(x).float(), dim=-1) @ F.normalize(means.float(), dim=-1).T
+        return owner[sims.argmax(-1)]
+
     # --------------------------------------------------------------- bookkeeping and checkpoints
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen pretrained weights: what a checkpoint holds."""
@@ -254,10 +333,12 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
 
     def get_extra_state(self):
-        return {"prototypes": {t: p.cpu() for t, p in self.prototypes.items()}}
+        return {"prototypes": {t: p.cpu() for t, p in self.prototypes.items()},
+                "class_means": {t: m.cpu() for t, m in self.class_means.items()}}
 
     def set_extra_state(self, state) -> None:
         self.prototypes = {int(t): p for t, p in state["prototypes"].items()}
+        self.class_means = {int(t): m for t, m in state.get("class_means", {}).items()}
 
     # --------------------------------------------------------------- sharing (gift_cl/pretrained.py)
     def save_pretrained(self, directory, **metadata):
@@ -276,7 +357,9 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
     def trainable_parameter_count(self) -> dict:
         per_task = {t: count_parameters(self.task_parameters(t)) for t in self.tasks}
-        heads = {t: count_parameters(self.classifiers[str(t)].parameters()) for t in self.tasks}
+        trained = {t: {id(p) for p in self.task_parameters(t)} for t in self.tasks}
+        heads = {t: count_parameters(p for p in self.classifiers[str(t)].parameters() if id(p) in trained[t])
+                 for t in self.tasks}  # a classifier that does not train (SimpleCIL) is not counted
         shared = {id(p): p for t in self.tasks for p in self.shared_parameters(t)}
         own = {id(p): p for t in self.tasks for p in self.task_parameters(t)}
         return {

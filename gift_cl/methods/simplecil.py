@@ -1,0 +1,36 @@
+"""SimpleCIL (Zhou et al., "Revisiting Class-Incremental Learning with Pre-Trained Models: Generalizability and
+Adaptivity are All You Need", IJCV 2024; LAMDA-PILOT ``models/simplecil.py``): the frozen pretrained backbone and
+a prototype classifier, the cosine similarity of the [CLS] feature to each class's mean training feature.
+Nothing trains; each task's un-augmented training images are passed once to record its class means."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..classincremental.heads import PrototypeClassifier
+from ..classincremental.readout import GlobalReadout
+from .base import FrozenBackboneModel
+
+
+class SimpleCIL(GlobalReadout, FrozenBackboneModel):
+    shared_features = True
+
+    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
+        super().__init__(backbone)
+
+    def build_readout(self) -> nn.Module:
+        return PrototypeClassifier(self.feature_dim)
+
+    def readout_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
+        return self.backbone(x)
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        return []  # training-free: the classifier is the class means
