@@ -2,7 +2,7 @@
 numbers reported from the matching test runs, mean ± std over seeds. Markdown and CSV.
 
     python analysis/compare.py multirun/2026-11-23_10-00-00 [more dirs ...] [--csv table.csv] [--md table.md]
-           [--select mean|per-task]
+           [--select mean|per-task] [--metric final|cil_last|cil_avg|cil_final]
 
 Reads only the results schema (``results.json``, ``schema_version`` 1 or 2) below the given folders.
 
@@ -54,7 +54,7 @@ from orchestration.runfiles import CONFIG_FILE, RESULTS_FILE, result_neutral
 
 # overrides that never distinguish a configuration (the split and its size are how val/test runs pair up),
 # besides those that do not change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS)
-NOT_HYPERPARAMETERS = ("strategy=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
+NOT_HYPERPARAMETERS = ("strategy=", "method=", "protocol=", "cl=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
                        "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra")
 # overrides that choose the method (its row) rather than tune it: the generator, the backbone
 METHOD_KEYS = ("generator=", "model=")
@@ -110,8 +110,14 @@ def describe(hp: tuple[str, ...]) -> str:
     return " ".join(hp) if hp else "(defaults)"
 
 
+# what a run's score is (--metric): each task's final accuracy (task identity given), or the class-incremental
+# protocol's numbers (one column: last / average incremental accuracy; or each task's final row without task ids)
+METRICS = ("final", "cil_last", "cil_avg", "cil_final")
+CIL_COLUMNS = {"cil_last": ("A_last", "last_accuracy"), "cil_avg": ("A_avg", "average_incremental_accuracy")}
+
+
 class Run:
-    def __init__(self, res: dict, path: Optional[Path] = None):
+    def __init__(self, res: dict, path: Optional[Path] = None, metric: str = "final"):
         self.res, self.path = res, path
         self.method, self.split, self.hp = method_of(res, path), split_of(res), hyperparameters_of(res)
         # (data seed, initialisation seed): runs of two methods pair up when both match (same images)
@@ -119,6 +125,18 @@ class Run:
         self.tasks = [t["name"] for t in res["tasks"]]
         self.acc = {t: float(a) for t, a in res["final_accuracy"].items()}
         self.forgetting = res.get("forgetting")
+        if metric != "final":
+            cil = res.get("class_incremental")
+            if not cil:
+                raise SystemExit(f"{path}: --metric {metric} needs class-incremental runs; this one ran the "
+                                 f"{res['protocol']} protocol")
+            self.forgetting = cil.get("forgetting")
+            if metric in CIL_COLUMNS:
+                column, field = CIL_COLUMNS[metric]
+                self.tasks, self.acc = [column], ({} if cil[field] is None else {column: float(cil[field])})
+            else:
+                final = cil["accuracy_matrix"][-1] if cil["accuracy_matrix"] else []
+                self.acc = {t: float(a) for t, a in zip(self.tasks, final)}
         params = res["params"]
         self.params = dict(params.get("per_task") or {})
         self.params_excl = dict(params.get("per_task_excl_classifier") or {})
@@ -478,6 +496,9 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--select", choices=("mean", "per-task"), default="mean",
                     help="choose one setting per method (mean val accuracy) or one per task")
     ap.add_argument("--all", action="store_true", help="include unfinished runs")
+    ap.add_argument("--metric", choices=METRICS, default="final",
+                    help="final: each task's final accuracy (task id given); class-incremental runs: cil_last (A_last), "
+                         "cil_avg (average incremental accuracy), cil_final (each task's final accuracy without task ids)")
     ap.add_argument("--where", action="append", default=[], metavar="OVERRIDE",
                     help="only runs whose command line has this override (e.g. model=vit_formula); repeatable")
     ap.add_argument("--test-plan", help="write the plan of test runs at every method's chosen setting "
@@ -493,7 +514,7 @@ def main(argv: Optional[list[str]] = None) -> str:
     for path in find_result_dirs(args.paths):
         res = read_results(path)
         if (res.get("finished") or args.all) and all(w in res.get("overrides", []) for w in args.where):
-            runs.append(Run(res, path))
+            runs.append(Run(res, path, args.metric))
     if not runs:
         raise SystemExit(f"no finished {RESULTS_FILE} under {args.paths}")
     common = recipe(runs)

@@ -186,7 +186,8 @@ def test_test_plan_repeats_the_chosen_val_setting_on_test_for_every_seed(sweep, 
 
 
 def test_keys_that_do_not_change_results_are_one_list_of_config_keys():
-    """orchestration.runfiles.RESULT_NEUTRAL_KEYS: top-level keys of configs/config.yaml (or its groups); they
+    """orchestration.runfiles.RESULT_NEUTRAL_KEYS: top-level keys of configs/config.yaml, of its accelerator group
+    (device, threads, num_workers), or its groups; they
     never make a hyperparameter (compare, summarize), a test run does not inherit them, and a resume may
     change them (orchestration.rundir)."""
     import yaml
@@ -196,7 +197,8 @@ def test_keys_that_do_not_change_results_are_one_list_of_config_keys():
 
     config = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())
     groups = {next(iter(d)) for d in config["defaults"] if isinstance(d, dict)}
-    assert set(RESULT_NEUTRAL_KEYS) <= set(config) | groups
+    accelerator = yaml.safe_load((REPO / "configs" / "accelerator" / "auto.yaml").read_text())
+    assert set(RESULT_NEUTRAL_KEYS) <= set(config) | set(accelerator) | groups
     over = ["optim.lr=1e-3", "threads=2", "logger=wandb", "+logger.project=x", "device=cpu", "seed=1"]
     assert [o for o in over if not result_neutral(o)] == ["optim.lr=1e-3", "seed=1"]
     assert compare.hyperparameters_of({"overrides": over}) == ("optim.lr=1e-3",)
@@ -291,3 +293,32 @@ def test_compare_markdown_writes_counts_with_separators_and_csv_keeps_numbers():
     assert md.startswith("recipe: `optim.epochs=5`")
     assert "| 1,204,608 | 18,038 | 1.551 |" in md
     assert "1204608,18038,1.551" in compare.to_csv(["digits"], [row])
+
+
+def _cil(run: Path, last: float, avg: float, final_row: list) -> None:
+    data = json.loads((run / "results.json").read_text())
+    data.update(schema_version=2, protocol="class_incremental", class_incremental={
+        "accuracy_per_stage": [avg * 2 - last, last], "last_accuracy": last, "average_incremental_accuracy": avg,
+        "accuracy_matrix": [[final_row[0]], final_row], "forgetting": 0.1})
+    (run / "results.json").write_text(json.dumps(data))
+
+
+def test_class_incremental_metrics_are_one_column_and_pair_across_methods(tmp_path):
+    root = tmp_path / "cil"
+    for seed in range(4):
+        _cil(fake(root, "simplecil", seed, "test", {"digits": 0.9, "signs": 0.8}), 0.60 + 0.01 * seed, 0.7,
+             [0.5, 0.7])
+        _cil(fake(root, "gift_cil", seed, "test", {"digits": 0.95, "signs": 0.85}), 0.50 + 0.01 * seed, 0.65,
+             [0.4, 0.6])
+    md = compare.main([str(root), "--metric", "cil_last", "--no-pairs"])
+    header = md.splitlines()[[i for i, line in enumerate(md.splitlines()) if line.startswith("| method")][0]]
+    assert "A_last" in header and "digits" not in header
+    assert "| simplecil | 61.5 ± 1.3 |" in md and "| gift_cil | 51.5 ± 1.3 |" in md
+    assert "65.0" in compare.main([str(root), "--metric", "cil_avg", "--no-pairs"])
+    per_task = compare.main([str(root), "--metric", "cil_final", "--no-pairs"])
+    assert "| simplecil | 50.0 ± 0.0 | 70.0 ± 0.0 |" in per_task
+    pairs = compare.main([str(root), "--metric", "cil_last", "--reference", "simplecil", "--bootstrap", "200"])
+    assert "gift_cil" in pairs.split("simplecil")[-1]
+    task_incremental = fake(tmp_path / "til", "lora", 0, "test", {"digits": 0.5})
+    with pytest.raises(SystemExit, match="needs class-incremental runs"):
+        compare.main([str(task_incremental.parent), "--metric", "cil_last"])

@@ -9,6 +9,9 @@ from orchestration.validation import validate
 from runs import REPO, compose_cfg
 
 STRATEGIES = sorted(p.stem for p in (REPO / "configs" / "strategy").glob("*.yaml"))
+# methods whose home protocol is class_incremental
+CLASS_INCREMENTAL = ("simplecil", "ranpac", "gift_aper", "l2p", "dualprompt", "coda_prompt", "inflora")
+GIFT_TARGETS = ("gift_cl.methods.GiftMethod", "gift_cl.methods.GiftAper")
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -18,7 +21,8 @@ def test_strategy_config_composes_and_validates(name):
     assert cfg.strategy.name == name
     expected = ("joint" if name.endswith("_joint") else
                 "sequential" if name.endswith("_multitask") or name in ("naive", "ewc", "lwf", "replay")
-                or name.startswith("artihippo") else "independent")
+                or name.startswith("artihippo") else
+                "class_incremental" if name.endswith("_cil") or name in CLASS_INCREMENTAL else "independent")
     assert cfg.strategy.protocol == expected
 
 
@@ -37,7 +41,7 @@ def test_only_gift_configs_carry_a_generator(name):
     from hydra.errors import ConfigCompositionException
 
     cfg = compose_cfg(f"strategy={name}")
-    gift = str(cfg.strategy.method._target_) == "gift_cl.methods.GiftMethod"
+    gift = str(cfg.strategy.method._target_) in GIFT_TARGETS
     assert ("generator" in cfg) == gift
     if gift:
         assert compose_cfg(f"strategy={name}", "generator=linear").strategy.method.config.rank == 16
@@ -50,13 +54,15 @@ METHODS = sorted(p.stem for p in (REPO / "configs" / "method").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("protocol", ["independent", "sequential", "joint"])
+@pytest.mark.parametrize("protocol", ["independent", "sequential", "joint", "class_incremental"])
 def test_every_method_composes_in_every_protocol_and_is_named_by_both(method, protocol):
     cfg = compose_cfg(f"method={method}", f"protocol={protocol}")
     validate(cfg)
     assert cfg.strategy.protocol == protocol
-    home = "sequential" if method == "naive" or method.startswith("artihippo") else "independent"
-    suffix = {"independent": "_independent", "sequential": "_multitask", "joint": "_joint"}[protocol]
+    home = ("sequential" if method == "naive" or method.startswith("artihippo") else
+            "class_incremental" if method in CLASS_INCREMENTAL else "independent")
+    suffix = {"independent": "_independent", "sequential": "_multitask", "joint": "_joint",
+              "class_incremental": "_cil"}[protocol]
     assert cfg.strategy.name == (method if protocol == home else method + suffix)
 
 
