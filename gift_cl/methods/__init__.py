@@ -1,4 +1,5 @@
-"""Task-aware models, one file per method; every protocol (independent, sequential, joint) uses them.
+"""Task-aware models, one file per method; every protocol (independent, sequential, joint,
+class_incremental) uses them.
 ArtiHippo, a method with a search of its own, is a package of its own (:mod:`gift_cl.artihippo`), also
 reachable here as ``gift_cl.methods.ArtiHippo``."""
 from .adapter import AdapterMethod, GistAdapterMethod
@@ -9,17 +10,19 @@ from .finetune import FullFinetune
 from .gift import GiftMethod
 from .gift_aper import GiftAper
 from .gist import Gist
+from .inflora import InfLoRA
 from .linear import LinearProbe
 from .lora import LoraMethod
 from .plugin import ModelPlugin
+from .prompts import L2P, CodaPrompt, DualPrompt
 from .ranpac import RanPAC
 from .shared import SharedBackbone
 from .simplecil import SimpleCIL
 from .vpt import VptDeep
 
-__all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CoeffTuning", "FullFinetune",
-           "GiftAper", "GiftMethod", "Gist", "GistAdapterMethod", "LinearProbe", "LoraMethod", "ModelPlugin", "RanPAC",
-           "SharedBackbone", "SimpleCIL", "VptDeep"]
+__all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CodaPrompt", "CoeffTuning",
+           "DualPrompt", "FullFinetune", "GiftAper", "GiftMethod", "Gist", "GistAdapterMethod", "InfLoRA", "L2P",
+           "LinearProbe", "LoraMethod", "ModelPlugin", "RanPAC", "SharedBackbone", "SimpleCIL", "VptDeep"]
 
 
 def __getattr__(name: str):

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..classincremental.heads import PrototypeClassifier
-from ..classincremental.readout import GlobalReadout
 from ..gift import GiftConfig
 from .gift import GiftMethod
+from .readout import GlobalReadout
 
 
 class GiftAper(GlobalReadout, GiftMethod):

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import nn
 
 from ..classincremental.heads import RandomProjectionRidge
-from ..classincremental.readout import GlobalReadout
-from .base import FrozenBackboneModel
+from .readout import FrozenBackboneReadout
 
 
-class RanPAC(GlobalReadout, FrozenBackboneModel):
-    shared_features = True
-
+class RanPAC(FrozenBackboneReadout):
     def __init__(self, backbone: nn.Module, projection_dim: int = 10000, projection_seed: int = 0,
                  plugins: Optional[dict] = None):
         super().__init__(backbone)
@@ -28,15 +24,3 @@ class RanPAC(GlobalReadout, FrozenBackboneModel):
 
     def build_readout(self) -> nn.Module:
         return RandomProjectionRidge(self.feature_dim, self.projection_dim, seed=self.projection_seed)
-
-    def readout_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
-        return self.backbone(x)
-
-    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def task_parameters(self, task: int) -> list[nn.Parameter]:
-        return []  # training-free: the classifier is solved, not trained

@@ -6,31 +6,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import nn
 
 from ..classincremental.heads import PrototypeClassifier
-from ..classincremental.readout import GlobalReadout
-from .base import FrozenBackboneModel
+from .readout import FrozenBackboneReadout
 
 
-class SimpleCIL(GlobalReadout, FrozenBackboneModel):
-    shared_features = True
-
+class SimpleCIL(FrozenBackboneReadout):
     def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
         super().__init__(backbone)
 
     def build_readout(self) -> nn.Module:
         return PrototypeClassifier(self.feature_dim)
-
-    def readout_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
-        return self.backbone(x)
-
-    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def task_parameters(self, task: int) -> list[nn.Parameter]:
-        return []  # training-free: the classifier is the class means

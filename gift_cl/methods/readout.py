@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .base import FrozenBackboneModel
+
 
 class GlobalReadout(abc.ABC):
     """Mixin (first in the bases) for a task-aware model with one head over all classes seen. The head is
@@ -80,3 +82,22 @@ class GlobalReadout(abc.ABC):
     def set_extra_state(self, state) -> None:
         super().set_extra_state(state)  # type: ignore[misc]
         self.readout_tasks = [int(t) for t in state.get("readout_tasks", [])]
+
+
+class FrozenBackboneReadout(GlobalReadout, FrozenBackboneModel):
+    """A training-free readout on the frozen backbone's [CLS] feature (SimpleCIL, RanPAC): subclasses say which
+    head (:meth:`build_readout`)."""
+
+    shared_features = True
+
+    def readout_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
+        return self.backbone(x)
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        return []  # nothing trains: the head is built from the features
