@@ -140,6 +140,10 @@ class Run:
         params = res["params"]
         self.params = dict(params.get("per_task") or {})
         self.params_excl = dict(params.get("per_task_excl_classifier") or {})
+        if metric in CIL_COLUMNS:  # the one column's parameter count: the mean over the run's tasks
+            for counts in (self.params, self.params_excl):
+                if counts:
+                    counts[self.tasks[0]] = sum(counts.values()) / len(counts)
         self.backbone = params.get("backbone")
 
 
