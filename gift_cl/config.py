@@ -274,6 +274,11 @@ ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
     "strategies.plugins.LwF": {"alpha": Range(0, 1e6), "temperature": _positive(1e3)},
     "strategies.plugins.Replay": {"mem_size": _count(1, 10**9), "batch_size": _count(1, 10**6),
                                   "batch_size_mem": _count(1, 10**6)},
+    "strategies.replay_cil.ERACE": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
+                                    "seed": SEED_RANGE},
+    "strategies.replay_cil.DERPP": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
+                                    "alpha": Range(0, 1e6), "beta": Range(0, 1e6),
+                                    "current_ce": OneOf(("seen", "task")), "seed": SEED_RANGE},
     "gift_cl.artihippo.ArtiHippoSearch": {
         "supernet_epochs": _count(1, 10**4), "lr": _positive(1), "weight_decay": Range(0, 10),
         "batch_size": _count(1, 10**6), "val_fraction": Range(0, 1, open_low=True, open_high=True),

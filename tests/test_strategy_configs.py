@@ -10,7 +10,7 @@ from runs import REPO, compose_cfg
 
 STRATEGIES = sorted(p.stem for p in (REPO / "configs" / "strategy").glob("*.yaml"))
 # methods whose home protocol is class_incremental
-CLASS_INCREMENTAL = ("simplecil", "ranpac", "gift_aper", "l2p", "dualprompt", "coda_prompt", "inflora")
+CLASS_INCREMENTAL = ("simplecil", "ranpac", "gift_aper", "l2p", "dualprompt", "coda_prompt", "inflora", "er_ace", "derpp")
 GIFT_TARGETS = ("gift_cl.methods.GiftMethod", "gift_cl.methods.GiftAper")
 
 

@@ -12,6 +12,7 @@ classifier, which is what the first-session methods (APER) train the adapted bac
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -50,7 +51,8 @@ class GlobalReadout(abc.ABC):
         if task not in self.readout_tasks:
             self.readout_tasks.append(task)
         if getattr(self.readout, "stage_open", False):  # RanPAC: solve once per stage
-            self.readout.fit()  # type: ignore[operator]
+            ridge = self.readout.fit()  # type: ignore[operator]
+            self.ridges = [*getattr(self, "ridges", []), float(ridge)]  # the λ of each stage, in readout.json
 
     def _readout_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.readout(self.readout_features(x))
@@ -76,12 +78,22 @@ class GlobalReadout(abc.ABC):
     def forward_all_tasks_known(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         return {t: self._forward_task(x, t, None) for t in self.tasks}  # type: ignore[attr-defined]
 
+    def write_artifacts(self, run_dir, task_names: list[str], final: bool) -> None:
+        """``readout.json``: the ridge λ chosen at each stage, for a head solved per stage (RanPAC)."""
+        ridges = getattr(self, "ridges", [])
+        if ridges:
+            from ..checkpoint import write_json
+
+            write_json({"ridge_per_stage": dict(zip(task_names, ridges))}, Path(run_dir) / "readout.json")
+
     def get_extra_state(self):
-        return {**super().get_extra_state(), "readout_tasks": list(getattr(self, "readout_tasks", []))}
+        return {**super().get_extra_state(), "readout_tasks": list(getattr(self, "readout_tasks", [])),
+                "ridges": list(getattr(self, "ridges", []))}
 
     def set_extra_state(self, state) -> None:
         super().set_extra_state(state)  # type: ignore[misc]
         self.readout_tasks = [int(t) for t in state.get("readout_tasks", [])]
+        self.ridges = [float(r) for r in state.get("ridges", [])]
 
 
 class FrozenBackboneReadout(GlobalReadout, FrozenBackboneModel):
