@@ -197,3 +197,14 @@ def test_split_fashion_mnist_class_incremental(tmp_path):
     for stage, acc in enumerate(cil["accuracy_per_stage"]):
         assert acc > 1.5 / (2 * (stage + 1)), cil  # 1.5x chance over the classes seen
     assert cil["last_accuracy"] > 0.5, cil  # 5x chance (measured: 0.71)
+
+
+def test_evaluating_the_last_stage_only_gives_the_full_runs_last_accuracy(tmp_path):
+    """``evaluate=last_experience`` (selection sweeps): only the last stage is scored, with the number the run that
+    scores every stage gets (evaluation never changes what trains)."""
+    full = run_in_process(compose_cfg(*CIL, "strategy=gift_cil"), tmp_path / "full")["class_incremental"]
+    last = run_in_process(compose_cfg(*CIL, "strategy=gift_cil", "evaluate=last_experience"),
+                          tmp_path / "last")["class_incremental"]
+    assert last["accuracy_per_stage"][:2] == [None, None]
+    assert last["last_accuracy"] == full["last_accuracy"]
+    assert last["average_incremental_accuracy"] is None and last["forgetting"] is None
