@@ -56,6 +56,7 @@ references are meant for shared-feature models.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections import defaultdict
 from typing import Any, Optional
@@ -244,8 +245,10 @@ class _ClassIncrementalReplay(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         self.in_experience, self.active = None, False
 
+    @abc.abstractmethod
     def _prepare(self, strategy, experience: int) -> None:
-        raise NotImplementedError
+        """At the start of an experience: whether to replay from now on (ER-ACE also fills its buffer here, DER++ after
+        the experience)."""
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

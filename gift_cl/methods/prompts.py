@@ -65,6 +65,7 @@ the batch (not means); DualPrompt and L2P initialise prompts and keys uniform in
 """
 from __future__ import annotations
 
+import abc
 import types
 from typing import Any, Optional, Sequence
 
@@ -185,12 +186,12 @@ class PromptPoolModel(FrozenBackboneModel):
             attn.forward = types.MethodType(_prefix_attention_forward, attn)
 
     # --------------------------------------------------------------- what a prompt method provides
+    @abc.abstractmethod
     def layer_prompt(self, query: torch.Tensor, layer: int, train: bool,
                      slot: int) -> tuple[Optional[Prefix], torch.Tensor | float]:
         """Layer ``layer``'s prefix ``(keys, values)`` (each (B, length, D)) for the queries (B, D) and its loss term:
         the official ``prompt.forward(q, layer, x, train, task_id)``. ``slot`` is the position of the task that
         trains (``train``), else of the last task seen."""
-        raise NotImplementedError
 
     # --------------------------------------------------------------- the forward pass
     def slot(self, task: int) -> int:
