@@ -137,3 +137,16 @@ def wandb_records(path) -> list:
             records.append(record)
             chunk = b""
     return records
+
+
+def stop_then_restore(make, run_dir: Path, stop_after: int = 1):
+    """A run (``make(run_dir)`` builds an ``orchestration.loop.Run``) that dies after ``stop_after`` experiences,
+    and a fresh one restored from its checkpoint, not trained yet: ``(stopped, restored)``."""
+    from orchestration.runfiles import CHECKPOINT
+
+    stopped = make(run_dir)
+    stopped.experiences = stopped.experiences[:stop_after]  # the process dies here
+    stopped.train_and_evaluate()
+    restored = make(run_dir)
+    restored.restore(Path(run_dir) / CHECKPOINT)
+    return stopped, restored

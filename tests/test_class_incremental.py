@@ -18,9 +18,8 @@ from gift_cl.classincremental.evaluation import (
 from gift_cl.data.base import DataError, TaskData
 from gift_cl.reporting import read_results
 from orchestration.loop import Run
-from orchestration.runfiles import CHECKPOINT
 
-from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, run_py
+from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, run_py, stop_then_restore
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -150,11 +149,7 @@ def test_a_stopped_run_resumes_to_the_same_class_incremental_numbers(tmp_path, o
     full = make(tmp_path / "full")
     full.train_and_evaluate()
     expected = full.write_results(final=True)
-    stopped = make(tmp_path / "stopped")
-    stopped.experiences = stopped.experiences[:1]  # the process dies after the first stage
-    stopped.train_and_evaluate()
-    resumed = make(tmp_path / "stopped")
-    resumed.restore(tmp_path / "stopped" / CHECKPOINT)
+    _, resumed = stop_then_restore(make, tmp_path / "stopped")  # the process dies after the first stage
     resumed.train_and_evaluate()
     got = resumed.write_results(final=True)
     assert got["class_incremental"] == expected["class_incremental"]

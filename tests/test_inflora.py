@@ -29,9 +29,8 @@ from gift_cl.methods.inflora import (
     threshold,
 )
 from orchestration.loop import Run
-from orchestration.runfiles import CHECKPOINT
 
-from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, tiny_vit
+from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, stop_then_restore, tiny_vit
 
 CIL = [*TINY, *PROCEDURAL, "benchmark.domains=[digits,signs,pedestrians]", "checkpoint_every=0",
        "strategy=inflora", "strategy.method.total_sessions=3", "strategy.method.rank=4"]
@@ -62,11 +61,7 @@ def test_a_class_incremental_run_is_one_growing_classifier_and_resumes_exactly(t
     cil = expected["class_incremental"]
     assert cil["infer_task"] == "max_logit" and len(cil["accuracy_per_stage"]) == 3
     assert full.model.designed == full.model.memorised == [0, 1, 2]
-    stopped = make(tmp_path / "stopped")
-    stopped.experiences = stopped.experiences[:1]  # the process dies after the first stage
-    stopped.train_and_evaluate()
-    resumed = make(tmp_path / "stopped")
-    resumed.restore(tmp_path / "stopped" / CHECKPOINT)
+    _, resumed = stop_then_restore(make, tmp_path / "stopped")  # the process dies after the first stage
     assert resumed.model.designed == resumed.model.memorised == [0]
     resumed.train_and_evaluate()
     got = resumed.write_results(final=True)

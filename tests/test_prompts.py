@@ -17,9 +17,8 @@ import torch
 
 from gift_cl.methods import L2P, CodaPrompt, DualPrompt
 from orchestration.loop import Run
-from orchestration.runfiles import CHECKPOINT
 
-from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, tiny_vit
+from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, stop_then_restore, tiny_vit
 
 CIL = [*TINY, *PROCEDURAL, "benchmark.domains=[digits,signs,pedestrians]", "checkpoint_every=0"]
 # the 2-block test ViT: the official layers moved into its two blocks
@@ -49,12 +48,8 @@ def test_runs_class_incrementally_trains_what_the_official_code_trains_and_resum
     assert cil["infer_task"] == "max_logit"  # the test-time prompts do not depend on a task: one growing head
     assert [len(r) for r in cil["accuracy_matrix"]] == [1, 2, 3]
 
-    stopped = make(tmp_path / "stopped")
-    stopped.experiences = stopped.experiences[:1]  # the process dies after the first stage
-    stopped.train_and_evaluate()
+    stopped, resumed = stop_then_restore(make, tmp_path / "stopped")  # the process dies after the first stage
     after_first = _slices(stopped.model)
-    resumed = make(tmp_path / "stopped")
-    resumed.restore(tmp_path / "stopped" / CHECKPOINT)
     resumed.train_and_evaluate()
     got = resumed.write_results(final=True)
     assert got["class_incremental"] == expected["class_incremental"]

@@ -14,7 +14,7 @@ from gift_cl.methods import SharedBackbone
 from orchestration.loop import CHECKPOINT, Run
 from strategies.replay_cil import DERPP, ERACE
 
-from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, tiny_vit
+from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, stop_then_restore, tiny_vit
 
 CIL = [*TINY, *PROCEDURAL, "benchmark.domains=[digits,signs,pedestrians]", "checkpoint_every=0"]
 # a buffer smaller than the data (48 images a task), so reservoir sampling and the class balance are exercised
@@ -65,13 +65,9 @@ def test_runs_class_incrementally_and_resumes_exactly_between_experiences(tmp_pa
         stored = (~torch.isnan(logits)).sum(1)
         assert [int(n) for n in stored] == [width[int(e)] for e, _ in refs.tolist()]
 
-    stopped = make(tmp_path / "stopped")
-    stopped.experiences = stopped.experiences[:1]  # the process dies after the first stage
-    stopped.train_and_evaluate()
+    _, resumed = stop_then_restore(make, tmp_path / "stopped")  # the process dies after the first stage
     checkpoint = torch.load(tmp_path / "stopped" / CHECKPOINT, weights_only=True)  # tensors and plain containers
     assert ("ERACE" if name == "er_ace" else "DERPP") in checkpoint["plugins"]
-    resumed = make(tmp_path / "stopped")
-    resumed.restore(tmp_path / "stopped" / CHECKPOINT)
     resumed.train_and_evaluate()
     got = resumed.write_results(final=True)
     for key in KEYS:
