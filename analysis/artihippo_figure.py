@@ -14,8 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from gift_cl.artihippo.report import plot_architecture
 
 

@@ -39,7 +39,7 @@ def photo(w: int, h: int, grey: bool = False) -> Image.Image:
     """A smooth random image with mild noise: JPEG-encodes and decodes like a photo, unlike noise."""
     c = 1 if grey else 3
     low = RNG.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), c), dtype=np.uint8)
-    img = np.asarray(Image.fromarray(low.squeeze(-1) if grey else low).resize((w, h), Image.BILINEAR), np.int16)
+    img = np.asarray(Image.fromarray(low.squeeze(-1) if grey else low).resize((w, h), Image.Resampling.BILINEAR), np.int16)
     img = np.clip(img + RNG.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(img)
 
@@ -68,7 +68,7 @@ def write_vdd(root: str, n: int, classes: int = 10) -> None:
 
 def write_vtab(root: str, n: int, classes: int = 10) -> None:
     task = os.path.join(root, "eurosat")
-    lines = {}
+    lines: dict[str, list[str]] = {}
     for split, count in (("train800", n), ("val200", n // 5)):
         lines[split] = []
         for i in range(count):

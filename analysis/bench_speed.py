@@ -111,7 +111,7 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
 
 def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, device) -> dict[str, list[float]]:
     """Seconds per call of every function, alternating between them round by round."""
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + rounds):
         for k, fn in fns.items():
             sync(device)
@@ -145,7 +145,8 @@ def floor_model(base: nn.Module, targets) -> nn.Module:
     model = copy.deepcopy(base).requires_grad_(False)
     for _, m in find_linear_targets(model, targets):
         m.bias.requires_grad_(True)
-    model.get_classifier().requires_grad_(True)
+    # nn.Module.__getattr__ is typed Tensor | Module; timm models (create_model's nn.Module) define get_classifier()
+    model.get_classifier().requires_grad_(True)  # type: ignore[operator]
     return model
 
 

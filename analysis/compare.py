@@ -16,7 +16,7 @@ What a run is
   ``benchmark.eval_split=val``; ``test`` otherwise and for benchmarks without the field);
 - hyperparameters: the run's remaining command-line overrides, minus the ones that never distinguish a
   configuration (seed, split size and choice, hydra.*, and the keys that do not change results,
-  ``orchestration.runfiles.RESULT_NEUTRAL_KEYS``: threads, device, logger, resume, checkpointing, ...) and the
+  ``gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS``: threads, device, logger, resume, checkpointing, ...) and the
   ones that choose *what* is evaluated (``benchmark=``, ``benchmark.domains=``): runs of one method, split
   and setting are merged across benchmarks, so a VTAB sweep with one dataset per run makes one row;
 - seed: ``results["seed"]``.
@@ -47,13 +47,13 @@ import io
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+from gift_cl.orchestration.runfiles import CONFIG_FILE, RESULTS_FILE, result_neutral
 from gift_cl.reporting import PREDICTIONS_FILE, find_result_dirs, read_results
-from orchestration.runfiles import CONFIG_FILE, RESULTS_FILE, result_neutral
 
 # overrides that never distinguish a configuration (the split and its size are how val/test runs pair up),
-# besides those that do not change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS)
+# besides those that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
 NOT_HYPERPARAMETERS = ("strategy=", "method=", "protocol=", "cl=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
                        "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra")
 # overrides that choose the method (its row) rather than tune it: the generator, the backbone
@@ -228,8 +228,8 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
                 rows.append(_row(method, tasks, {t: hp for t in tasks}, test, "no val runs"))
             continue
         if select == "mean":
-            scores = {hp: mean_std(c.average_values())[0] for hp, c in val.items()}
-            scores = {hp: v for hp, v in scores.items() if v is not None}
+            means = {hp: mean_std(c.average_values())[0] for hp, c in val.items()}
+            scores = {hp: v for hp, v in means.items() if v is not None}
             best = _choose(scores, val)
             notes = [f"val {100 * scores[best]:.1f}", *selection_warnings(best, list(scores), val[best], test.get(best))]
             rows.append(_row(method, tasks, {t: best for t in tasks}, test, "; ".join(notes)))
@@ -237,8 +237,8 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
         else:
             chosen = {}
             for t in tasks:
-                scores = {hp: mean_std(c.task_values(t))[0] for hp, c in val.items()}
-                scores = {hp: v for hp, v in scores.items() if v is not None}
+                means = {hp: mean_std(c.task_values(t))[0] for hp, c in val.items()}
+                scores = {hp: v for hp, v in means.items() if v is not None}
                 if scores:
                     chosen[t] = _choose(scores, val)
             rows.append(_row(method, tasks, chosen, test, "val per task"))
@@ -260,8 +260,8 @@ def grid_edges(chosen: tuple, settings: list[tuple]) -> list[str]:
         v = _numeric(value)
         if v is None:
             continue
-        grid = {_numeric(o.partition("=")[2]) for hp in settings for o in hp if o.partition("=")[0] == key}
-        grid.discard(None)
+        grid = {g for g in (_numeric(o.partition("=")[2]) for hp in settings for o in hp if o.partition("=")[0] == key)
+                if g is not None}
         if len(grid) > 1 and v in (min(grid), max(grid)):
             notes.append(f"{key}={value} at the grid's {'lower' if v == min(grid) else 'upper'} edge")
     return notes
@@ -299,20 +299,24 @@ def validation_scores(runs: list[Run], chosen: dict[str, tuple]) -> list[dict]:
 
 
 def _row(method: str, tasks: list[str], chosen: dict[str, tuple], test: dict[tuple, Cell], how: str) -> dict:
-    row = {"method": method}
+    row: dict[str, Any] = {"method": method}
     per_seed: dict = defaultdict(dict)  # seed -> task -> accuracy, from the chosen settings' test runs
-    params, params_excl, backbone, missing = {}, {}, None, []
+    params: dict[str, Optional[float]] = {}
+    params_excl: dict[str, Optional[float]] = {}
+    backbone: Optional[int] = None
+    missing: list[str] = []
     for t in tasks:
         hp = chosen.get(t)
         cell = test.get(hp) if hp is not None else None
         accs = {seed: a[t] for seed, a in cell.acc.items() if t in a} if cell is not None else {}
         if hp is not None and not accs:
             missing.append(t)
-        for seed, a in accs.items():
-            per_seed[seed][t] = a
-            row.setdefault("_runs", {}).setdefault(seed, {})[t] = (a, cell.paths[seed].get(t))
+        if cell is not None:  # (accs is empty otherwise)
+            for seed, a in accs.items():
+                per_seed[seed][t] = a
+                row.setdefault("_runs", {}).setdefault(seed, {})[t] = (a, cell.paths[seed].get(t))
         row[t] = fmt(*mean_std([accs[s] for s in sorted(accs)]))
-        if accs:
+        if cell is not None and accs:
             params[t], backbone = cell.params.get(t), backbone or cell.backbone
             params_excl[t] = cell.params_excl.get(t)
     present = [t for t in tasks if any(t in d for d in per_seed.values())]
@@ -350,7 +354,7 @@ def paired_diffs(runs_a: dict, runs_b: dict, seeds: list, tasks: list[str], cach
     """``{seed: {task: c_A − c_B per image}}`` where both runs kept predictions, else the accuracy difference."""
     import numpy as np
 
-    out = {}
+    out: dict[Any, dict[str, Any]] = {}
     for s in seeds:
         out[s] = {}
         for t in tasks:
@@ -429,12 +433,12 @@ def pairwise_markdown(pairs: list[dict], alpha: float = 0.05) -> str:
 
 
 # overrides a test run drops from its val run's command line: the split, the seed, and the per-run settings
-# that do not change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS)
+# that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
 NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "hydra")
 
 
 def test_plan(rows: list[dict], seeds: str) -> str:
-    """Plan lines (``python -m orchestration.sweep``) for the test runs of every row's chosen setting: its val
+    """Plan lines (``python -m gift_cl.orchestration.sweep``) for the test runs of every row's chosen setting: its val
     run's command line without the split, for ``seeds`` (``0,1,2``)."""
     lines = []
     for row in rows:
@@ -506,7 +510,7 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--where", action="append", default=[], metavar="OVERRIDE",
                     help="only runs whose command line has this override (e.g. model=vit_formula); repeatable")
     ap.add_argument("--test-plan", help="write the plan of test runs at every method's chosen setting "
-                                        "(python -m orchestration.sweep PLAN --out DIR runs it)")
+                                        "(python -m gift_cl.orchestration.sweep PLAN --out DIR runs it)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of --test-plan (default 0,1,2)")
     ap.add_argument("--val-md", help="write every validation score (method, setting, per seed) as markdown")
     ap.add_argument("--reference", help="paired differences against this method only (default: every pair)")

@@ -1,10 +1,10 @@
 """The backbone evidence: what a pretrained backbone gives the framework, old and new side by side.
 
     python analysis/evidence.py probe                        # frozen [CLS] vs raw pixels vs random ViT
-    python -m orchestration.sweep analysis/sweeps/evidence_val_formula.txt --out sweeps/evidence --jobs 2
+    python -m gift_cl.orchestration.sweep analysis/sweeps/evidence_val_formula.txt --out sweeps/evidence --jobs 2
     python analysis/compare.py sweeps/evidence --where model=vit_formula --test-plan t.txt --seeds 0,1,2,3,4
-    python -m orchestration.sweep t.txt --out sweeps/evidence --jobs 2                   # (and for vit_procedural)
-    python -m orchestration.sweep analysis/sweeps/evidence_fmnist.txt --out sweeps/evidence_fmnist
+    python -m gift_cl.orchestration.sweep t.txt --out sweeps/evidence --jobs 2                   # (and for vit_procedural)
+    python -m gift_cl.orchestration.sweep analysis/sweeps/evidence_fmnist.txt --out sweeps/evidence_fmnist
     python analysis/evidence.py concepts formula=outputs/<default run> procedural=outputs/<run, model=vit_procedural>
     python analysis/evidence.py report                       # docs/results/evidence/evidence.md
 
@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BACKBONES = {  # name -> the asset it loads (``model=<name>`` in run.py)
     "vit_formula": "vit_formula.safetensors",
@@ -52,7 +50,8 @@ def load_backbone(name: str):
     from gift_cl.pretrain import ARCH, ARCH_KWARGS
 
     if name == "random":
-        return timm.create_model(ARCH, pretrained=False, num_classes=0, **ARCH_KWARGS)
+        kwargs: dict[str, Any] = dict(ARCH_KWARGS)  # (inferred dict[str, int]; create_model's **kwargs mix types)
+        return timm.create_model(ARCH, pretrained=False, num_classes=0, **kwargs)
     return create_backbone(ARCH, num_classes=0, checkpoint=asset_path(BACKBONES[name]), kwargs=ARCH_KWARGS)
 
 
@@ -70,14 +69,14 @@ def run_probe(out: Path, data_seeds: list[int], n_train: int, n_val: int, n_test
     if missing:
         print(f"skipping backbones without weights: {missing} (python -m gift_cl.pretrain makes vit_formula)")
     backbones = {name: load_backbone(name) for name in BACKBONES if name not in missing}
-    scores = {}  # feature -> domain -> [test acc per seed]
-    chosen_c = {}
+    scores: dict[str, dict[str, list[float]]] = {}  # feature -> domain -> [test acc per seed]
+    chosen_c: dict[str, dict[str, list[float]]] = {}
     t0 = time.time()
     for seed in data_seeds:
         torch.manual_seed(seed)
         features = {"pixels": None, **backbones, "random_vit": load_backbone("random")}
         features = {k: v for k, v in features.items() if not only or k in only}
-        kw = dict(n_train=n_train, n_test=n_test, n_val=n_val, data_seed=seed)
+        kw: dict[str, Any] = dict(n_train=n_train, n_test=n_test, n_val=n_val, data_seed=seed)
         test_tasks = procedural.load_procedural(domains, eval_split="test", **kw)
         val_tasks = procedural.load_procedural(domains, eval_split="val", **kw)
         for task, val in zip(test_tasks, val_tasks):
@@ -163,6 +162,7 @@ def concept_stats(run_dir: Path, block: int = 0) -> dict:
     averaged over concepts and tasks), how many distinct concepts the tokens' hard assignments use, the
     off-diagonal NMI / ARI of those assignments, and the same spread at every block (where it collapses)."""
     from gift_cl.concepts import agreement_matrices, hard_assignments, off_diagonal_mean
+    from gift_cl.gift import GiftGenerator
     from gift_cl.interpret import load_run
 
     def spread(per_task: dict) -> float:
@@ -170,7 +170,8 @@ def concept_stats(run_dir: Path, block: int = 0) -> dict:
 
     run = load_run(run_dir)
     gift = run.task(run.names[0]).gift
-    depth = max(g.config.depth for g in gift.generators.values())
+    # (ModuleDict values are typed Module; GiftModel fills gift.generators with GiftGenerator only)
+    depth = max(cast(GiftGenerator, g).config.depth for g in gift.generators.values())
     by_block = [run.concept_vectors(block=b) for b in range(depth)] if depth else [run.concept_vectors()]
     vectors = by_block[block]
     out = {}
@@ -191,12 +192,9 @@ def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
     """The method table of one backbone (``analysis/compare.py --where model=<backbone>``) with its paired
     differences, and the validation scores of every setting."""
     import contextlib
-    import importlib.util
     import io
 
-    spec = importlib.util.spec_from_file_location("compare", Path(__file__).with_name("compare.py"))
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    from gift_cl.analysis import compare
     val_md = sweep / f"validation_{backbone}.md"
     with contextlib.redirect_stdout(io.StringIO()):
         try:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
-from pathlib import Path
 
 # one BLAS thread: the machine is shared, and the generation speed column is a one-core number
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -26,8 +24,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gift_cl.data import procedural as P  # noqa: E402
 from gift_cl.data.procedural.registry import _balanced_labels, _derive_seed  # noqa: E402
@@ -41,6 +37,13 @@ def generation_speed(domain: str, size: int, n: int = 500) -> float:
     t0 = time.perf_counter()
     spec.generate(labels, rng, size)
     return n / (time.perf_counter() - t0)
+
+
+def images_labels(domain: str, n: int, split: str, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``P.generate`` without masks: (images, labels). Its annotation also allows the ``masks=True`` 3-tuple."""
+    out = P.generate(domain, n, split=split, seed=seed, image_size=size)
+    assert len(out) == 2, "P.generate without masks returns (images, labels)"
+    return out
 
 
 def linear_probe(x_tr, y_tr, x_te, y_te) -> float:
@@ -100,8 +103,8 @@ def main() -> None:
     print("-" * len(header))
     for d in args.domains:
         spec = P.DOMAINS[d]
-        x_tr, y_tr = P.generate(d, args.n_train, split="train", seed=args.seed, image_size=args.size)
-        x_te, y_te = P.generate(d, args.n_test, split="test", seed=args.seed, image_size=args.size)
+        x_tr, y_tr = images_labels(d, args.n_train, "train", args.seed, args.size)
+        x_te, y_te = images_labels(d, args.n_test, "test", args.seed, args.size)
         pix = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
         rgb = lambda x: x.reshape(len(x), -1, 3).mean(axis=1).astype(np.float32) / 255.0  # noqa: E731
         acc_pix = linear_probe(pix(x_tr), y_tr, pix(x_te), y_te)

@@ -9,7 +9,7 @@ Reads only the results schema (``results.json``, ``schema_version`` 1 or 2; docs
 per task (final accuracy), the average, forgetting and BWT (sequential), task-id accuracy, trainable
 parameters per task (with and without its classifier), shared parameters, wall time (train + eval seconds).
 Runs that differ only in ``seed``, or in keys that do not change results (threads, device, logger, ...:
-``orchestration.runfiles.RESULT_NEUTRAL_KEYS``), form one row.
+``gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS``), form one row.
 
 The printed table is sorted by strategy, then overrides; overrides every row shares (a CPU recipe such as
 ``benchmark.n_train=200 optim.epochs=5``) are printed once above it instead of in every row; accuracies are
@@ -30,13 +30,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from gift_cl.orchestration.runfiles import RESULTS_FILE, result_neutral
 from gift_cl.reporting import find_result_dirs, read_results
-from orchestration.runfiles import RESULTS_FILE, result_neutral
 
 
 def group_key(res: dict) -> tuple[str, str]:
     """Strategy and the command-line overrides that distinguish the run: seed, hydra.* and the keys that do not
-    change results (orchestration.runfiles.RESULT_NEUTRAL_KEYS) left out."""
+    change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS) left out."""
     extra = [o for o in res.get("overrides", [])
              if not o.startswith(("strategy=", "hydra", "seed=")) and not result_neutral(o)]
     return res["strategy"], " ".join(sorted(extra))

@@ -1,7 +1,7 @@
 """OmegaConf resolvers used by the Hydra configs, and what a configuration may instantiate.
 
 :func:`register_resolvers` registers them (idempotent): where a configuration is composed (``run.py``,
-``orchestration.sweep``, ``run.py -m``) and in :func:`load_saved_config`. Importing this module registers
+``gift_cl.orchestration.sweep``, ``run.py -m``) and in :func:`load_saved_config`. Importing this module registers
 nothing.
 
 * ``${asset:vit_procedural.safetensors}``: the file shipped inside the installed package.
@@ -15,9 +15,9 @@ nothing.
 **What may be instantiated.** A configuration names a constructor with ``_target_``; Hydra calls it. Who
 wrote the configuration decides what may be named:
 
-* **Composed from the command line** (``run.py``, ``run.py -m``, ``python -m orchestration.sweep``: the
+* **Composed from the command line** (``run.py``, ``run.py -m``, ``python -m gift_cl.orchestration.sweep``: the
   configs and overrides the user gave, ``hydra.searchpath`` included; ``check_instantiable(...,
-  command_line=True)``, used by :func:`orchestration.validation.validate`): any importable ``_target_``, at any
+  command_line=True)``, used by :func:`gift_cl.orchestration.validation.validate`): any importable ``_target_``, at any
   place (the user's own method, benchmark or plug-in in their own package: the user ran the command, their
   code is theirs to run). Each node is still checked: its keys arguments of the constructor, its values plain
   and of the annotated type, and for this project's constructors in the range :data:`ARGUMENT_RANGES` gives.
@@ -99,7 +99,7 @@ PROJECT_RESOLVERS = tuple(RESOLVERS)  # the only resolvers a saved configuration
 
 def register_resolvers() -> None:
     """Register this project's resolvers (:data:`RESOLVERS`) with OmegaConf, replacing whatever holds their
-    names (``orchestration.cli``'s torch-free stand-ins, which call this at their first use). Idempotent: call
+    names (``gift_cl.orchestration.cli``'s torch-free stand-ins, which call this at their first use). Idempotent: call
     it wherever a configuration is composed or read."""
     for name, resolver in RESOLVERS.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True, use_cache=False)
@@ -270,13 +270,13 @@ ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
     "gift_cl.methods.CoeffTuning": {"dropout": Range(0, 1, open_high=True)},
     "gift_cl.methods.Gist": {"ce_weight": Range(0, 1e6), "kl_weight": Range(0, 1e6), "temperature": _positive(1e3),
                              "init_range": Range(0, 1e3), "dropout": Range(0, 1, open_high=True)},
-    "strategies.plugins.EWC": {"ewc_lambda": Range(0, 1e12), "decay_factor": Range(0, 1)},
-    "strategies.plugins.LwF": {"alpha": Range(0, 1e6), "temperature": _positive(1e3)},
-    "strategies.plugins.Replay": {"mem_size": _count(1, 10**9), "batch_size": _count(1, 10**6),
+    "gift_cl.strategies.plugins.EWC": {"ewc_lambda": Range(0, 1e12), "decay_factor": Range(0, 1)},
+    "gift_cl.strategies.plugins.LwF": {"alpha": Range(0, 1e6), "temperature": _positive(1e3)},
+    "gift_cl.strategies.plugins.Replay": {"mem_size": _count(1, 10**9), "batch_size": _count(1, 10**6),
                                   "batch_size_mem": _count(1, 10**6)},
-    "strategies.replay_cil.ERACE": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
+    "gift_cl.strategies.replay_cil.ERACE": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
                                     "seed": SEED_RANGE},
-    "strategies.replay_cil.DERPP": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
+    "gift_cl.strategies.replay_cil.DERPP": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
                                     "alpha": Range(0, 1e6), "beta": Range(0, 1e6),
                                     "current_ce": OneOf(("seen", "task")), "seed": SEED_RANGE},
     "gift_cl.artihippo.ArtiHippoSearch": {
@@ -399,7 +399,7 @@ def _check_target_node(node: dict, where: str, slot: str, command_line: bool = F
 def _known_name(target: str, constructor: Any) -> str:
     """The name :data:`ARGUMENT_RANGES` knows ``constructor`` by (``gift_cl.methods.lora.LoraMethod`` is
     ``gift_cl.methods.LoraMethod``), else ``target``."""
-    if target in ARGUMENT_RANGES or not target.startswith(("gift_cl.", "strategies.")):
+    if target in ARGUMENT_RANGES or not target.startswith("gift_cl."):
         return target
     for known in ARGUMENT_RANGES:
         if _import(known, known) is constructor:
@@ -481,6 +481,27 @@ def check_interpolations(node: Any, where: str = "") -> None:
                                   f"only {', '.join(PROJECT_RESOLVERS)} and references to other keys")
 
 
+# the names a checkout's short package names gave constructors in configurations saved before they were
+# installed as gift_cl's subpackages (gift_cl.short_names): read as the installed names
+SHORT_TARGET_PREFIXES = {"strategies.": "gift_cl.strategies.", "orchestration.": "gift_cl.orchestration."}
+
+
+def installed_target_names(node: Any) -> Any:
+    """``node`` with every ``_target_`` that names a constructor by its checkout short name
+    (``strategies.plugins.EWC``) renamed to the installed name (``gift_cl.strategies.plugins.EWC``)."""
+    if isinstance(node, dict):
+        renamed = {key: installed_target_names(value) for key, value in node.items()}
+        target = renamed.get("_target_")
+        if isinstance(target, str):
+            for short, full in SHORT_TARGET_PREFIXES.items():
+                if target.startswith(short):
+                    renamed["_target_"] = full + target[len(short):]
+        return renamed
+    if isinstance(node, list):
+        return [installed_target_names(value) for value in node]
+    return node
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -511,6 +532,7 @@ def load_saved_config(path: str | Path) -> DictConfig:
             assert isinstance(tree, dict)  # cfg is a DictConfig (checked above)
         except Exception as err:  # noqa: BLE001 (OmegaConf's and the resolvers' errors: one message)
             raise ConfigError(f"cannot resolve it ({type(err).__name__}: {_first_line(err)})") from None
+        tree = installed_target_names(tree)
         check_instantiable(tree)
         SEED_RANGE.check(tree.get("seed", 0), "seed")
     except ConfigError as err:

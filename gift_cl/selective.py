@@ -9,7 +9,7 @@ back to what it was (so scopes nest).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from torch import nn
 
@@ -24,12 +24,19 @@ class TaskSelective:
 def serving(module: nn.Module, task: Optional[int]) -> Iterator[None]:
     """Every :class:`TaskSelective` part of ``module`` (itself included) serves ``task`` inside the block."""
     parts = [m for m in module.modules() if isinstance(m, TaskSelective)]
-    before = [m.active for m in parts]
-    key = None if task is None else str(task)
-    for m in parts:
-        m.active = key
+    with attribute_scope(parts, "active", None if task is None else str(task)):
+        yield
+
+
+@contextlib.contextmanager
+def attribute_scope(objects: Sequence[object], name: str, value: object) -> Iterator[None]:
+    """Every object's attribute ``name`` is ``value`` inside the block; afterwards each is back to what it
+    was (so scopes nest, and an exception in the block restores them too)."""
+    before = [getattr(obj, name) for obj in objects]
+    for obj in objects:
+        setattr(obj, name, value)
     try:
         yield
     finally:
-        for m, active in zip(parts, before):
-            m.active = active
+        for obj, old in zip(objects, before):
+            setattr(obj, name, old)

@@ -32,7 +32,7 @@ INTERRUPTED = 130  # the exit status of a process stopped by SIGINT (128 + 2), a
 def user_errors() -> tuple:
     """Errors whose message says everything a user needs: reported as one line, exit status 1."""
     from gift_cl.errors import library_user_errors
-    from strategies import DivergenceError
+    from gift_cl.strategies import DivergenceError
 
     from .rundir import RunDirError
 
@@ -128,7 +128,7 @@ def run(cfg, hydra_dir: Path, overrides: tuple = (), record: Optional[HydraRecor
     cfg.progress = progress_bars(cfg.progress)  # what this process does: saved so, a resume may change it
     import torch
 
-    from strategies.evaluation import logger_options
+    from gift_cl.strategies.evaluation import logger_options
 
     from . import distributed
     from .validation import validate
@@ -347,7 +347,7 @@ def _hydra_main() -> None:
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
     def _main(cfg) -> float:
         hydra_cfg = HydraConfig.get()
-        try:  # a single run (-m: hydra_plugins/gift_cl_sweep runs the grid through orchestration.sweep)
+        try:  # a single run (-m: hydra_plugins/gift_cl_sweep runs the grid through gift_cl.orchestration.sweep)
             results = run(cfg, Path(hydra_cfg.runtime.output_dir), tuple(hydra_cfg.overrides.task),
                           record=hydra_record(cfg))
         except Exception as exc:
@@ -362,14 +362,34 @@ def _hydra_main() -> None:
     _main()
 
 
+# ``gift-cl <tool> ...``: the project's other commands, each also ``python -m <module>`` (in a checkout
+# ``python -m orchestration.sweep`` and ``python analysis/compare.py`` as well)
+TOOLS = {
+    "sweep": "gift_cl.orchestration.sweep",  # run a sweep plan (resumable)
+    "export": "gift_cl.orchestration.export",  # a run's model as a shareable directory
+    "compare": "gift_cl.analysis.compare",  # choose on validation, report test runs with paired differences
+    "summarize": "gift_cl.analysis.summarize",  # mean ± std over seeds of a folder of runs
+    "cluster-maps": "gift_cl.analysis.cluster_maps",  # PaCa cluster maps of a run
+    "concept-reuse": "gift_cl.analysis.concept_reuse",  # concept reuse across a run's tasks
+}
+
+
+def run_tool(name: str, args: list[str]) -> int:
+    """``gift-cl <name> <args>``: the tool's ``main`` with ``args`` as its command line; its exit status."""
+    import importlib
+
+    sys.argv = [f"gift-cl {name}", *args]
+    status = importlib.import_module(TOOLS[name]).main()
+    return status if isinstance(status, int) else 0
+
+
 def main() -> None:
     """The ``gift-cl`` console script: ``gift-cl strategy=gift_multitask benchmark=vdd ...`` = ``python run.py ...``.
     Ctrl-C ends it with one line and exit status 130 (a run's checkpoint is consistent: resume it).
-    ``gift-cl export <run dir>`` writes a run's model as a shareable directory (``orchestration/export.py``)."""
-    if sys.argv[1:2] == ["export"]:
-        from .export import main as export_main
-
-        sys.exit(export_main(sys.argv[2:]))
+    ``gift-cl <tool> ...`` runs one of :data:`TOOLS` (``gift-cl export <run dir>``, ``gift-cl sweep PLAN --out
+    DIR``, ``gift-cl compare SWEEP_DIR``, ...)."""
+    if sys.argv[1:2] and sys.argv[1] in TOOLS:
+        sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
     sys.argv[1:] = with_deferred_outputs(sys.argv[1:])
     try:
         _hydra_main()

@@ -82,7 +82,7 @@ class Runtime:
     precision: str = "fp32"
     compile: bool = False
     loader: dict = field(default_factory=lambda: {"num_workers": 0})
-    distributed: Optional[Any] = None  # orchestration.distributed.DistContext when distributed=true
+    distributed: Optional[Any] = None  # gift_cl.orchestration.distributed.DistContext when distributed=true
 
     @property
     def is_main(self) -> bool:

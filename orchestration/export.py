@@ -1,5 +1,5 @@
 """A run's trained model as a shareable directory (:mod:`gift_cl.pretrained`): ``<run_dir>/model/``, written by
-every run at its end, and ``gift-cl export`` (``python -m orchestration.export``), which writes it from a run's
+every run at its end, and ``gift-cl export`` (``python -m gift_cl.orchestration.export``), which writes it from a run's
 checkpoints, and from there the peft adapters and merged checkpoints::
 
     gift-cl export outputs/gift_multitask/procedural/<time>                 # -> <run dir>/model/
@@ -70,7 +70,7 @@ def build_model(cfg):
 
 
 # ---------------------------------------------------------------------- the run loop's calls
-PROJECT_PACKAGES = ("gift_cl.", "strategies.")
+PROJECT_PACKAGES = ("gift_cl.",)
 
 
 def outside_code(model) -> Optional[str]:

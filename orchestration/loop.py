@@ -28,10 +28,10 @@ from gift_cl.optim import OptimConfig
 from gift_cl.protocols import get_protocol
 from gift_cl.reporting import read_predictions, write_predictions
 from gift_cl.rng import rng_state, seed_everything, set_rng_state
-from strategies import TaskAwareStrategy
-from strategies.distributed import DataParallel
-from strategies.evaluation import close_loggers, evaluation_state, make_evaluator, restore_evaluation
-from strategies.plugins import AugmentationSeeds, EpochCheckpointPlugin, PredictionRecorder
+from gift_cl.strategies import TaskAwareStrategy
+from gift_cl.strategies.distributed import DataParallel
+from gift_cl.strategies.evaluation import close_loggers, evaluation_state, make_evaluator, restore_evaluation
+from gift_cl.strategies.plugins import AugmentationSeeds, EpochCheckpointPlugin, PredictionRecorder
 
 from .device import runtime
 from .distributed import broadcast_object

@@ -82,7 +82,7 @@ def _data_seed(cfg: DictConfig):
 def _overrides(run_dir: Path) -> list[str]:
     from omegaconf import OmegaConf
 
-    path = Path(run_dir) / OVERRIDES_FILE  # written when the run started (orchestration.cli)
+    path = Path(run_dir) / OVERRIDES_FILE  # written when the run started (gift_cl.orchestration.cli)
     return list(OmegaConf.load(path)) if path.is_file() else []
 
 

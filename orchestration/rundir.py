@@ -2,9 +2,9 @@
 
 - ``resume=false``: Hydra's new directory; one that already holds a run is refused (no silent reuse).
 - ``resume=<dir>``: that run; its saved configuration must equal this one (keys that cannot change
-  results, :data:`orchestration.runfiles.RESULT_NEUTRAL_KEYS`, may differ; ``allow_config_change=true``
+  results, :data:`gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS`, may differ; ``allow_config_change=true``
   accepts other differences). A directory whose run was killed in start-up, before it saved its
-  configuration, holds nothing of it but start-up debris (:data:`orchestration.runfiles.START_UP_DEBRIS`):
+  configuration, holds nothing of it but start-up debris (:data:`gift_cl.orchestration.runfiles.START_UP_DEBRIS`):
   the run starts afresh there, so a requeue loop (``hydra.run.dir=D resume=D``) recovers. A directory
   holding anything else is refused.
 - ``resume=true``: the newest unfinished run of the same configuration beside Hydra's new directory.
@@ -67,7 +67,11 @@ def resolved(cfg: DictConfig) -> dict:
 
 
 def saved_config(run_dir: Path) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False)
+    """The run's saved configuration; constructors named by a checkout's short package names read as their
+    installed names (a run saved as ``strategies.plugins.EWC`` resumes as ``gift_cl.strategies.plugins.EWC``)."""
+    from gift_cl.config import installed_target_names
+
+    return installed_target_names(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False))
 
 
 def holds_a_run(run_dir: Path) -> bool:

@@ -20,21 +20,21 @@ CIL_CSV = "class_incremental.csv"  # the class-incremental protocol: accuracy ov
 CIL_PLOT = "class_incremental.png"
 CHECKPOINTS_DIR = "checkpoints"  # last.pt, and each finished task's <task>.safetensors (independent protocol)
 CHECKPOINT = Path(CHECKPOINTS_DIR) / "last.pt"  # the run checkpoint (gift_cl.checkpoint.save_run_checkpoint)
-MODEL_DIR = "model"  # the run's model as a gift_cl.pretrained directory (orchestration.export)
+MODEL_DIR = "model"  # the run's model as a gift_cl.pretrained directory (gift_cl.orchestration.export)
 LOG_FILE = "gift_cl.log"  # the job log
-LOCK_FILE = ".lock"  # held while a run uses the directory (orchestration.rundir.RunLock)
+LOCK_FILE = ".lock"  # held while a run uses the directory (gift_cl.orchestration.rundir.RunLock)
 CLAIM_FILE = ".claim"  # a sweep worker's claim on the run
 HYDRA_DIR = ".hydra"  # Hydra's record of the job
-SWEEP_OVERRIDES_FILE = "overrides.txt"  # a sweep run's plan line (orchestration.sweep)
+SWEEP_OVERRIDES_FILE = "overrides.txt"  # a sweep run's plan line (gift_cl.orchestration.sweep)
 SWEEP_ERROR_FILE = "sweep_error.txt"  # the traceback of a sweep run that failed
 INDEX_FILE = "index.tsv"  # in a sweep's --out: directory <tab> overrides, one line per run of its plans
 
-# what a run leaves in its directory before it saves its configuration (orchestration.rundir.aborted_start)
+# what a run leaves in its directory before it saves its configuration (gift_cl.orchestration.rundir.aborted_start)
 START_UP_DEBRIS = frozenset({LOCK_FILE, CLAIM_FILE, OVERRIDES_FILE, HYDRA_DIR, LOG_FILE})
 
 # ------------------------------------------------------------------------------------------- result-neutral keys
 # top-level configuration keys that do not change a run's numbers: a resume may change them
-# (orchestration.rundir.config_differences), the analysis tools do not tell runs apart by them, and a test
+# (gift_cl.orchestration.rundir.config_differences), the analysis tools do not tell runs apart by them, and a test
 # run does not inherit them from its validation run (analysis/compare.py --test-plan)
 RESULT_NEUTRAL_KEYS = ("threads", "num_workers", "progress", "device", "eval_batch_size", "resume",
                        "checkpoint_every", "allow_config_change", "logger")

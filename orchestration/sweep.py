@@ -1,4 +1,4 @@
-"""Long sweeps that survive a stop: ``python -m orchestration.sweep PLAN [PLAN ...] --out DIR [--jobs N]``.
+"""Long sweeps that survive a stop: ``python -m gift_cl.orchestration.sweep PLAN [PLAN ...] --out DIR [--jobs N]``.
 
 The one sweep runner: ``python run.py -m ...`` runs its grid through it too (the default launcher,
 ``hydra_plugins/gift_cl_sweep``), so a run lands in the same directory either way.
@@ -373,7 +373,7 @@ def plan_lines(runs: list[list[str]], dirs: list[Path]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m orchestration.sweep", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gift_cl.orchestration.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("plans", nargs="+", help="plan files: one run per line (run.py overrides, Hydra sweep syntax)")
     ap.add_argument("--out", required=True, help="the sweep folder (one directory per run below it)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -417,7 +417,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.jobs == 1:
         failed = work(runs, dirs, threads)
     else:
-        cmd = [sys.executable, "-m", "orchestration.sweep", *args.plans, "--out", str(out), "--worker",
+        cmd = [sys.executable, "-m", "gift_cl.orchestration.sweep", *args.plans, "--out", str(out), "--worker",
                "--threads", str(threads)]
         procs = [subprocess.Popen(cmd) for _ in range(args.jobs)]
         codes = [p.wait() for p in procs]

@@ -22,7 +22,7 @@ from gift_cl.backbones import check_backbone
 from gift_cl.config import SEED_RANGE, ConfigError, Range, allowed_targets, check_instantiable
 from gift_cl.optim import OptimConfig
 from gift_cl.protocols import INFER_TASK, PROTOCOLS
-from strategies.evaluation import LOGGERS
+from gift_cl.strategies.evaluation import LOGGERS
 
 from .device import PRECISIONS, check_device
 

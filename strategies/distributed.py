@@ -1,5 +1,5 @@
 """Data-parallel training inside :class:`strategies.TaskAwareStrategy` (``torch.distributed`` process group
-set up by the run loop, ``orchestration.distributed``).
+set up by the run loop, ``gift_cl.orchestration.distributed``).
 
 Why an explicit gradient all-reduce and not ``DistributedDataParallel``: the task-aware models grow heads
 and generator heads per task, and what trains changes every experience (``begin_task``); DDP registers its

@@ -46,8 +46,8 @@ def compose_cfg(*overrides, model: str = "vit_tiny_random"):
 
 
 def run_in_process(cfg, run_dir: Path) -> dict:
-    from orchestration.loop import run_protocol
-    from orchestration.validation import validate
+    from gift_cl.orchestration.loop import run_protocol
+    from gift_cl.orchestration.validation import validate
 
     validate(cfg)
     return run_protocol(cfg, Path(run_dir), None)
@@ -142,7 +142,7 @@ def wandb_records(path) -> list:
 def stop_then_restore(make, run_dir: Path, stop_after: int = 1):
     """A run (``make(run_dir)`` builds an ``orchestration.loop.Run``) that dies after ``stop_after`` experiences,
     and a fresh one restored from its checkpoint, not trained yet: ``(stopped, restored)``."""
-    from orchestration.runfiles import CHECKPOINT
+    from gift_cl.orchestration.runfiles import CHECKPOINT
 
     stopped = make(run_dir)
     stopped.experiences = stopped.experiences[:stop_after]  # the process dies here

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from gift_cl.artihippo import PRETRAINED, ArtiHippo
 from gift_cl.artihippo.sampling import HierarchicalSampler
 from gift_cl.backbones import create_backbone
-from orchestration.loop import CHECKPOINT, Run
-from strategies.plugins import EpochCheckpointPlugin
+from gift_cl.orchestration.loop import CHECKPOINT, Run
+from gift_cl.strategies.plugins import EpochCheckpointPlugin
 
 from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, kill_and_resume, run_in_process
 
@@ -315,7 +315,7 @@ def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
 def test_level1_option_reaches_the_search_from_the_config():
     from gift_cl.artihippo import ArtiHippoSearch
     from gift_cl.artihippo.search import SearchConfig
-    from orchestration.validation import validate
+    from gift_cl.orchestration.validation import validate
 
     from runs import compose_cfg
 

@@ -11,7 +11,7 @@ from gift_cl.data.base import ArrayDataset, TaskData
 from gift_cl.data.stream import build_stream
 from gift_cl.methods import PAD_LOGIT, LinearProbe
 from gift_cl.optim import OptimConfig
-from strategies import TaskAwareStrategy
+from gift_cl.strategies import TaskAwareStrategy
 
 from runs import tiny_vit
 

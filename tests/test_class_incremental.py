@@ -16,8 +16,8 @@ from gift_cl.classincremental.evaluation import (
     evaluate_class_incremental,
 )
 from gift_cl.data.base import DataError, TaskData
+from gift_cl.orchestration.loop import Run
 from gift_cl.reporting import read_results
-from orchestration.loop import Run
 
 from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, run_py, stop_then_restore
 

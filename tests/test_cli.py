@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_torch
-from orchestration.loop import CHECKPOINT, Run
-from orchestration.rundir import RunLock
-from strategies import DivergenceError
+from gift_cl.orchestration.loop import CHECKPOINT, Run
+from gift_cl.orchestration.rundir import RunLock
+from gift_cl.strategies import DivergenceError
 
 from fixtures import write_vtab
 from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, results, run_py
@@ -231,7 +231,7 @@ def test_a_run_that_fails_before_training_leaves_no_half_made_directory(tmp_path
     """Data that cannot be built is found after the run has taken its directory: what the start wrote there
     goes again, so no directory looks like a run that resume=true or the tools would pick up."""
     from gift_cl.errors import library_user_errors
-    from orchestration.cli import run, user_error
+    from gift_cl.orchestration.cli import run, user_error
 
     cfg = compose_cfg(*PROCEDURAL, "threads=1", "benchmark.domains=[digits,no_such_domain]")
     with pytest.raises(Exception) as err:

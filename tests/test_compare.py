@@ -1,6 +1,5 @@
 """analysis/compare.py on fake sweeps: hyperparameters chosen on val runs, numbers from matching test runs."""
 import csv
-import importlib.util
 import io
 import json
 import subprocess
@@ -10,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gift_cl.analysis import compare
 from gift_cl.reporting import find_result_dirs, read_results
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("compare", REPO / "analysis" / "compare.py")
-compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare)
 
 TASKS = ("digits", "signs")
 
@@ -192,8 +189,8 @@ def test_keys_that_do_not_change_results_are_one_list_of_config_keys():
     change them (orchestration.rundir)."""
     import yaml
 
-    from orchestration.rundir import config_differences
-    from orchestration.runfiles import RESULT_NEUTRAL_KEYS, result_neutral
+    from gift_cl.orchestration.rundir import config_differences
+    from gift_cl.orchestration.runfiles import RESULT_NEUTRAL_KEYS, result_neutral
 
     config = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())
     groups = {next(iter(d)) for d in config["defaults"] if isinstance(d, dict)}

@@ -22,7 +22,7 @@ from gift_cl.backbones import BackboneError, asset_path, create_backbone
 from gift_cl.checkpoint import save_safetensors
 from gift_cl.config import ARGUMENT_RANGES, CONFIG_DIR, ConfigError, allowed_targets, argument_kind
 from gift_cl.interpret import load_run
-from orchestration.validation import validate
+from gift_cl.orchestration.validation import validate
 
 from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, run_in_process, run_py
 
@@ -78,7 +78,7 @@ def _allowlisted_target_elsewhere(t, marker):
 
 
 def _strategies_class(t, marker):
-    t["strategy"]["plugins"] = [{"_target_": "strategies.plugins.EpochCheckpointPlugin", "every": 1, "save": None}]
+    t["strategy"]["plugins"] = [{"_target_": "gift_cl.strategies.plugins.EpochCheckpointPlugin", "every": 1, "save": None}]
 
 
 def _args(t, marker):
@@ -126,7 +126,7 @@ CRAFTED = [
     (_unknown_gift_cl_function, "strategy.method._target_='gift_cl.checkpoint.write_json': not a constructor"),
     (_nested_target, "benchmark.domains._target_='gift_cl.checkpoint.write_text': nothing may be instantiated"),
     (_allowlisted_target_elsewhere, "strategy.method.config._target_='gift_cl.data.procedural.load_procedural'"),
-    (_strategies_class, "strategy.plugins[0]._target_='strategies.plugins.EpochCheckpointPlugin'"),
+    (_strategies_class, "strategy.plugins[0]._target_='gift_cl.strategies.plugins.EpochCheckpointPlugin'"),
     (_args, "strategy.method._args_: Hydra's _args_ is not allowed"),
     (_partial, "benchmark._partial_: Hydra's _partial_ is not allowed"),
     (_recursive, "strategy.method._recursive_: Hydra's _recursive_ is not allowed"),
@@ -176,7 +176,7 @@ def test_allowlist_is_exactly_what_the_shipped_configs_name():
     assert allowed["strategy.method.config"] == allowed["generator"] == {"gift_cl.GiftConfig"}
     assert "gift_cl.methods.GiftMethod" in allowed["strategy.method"]
     assert "gift_cl.methods.GiftMethod" not in allowed["strategy.plugins[]"]
-    assert "strategies.plugins.Replay" in allowed["strategy.plugins[]"]
+    assert "gift_cl.strategies.plugins.Replay" in allowed["strategy.plugins[]"]
 
 
 @pytest.mark.parametrize("overrides", [("strategy=gift_multitask",), ("strategy=lora", "+plugin=[gist,coeff]"),

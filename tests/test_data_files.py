@@ -24,7 +24,7 @@ from gift_cl.data.five_datasets import load_five_datasets
 from gift_cl.data.stream import build_stream
 from gift_cl.data.vdd import load_vdd
 from gift_cl.data.vtab import load_vtab
-from orchestration.cli import user_error
+from gift_cl.orchestration.cli import user_error
 
 from fixtures import (
     ID,

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from gift_cl.config import ConfigError
-from orchestration.device import check_device, configure_backends, loader_kwargs, runtime
-from orchestration.validation import validate
-from strategies.precision import Precision, compile_backbones
+from gift_cl.orchestration.device import check_device, configure_backends, loader_kwargs, runtime
+from gift_cl.orchestration.validation import validate
+from gift_cl.strategies.precision import Precision, compile_backbones
 
 from runs import PROCEDURAL, TINY, compose_cfg, run_in_process
 
@@ -172,7 +172,7 @@ def test_fp16_on_cpu_runs_end_to_end_through_the_scaler(tmp_path, monkeypatch):
 
 def test_fp16_scaler_state_survives_a_mid_experience_checkpoint():
     from gift_cl.optim import OptimConfig
-    from strategies import TaskAwareStrategy
+    from gift_cl.strategies import TaskAwareStrategy
 
     model, _ = _tiny_gift()
     strategy = TaskAwareStrategy(model=model, optim=OptimConfig(epochs=2, batch_size=4), precision="fp16",

@@ -1,5 +1,4 @@
 """gift_cl.probe (linear probes of frozen features) and analysis/evidence.py (the README's evidence tables)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from gift_cl.analysis import evidence
 from gift_cl.probe import cls_features, fit_probe, probe_task
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("evidence", REPO / "analysis" / "evidence.py")
-evidence = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evidence)
 
 
 def _blobs(n, d, seed, sep=3.0):

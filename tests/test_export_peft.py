@@ -27,8 +27,8 @@ from gift_cl.methods import (
     VptDeep,
 )
 from gift_cl.model_meta import fingerprint, plain_backbone_tensors
+from gift_cl.orchestration.export import main as export_main
 from gift_cl.pretrained import TaskModels, from_pretrained
-from orchestration.export import main as export_main
 
 from runs import env, tiny_vit
 

@@ -136,7 +136,7 @@ def test_a_method_in_the_users_package_runs_resumes_and_its_saved_config_stays_r
     # the saved configuration names the user's target: a tool loading it refuses, naming the target
     with pytest.raises(ConfigError, match=r"strategy.method._target_='my_methods.ScaleShift': not a constructor"):
         load_saved_config(run_dir / "config_resolved.yaml")
-    from orchestration.export import export_run
+    from gift_cl.orchestration.export import export_run
 
     with pytest.raises(ConfigError, match="my_methods.ScaleShift"):
         export_run(run_dir, tmp_path / "exported")
@@ -158,7 +158,7 @@ def test_resume_without_the_users_configs_is_refused(tmp_path, user_package):
 
 
 def test_command_line_configs_may_name_the_users_constructors_saved_ones_may_not(user_package, tmp_path):
-    from orchestration.validation import validate
+    from gift_cl.orchestration.validation import validate
 
     src, configs, _ = user_package
     sys.path.insert(0, str(src))
@@ -224,7 +224,7 @@ def test_resolvers_are_registered_explicitly_and_saved_configs_register_their_ow
     from omegaconf import OmegaConf
 
     from gift_cl.config import PROJECT_RESOLVERS, RESOLVERS
-    from orchestration.cli import RESOLVER_NAMES
+    from gift_cl.orchestration.cli import RESOLVER_NAMES
 
     assert RESOLVER_NAMES == tuple(RESOLVERS) == PROJECT_RESOLVERS  # cli's torch-free stand-ins: the same names
     tree = OmegaConf.to_container(compose_cfg(*PROCEDURAL, "strategy=linear"), resolve=True)
@@ -251,7 +251,7 @@ def test_a_users_method_file_joins_the_matrix(tmp_path, user_package):
     shipped cl plugins, named as the shipped methods are."""
     import sys as _sys
 
-    from orchestration.validation import validate
+    from gift_cl.orchestration.validation import validate
 
     src, configs, _ = user_package
     _sys.path.insert(0, str(src))

@@ -156,7 +156,7 @@ def test_gift_logits_bf16_close_to_fp32():
 # ---------------------------------------------------------------------- fp32 on the GPU = the CPU
 @pytest.mark.parametrize("strategy", ["gift_multitask", "lora_multitask"])
 def test_fp32_without_tf32_matches_the_cpu(strategy):
-    from orchestration.device import configure_backends
+    from gift_cl.orchestration.device import configure_backends
 
     model, size = _model(strategy)
     on_gpu = _model(strategy)[0].cuda()  # its own copy: nothing computed on the CPU moves along

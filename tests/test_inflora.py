@@ -28,7 +28,7 @@ from gift_cl.methods.inflora import (
     protected_basis,
     threshold,
 )
-from orchestration.loop import Run
+from gift_cl.orchestration.loop import Run
 
 from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, stop_then_restore, tiny_vit
 

@@ -52,7 +52,7 @@ def test_upstream_wandb_logger_needs_an_id_with_this_wandb(tmp_path, monkeypatch
 
 def test_unknown_logger_is_a_config_error():
     from gift_cl.config import ConfigError
-    from orchestration.validation import validate
+    from gift_cl.orchestration.validation import validate
 
     cfg = tiny()
     cfg.logger = ["csv", "mlflow"]

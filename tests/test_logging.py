@@ -60,7 +60,7 @@ def test_progress_option_auto_true_false_and_nothing_else(monkeypatch):
     import io
 
     from gift_cl.config import ConfigError
-    from orchestration.cli import progress_bars
+    from gift_cl.orchestration.cli import progress_bars
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -90,7 +90,7 @@ def test_a_mistyped_key_is_reported_once_before_torch_is_imported(tmp_path):
     """Hydra's own errors (a key that does not exist, a config group option that does not) come from composing
     the configuration: the command reports them without importing torch, timm or Avalanche."""
     code = ("import atexit, sys; atexit.register(lambda: print('heavy imports:', sorted({'torch', 'timm', "
-            "'avalanche'} & set(sys.modules)))); from orchestration.cli import main; sys.argv[1:] = sys.argv[2:]; "
+            "'avalanche'} & set(sys.modules)))); from gift_cl.orchestration.cli import main; sys.argv[1:] = sys.argv[2:]; "
             "main()")
     for typo, message in (("optim.lrr=1", "Key 'lrr' is not in struct"),
                           ("strategy=gift_multitsk", "Could not find 'strategy/gift_multitsk'")):
@@ -103,7 +103,7 @@ def test_a_mistyped_key_is_reported_once_before_torch_is_imported(tmp_path):
 
 def test_a_bad_logger_option_stops_the_run_before_anything_is_written(tmp_path):
     from gift_cl.config import ConfigError
-    from orchestration.cli import run
+    from gift_cl.orchestration.cli import run
 
     cfg = compose_cfg(*QUIET, "logger=wandb", "logger.wandb.mode=onlin")
     with pytest.raises(ConfigError, match="logger.wandb.mode='onlin'"):
@@ -193,7 +193,7 @@ def test_wandb_gets_project_group_run_config_and_final_summary(piped_run):
 
 def test_wandb_options_are_checked():
     from gift_cl.config import ConfigError
-    from strategies.evaluation import logger_options
+    from gift_cl.strategies.evaluation import logger_options
 
     assert logger_options(["csv", "wandb"])["wandb"] == {"project": "gift_cl", "entity": None, "group": None,
                                                          "mode": "offline"}

@@ -3,7 +3,7 @@ independent and sequential protocols, with resume; and the resumable Replay base
 import pytest
 import torch
 
-from orchestration.loop import CHECKPOINT, Run
+from gift_cl.orchestration.loop import CHECKPOINT, Run
 
 from runs import compose_cfg, run_in_process
 

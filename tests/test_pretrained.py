@@ -34,10 +34,10 @@ from gift_cl.methods import (
     VptDeep,
 )
 from gift_cl.model_meta import fingerprint, method_backbone_tensors, plain_backbone_tensors
+from gift_cl.orchestration.cli import main as cli_main
+from gift_cl.orchestration.export import MODEL_DIR, main as export_main
 from gift_cl.pretrained import CONFIG_NAME, TaskModels, from_pretrained, save_pretrained
 from gift_cl.reporting import read_predictions
-from orchestration.cli import main as cli_main
-from orchestration.export import MODEL_DIR, main as export_main
 
 from runs import compose_cfg, run_in_process, tiny_vit
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gift_cl.methods import L2P, CodaPrompt, DualPrompt
-from orchestration.loop import Run
+from gift_cl.orchestration.loop import Run
 
 from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, stop_then_restore, tiny_vit
 

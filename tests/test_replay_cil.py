@@ -11,8 +11,8 @@ from avalanche.training.regularization import ACECriterion
 from torch import nn
 
 from gift_cl.methods import SharedBackbone
-from orchestration.loop import CHECKPOINT, Run
-from strategies.replay_cil import DERPP, ERACE
+from gift_cl.orchestration.loop import CHECKPOINT, Run
+from gift_cl.strategies.replay_cil import DERPP, ERACE
 
 from runs import PROCEDURAL, TINY, compose_cfg, run_in_process, stop_then_restore, tiny_vit
 
@@ -32,7 +32,7 @@ def test_named_combinations():
         cfg = compose_cfg(f"strategy={name}")
         assert cfg.strategy.name == name and cfg.strategy.protocol == "class_incremental"
         assert cfg.strategy.method._target_ == "gift_cl.methods.SharedBackbone"
-        assert cfg.strategy.plugins[name]._target_ == f"strategies.replay_cil.{cls}"
+        assert cfg.strategy.plugins[name]._target_ == f"gift_cl.strategies.replay_cil.{cls}"
         # the parts, another method: named by the resolver
         assert compose_cfg("method=linear", "protocol=class_incremental", f"cl={name}").strategy.name == \
             f"linear_cil_{name}"

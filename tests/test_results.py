@@ -14,8 +14,8 @@ from runs import compose_cfg
     ("sequential", [3.5], [3.5, None]),  # unfinished: the second task is not trained yet
 ])
 def test_train_time_per_task_in_every_protocol(tmp_path, protocol, seconds, expected):
+    from gift_cl.orchestration.results import write_results
     from gift_cl.protocols import get_protocol
-    from orchestration.results import write_results
 
     assert get_protocol(protocol).experience_times(seconds, 2) == expected
     strategy = {"sequential": "gift_multitask", "independent": "gift", "joint": "gift_joint"}[protocol]

@@ -2,7 +2,7 @@
 the numbers of an uninterrupted one, for every protocol and for the baselines whose plugins carry state."""
 import pytest
 
-from orchestration.loop import CHECKPOINT, Run
+from gift_cl.orchestration.loop import CHECKPOINT, Run
 
 from runs import compose_cfg
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from gift_cl.checkpoint import load_run_checkpoint
-from orchestration.loop import CHECKPOINT, Run
-from orchestration.rundir import RunLock
-from strategies.evaluation import close_loggers
+from gift_cl.orchestration.loop import CHECKPOINT, Run
+from gift_cl.orchestration.rundir import RunLock
+from gift_cl.strategies.evaluation import close_loggers
 
 from runs import (
     PROCEDURAL,

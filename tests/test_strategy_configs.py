@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.validation import validate
+from gift_cl.orchestration.validation import validate
 
 from runs import REPO, compose_cfg
 
@@ -82,7 +82,7 @@ def test_cl_plugins_are_named_combine_and_name_the_run():
     cfg = compose_cfg("method=lora", "protocol=sequential", "cl=[ewc,replay]")
     validate(cfg)
     assert list(cfg.strategy.plugins) == ["ewc", "replay"]
-    assert cfg.strategy.plugins.replay._target_ == "strategies.plugins.Replay"
+    assert cfg.strategy.plugins.replay._target_ == "gift_cl.strategies.plugins.Replay"
     assert cfg.strategy.name == "lora_multitask_ewc_replay"
     assert compose_cfg("strategy=replay", "cl=lwf").strategy.name == "lwf"  # the command line's choice wins
     assert "plugins" not in compose_cfg("strategy=lora").strategy  # cl=none: no Avalanche plugin

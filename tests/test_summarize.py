@@ -2,7 +2,6 @@
 the rows are sorted (strategy, then overrides), the overrides every row shares are printed once above the
 table, parameter counts are whole numbers with thousands separators."""
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from gift_cl.analysis import summarize
 from gift_cl.reporting import find_result_dirs, read_results
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("summarize", REPO / "analysis" / "summarize.py")
-summarize = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(summarize)
 
 
 def _run(root: Path, seed: int, acc: float, wall: float, threads: int) -> None:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration import sweep
+from gift_cl.orchestration import sweep
 
 from runs import REPO, env, run_py
 
@@ -162,7 +162,7 @@ def test_submitit_job_preempted_is_requeued_and_continues_its_run(tmp_path):
     unchanged, and requeues it; the job, started again, continues the run from that checkpoint (not started
     afresh) and the sweep ends with exit status 0. Through submitit's local executor, which requeues as SLURM
     does, launched as ``run.py -m hydra/launcher=local``."""
-    from orchestration.loop import CHECKPOINT
+    from gift_cl.orchestration.loop import CHECKPOINT
 
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=local", *RUN.split(),
@@ -224,7 +224,7 @@ def test_sweep_plan_and_status_answer_without_torch_and_find_runs_by_hash(tmp_pa
         (out / sweep.run_name(run) / "results.json").write_text(json.dumps({"finished": True}))
     assert sweep.run_dirs(runs, out) == [out / sweep.run_name(r) for r in runs]
     code = ("import atexit, sys; atexit.register(lambda: print('heavy imports:', sorted({'torch', 'timm', "
-            "'avalanche'} & set(sys.modules)))); from orchestration.sweep import main; sys.exit(main(sys.argv[1:]))")
+            "'avalanche'} & set(sys.modules)))); from gift_cl.orchestration.sweep import main; sys.exit(main(sys.argv[1:]))")
     for args, expected in ((["--status"], '{"finished": 2, "started": 0, "pending": 0}'), ([], "plan: 2 runs, 2 finished")):
         proc = subprocess.run([sys.executable, "-c", code, str(plan), "--out", str(out), *args], cwd=REPO, env=env(),
                               capture_output=True, text=True, timeout=120)

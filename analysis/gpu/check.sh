@@ -127,7 +127,7 @@ STUB
     "$PY" -c "
 import avalanche
 from avalanche.training.templates import SupervisedTemplate
-import gift_cl, strategies, orchestration.cli, orchestration.loop
+import gift_cl, gift_cl.strategies, gift_cl.orchestration.cli, gift_cl.orchestration.loop
 print('gift_cl, strategies, orchestration import')" || return 1
     "$PY" run.py --cfg job > /dev/null || return 1
     [ -z "$missing" ]

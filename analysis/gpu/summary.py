@@ -12,6 +12,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 # the README's CPU reference of `python run.py` (average accuracy, %); the tolerances per precision
@@ -30,7 +31,7 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def read_json(path: Path):
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -69,8 +70,8 @@ def tests(work: Path) -> dict:
     return cases
 
 
-def runs(work: Path, reference: float | None) -> dict:
-    out = {}
+def runs(work: Path, reference: float | None) -> dict[str, dict[str, Any] | None]:
+    out: dict[str, dict[str, Any] | None] = {}
     for precision in ("fp32", "bf16"):
         res = read_json(work / f"ref_{precision}" / "results.json")
         if res is None:
@@ -88,15 +89,16 @@ def runs(work: Path, reference: float | None) -> dict:
 def main(work: Path, out: Path) -> int:
     versions = read_json(work / "versions.json") or {}
     bench = read_json(work / "bench_gpu.json")
-    summary = {"versions": versions, "steps": steps(work), "tests": tests(work), "runs": runs(work, cpu_reference()),
-               "bench": None}
+    step_rows, test_cases, run_rows = steps(work), tests(work), runs(work, cpu_reference())
+    summary: dict[str, Any] = {"versions": versions, "steps": step_rows, "tests": test_cases, "runs": run_rows,
+                               "bench": None}
     lines = ["# gpu_check summary", ""]
     lines += [f"- {k}: {v}" for k, v in versions.items()]
     lines += ["", "| step | exit | seconds | note |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s['step']} | {s['rc']} | {s['seconds']:.0f} | {s['note']} |" for s in summary["steps"]]
-    if summary["tests"]:
+    lines += [f"| {s['step']} | {s['rc']} | {s['seconds']:.0f} | {s['note']} |" for s in step_rows]
+    if test_cases:
         lines += ["", "| CUDA test | outcome | seconds |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {v['outcome']} | {v['seconds']:.1f} |" for k, v in summary["tests"].items()]
+        lines += [f"| {k} | {v['outcome']} | {v['seconds']:.1f} |" for k, v in test_cases.items()]
     if bench:
         ips, mem = bench.get("train_images_per_s", {}), bench.get("memory_bytes", {})
         summary["bench"] = {"train_images_per_s": ips, "memory_bytes": mem, "goals": bench.get("goals"),
@@ -121,7 +123,7 @@ def main(work: Path, out: Path) -> int:
             lines.append(f"| {label} | {'n/a' if value is None else f'{value:.3f}'} | {sense} {target} | {met} |")
     lines += ["", "| reference run | finished | avg acc % | CPU ref % | gap | within | wall s |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
-    for precision, r in summary["runs"].items():
+    for precision, r in run_rows.items():
         if r is None:
             lines.append(f"| {precision} | no results.json | | | | | |")
             continue

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention_with_core
 from .plugin import ModelPlugin
 
 
@@ -33,28 +34,19 @@ def _coeff_attention_forward(attn: nn.Module, x: torch.Tensor, attn_mask: Option
     """timm ``Attention.forward`` with the heads' maps recombined by the active task's α."""
     plugin: "CoeffTuning" = attn.__dict__["_coeff_plugin"]
     alpha = plugin.alpha_for(attn.__dict__["_coeff_layer"])
-    if alpha is None:
-        return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
-    if attn_mask is not None or is_causal:
-        raise ValueError("Coeff-Tuning recombines full attention maps; this backbone passed an attention mask "
-                         "(masked or causal attention), which it does not handle")
-    B, N, C = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    q = q * attn.scale
-    maps = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-    mix = alpha + torch.eye(attn.num_heads, dtype=alpha.dtype, device=alpha.device)
-    maps = torch.einsum("hi,binm->bhnm", mix.to(maps.dtype), maps)
-    maps = attn.attn_drop(maps)
-    x = maps @ v
-    x = x.transpose(1, 2).reshape(B, N, getattr(attn, "attn_dim", C))
-    x = attn.norm(x)
-    if gate is not None:
-        x = x * gate
-    x = attn.proj(x)
-    return attn.proj_drop(x)
+
+    def recombined_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = q * attn.scale
+        maps = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+        mix = alpha + torch.eye(attn.num_heads, dtype=alpha.dtype, device=alpha.device)
+        maps = torch.einsum("hi,binm->bhnm", mix.to(maps.dtype), maps)
+        maps = attn.attn_drop(maps)
+        return maps @ v
+
+    return attention_with_core(
+        attn, x, attn_mask, is_causal, None if alpha is None else recombined_heads,
+        mask_refusal="Coeff-Tuning recombines full attention maps; this backbone passed an attention mask "
+                     "(masked or causal attention), which it does not handle")
 
 
 class CoeffTuning(ModelPlugin):

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader
 
 from ..injection import find_linear_targets, set_submodule
 from ..rng import rng_state, set_rng_state
+from ..selective import attribute_scope
 from .base import FrozenBackboneModel
 
 REMOVE, RETAIN = "remove", "retain"  # the memory holds the protected basis / its orthogonal complement
@@ -239,15 +240,8 @@ class InfLoRA(FrozenBackboneModel):
 
     @contextlib.contextmanager
     def _branches(self, enabled: bool) -> Iterator[None]:
-        layers = self.layers()
-        before = [layer.enabled for layer in layers]
-        for layer in layers:
-            layer.enabled = enabled
-        try:
+        with attribute_scope(self.layers(), "enabled", enabled):
             yield
-        finally:
-            for layer, b in zip(layers, before):
-                layer.enabled = b
 
     # ------------------------------------------------------------------ covariances
     @torch.no_grad()

@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention_with_core
 from .base import FrozenBackboneModel
 from .plugin import check_token_pooling
 
@@ -97,28 +98,20 @@ def _prefix_attention_forward(attn: Any, x: torch.Tensor, attn_mask: Optional[to
     """timm ``Attention.forward`` with the pass's prefix keys and values of this layer prepended to the heads'
     keys and values (as ``Attention.forward(prompt=[pk, pv])`` of the official ``models/vit.py``)."""
     prefix = attn.__dict__["_prompt_state"].prefixes.get(attn.__dict__["_prompt_layer"])
-    if prefix is None:
-        return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
-    if attn_mask is not None or is_causal:
-        raise ValueError("prefix prompts extend the keys and values; this backbone passed an attention mask "
-                         "(masked or causal attention), which they do not handle")
-    B, N, C = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    pk, pv = (p.to(k.dtype).reshape(B, -1, attn.num_heads, attn.head_dim).transpose(1, 2) for p in prefix)
-    k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
-    if getattr(attn, "fused_attn", True):
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    else:
+
+    def prefixed_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        B = q.shape[0]
+        pk, pv = (p.to(k.dtype).reshape(B, -1, attn.num_heads, attn.head_dim).transpose(1, 2) for p in prefix)
+        k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        if getattr(attn, "fused_attn", True):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
         maps = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = attn.attn_drop(maps) @ v
-    x = x.transpose(1, 2).reshape(B, N, getattr(attn, "attn_dim", C))
-    x = attn.norm(x)
-    if gate is not None:
-        x = x * gate
-    return attn.proj_drop(attn.proj(x))
+        return attn.attn_drop(maps) @ v
+
+    return attention_with_core(
+        attn, x, attn_mask, is_causal, None if prefix is None else prefixed_heads,
+        mask_refusal="prefix prompts extend the keys and values; this backbone passed an attention mask "
+                     "(masked or causal attention), which they do not handle")
 
 
 def _depth(backbone: nn.Module) -> int:

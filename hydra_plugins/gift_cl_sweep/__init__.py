@@ -1,2 +1,2 @@
 """gift_cl's Hydra launcher: ``python run.py -m ...`` runs its grid through the sweep runner
-(:mod:`orchestration.sweep`). Lives in Hydra's ``hydra_plugins`` namespace, where Hydra looks for launchers."""
+(:mod:`gift_cl.orchestration.sweep`). Lives in Hydra's ``hydra_plugins`` namespace, where Hydra looks for launchers."""

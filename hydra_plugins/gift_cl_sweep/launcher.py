@@ -1,5 +1,5 @@
 """``python run.py -m <overrides>``: Hydra expands the grid, this launcher runs it as the sweep runner runs a plan
-(:mod:`orchestration.sweep`), so both ways of running a grid name, skip, resume and check runs alike:
+(:mod:`gift_cl.orchestration.sweep`), so both ways of running a grid name, skip, resume and check runs alike:
 
 - every run's directory under ``hydra.sweep.dir`` is named after the overrides that vary across the grid (the
   seed always) plus a hash of all of them; ``index.tsv`` lists them (``hydra.sweep.subdir=...`` on the command
@@ -69,7 +69,7 @@ class SweepLauncher(Launcher):
 
     @staticmethod
     def _dirs(config: DictConfig, runs: list[list[str]], configs: SweepConfigs, initial_job_idx: int) -> list[Path]:
-        from orchestration import sweep
+        from gift_cl.orchestration import sweep
 
         out = Path(str(config.hydra.sweep.dir))
         hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # as written
@@ -82,7 +82,7 @@ class SweepLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra.core.utils import configure_log
 
-        from orchestration import sweep
+        from gift_cl.orchestration import sweep
 
         assert self.config is not None
         configure_log(self.config.hydra.job_logging, self.config.hydra.verbose)  # the runs' format, as run_job sets it
