@@ -209,6 +209,13 @@ class GiftModel(nn.Module):
                     out[n] = [c[i] for c in assign]
         return out
 
+    def forget_residuals(self, head: Optional[str] = None) -> None:
+        """Drop the cached no-grad residuals of ``head`` (default: every head). The cache is keyed by the
+        parameters' versions; a change they do not record (a forward hook on the generator, an intervention
+        such as :func:`gift_cl.concepts.ablate_cluster`) must call this before and after it."""
+        for key in [k for k in self._eval_cache if head is None or k[0] == head]:
+            del self._eval_cache[key]
+
     def _cache_key(self) -> tuple:
         # ``_version`` counts in-place updates (optimizer steps, load_state_dict), so a changed
         # parameter invalidates the cached residuals without hashing any values.

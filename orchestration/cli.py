@@ -371,6 +371,7 @@ TOOLS = {
     "summarize": "gift_cl.analysis.summarize",  # mean ± std over seeds of a folder of runs
     "cluster-maps": "gift_cl.analysis.cluster_maps",  # PaCa cluster maps of a run
     "concept-reuse": "gift_cl.analysis.concept_reuse",  # concept reuse across a run's tasks
+    "mask-scores": "gift_cl.analysis.mask_scores",  # cluster maps scored against object masks, with nulls
 }
 
 

@@ -51,6 +51,31 @@ from .figures import (
     save_figure,
     tsne_figure,
 )
+from .refute import (
+    ABLATION_MODES,
+    AblationEffect,
+    AblationProbe,
+    MantelResult,
+    NullTest,
+    PartTest,
+    ablate_cluster,
+    ablation_effect,
+    concept_parts,
+    counterparts,
+    mantel_test,
+    match_used,
+    mean_used_reuse,
+    null_test,
+    pair_reuse,
+    part_agreement,
+    part_vocabulary_test,
+    smallest_reachable_p,
+    untrained_null,
+    untrained_vectors,
+    used_concepts,
+    used_matches,
+    used_reuse_matrix,
+)
 from .stats import (
     Match,
     Vectors,
@@ -80,4 +105,8 @@ __all__ = ["DPI", "figure", "save_figure", "data_range", "matrix_figure", "plot_
            "cross_layer_figure", "plot_layer", "plot_depth", "Vectors", "unit_vectors", "similarity", "Match",
            "match_clusters", "reuse_matrix", "chance_reuse", "off_diagonal_mean", "hard_assignments",
            "agreement_matrices", "global_concepts", "task_dendrogram", "tsne_embedding", "prototype_similarity",
-           "relate", "reuse_vs_gain", "cross_layer_reuse", "group_reuse", "analyze_layer", "analyze", "save_report"]
+           "relate", "reuse_vs_gain", "cross_layer_reuse", "group_reuse", "analyze_layer", "analyze", "save_report",
+           "used_concepts", "match_used", "used_matches", "used_reuse_matrix", "mean_used_reuse", "pair_reuse",
+           "NullTest", "null_test", "untrained_null", "untrained_vectors", "MantelResult", "mantel_test",
+           "concept_parts", "part_agreement", "smallest_reachable_p", "PartTest", "part_vocabulary_test",
+           "ABLATION_MODES", "ablate_cluster", "counterparts", "AblationProbe", "AblationEffect", "ablation_effect"]

@@ -7,7 +7,7 @@ import hashlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, overload
 
 import numpy as np
 
@@ -141,6 +141,12 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
+@overload
+def generate(domain: str, n: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
+             masks: Literal[False] = False) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def generate(domain: str, n: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
+             masks: Literal[True]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def generate(domain: str, n: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
              masks: bool = False) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`n` images of `domain`: uint8 (n, image_size, image_size, 3) and balanced int64 labels.
