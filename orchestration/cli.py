@@ -372,6 +372,7 @@ TOOLS = {
     "cluster-maps": "gift_cl.analysis.cluster_maps",  # PaCa cluster maps of a run
     "concept-reuse": "gift_cl.analysis.concept_reuse",  # concept reuse across a run's tasks
     "mask-scores": "gift_cl.analysis.mask_scores",  # cluster maps scored against object masks, with nulls
+    "reuse-tests": "gift_cl.analysis.reuse_tests",  # concept reuse against a null, task similarity and ablation
 }
 
 

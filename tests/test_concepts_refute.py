@@ -330,4 +330,7 @@ def test_ablation_costs_accuracy_where_the_cluster_carries_the_residual():
     assert effect.per_task["t0"]["accuracy"] == effect.per_task["t1"]["accuracy"] == 1.0
     assert effect.per_task["t1"]["drop"] == 0.0 and effect.per_task["t0"]["drop"] >= 0.2
     assert effect.sharing_drop == effect.difference == effect.per_task["t0"]["drop"] and effect.other_drop == 0.0
+    # the continuous measure moves only where the cluster carries the residual
+    assert effect.per_task["t1"]["logprob_drop"] == 0.0 and effect.per_task["t0"]["logprob_drop"] != 0.0
+    assert effect.logprob_difference == effect.sharing_logprob_drop == effect.per_task["t0"]["logprob_drop"]
     assert not gift.training  # eval mode kept

@@ -559,21 +559,30 @@ class AblationProbe:
 
 @dataclass(frozen=True)
 class AblationEffect:
-    """Per task ``accuracy``, ``ablated`` accuracy and ``drop`` (their difference); the mean drop of the tasks
-    that share the concept and of the others, and ``difference`` = sharing − other (``NaN`` for an empty group)."""
+    """Per task ``accuracy``, ``ablated`` accuracy and ``drop`` (their difference), and the same for the mean
+    log-probability of the true class (``logprob``, ``ablated_logprob``, ``logprob_drop``: continuous, so it sees
+    an ablation too small to flip a prediction); the mean drops of the tasks that share the concept and of the
+    others, and the differences sharing − other (``NaN`` for an empty group)."""
 
     per_task: dict[str, dict[str, float]]
     sharing_drop: float
     other_drop: float
     difference: float
+    sharing_logprob_drop: float
+    other_logprob_drop: float
+    logprob_difference: float
 
 
 @torch.no_grad()
 def _accuracy(classify: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
-              batch_size: int) -> float:
-    correct = sum(int((classify(images[s:s + batch_size]).argmax(-1) == labels[s:s + batch_size]).sum())
-                  for s in range(0, len(images), batch_size))
-    return correct / len(images)
+              batch_size: int) -> tuple[float, float]:
+    """Accuracy and the mean log-probability of the true class."""
+    correct, logprob = 0, 0.0
+    for s in range(0, len(images), batch_size):
+        logits, y = classify(images[s:s + batch_size]).float(), labels[s:s + batch_size]
+        correct += int((logits.argmax(-1) == y).sum())
+        logprob += float(logits.log_softmax(-1).gather(1, y[:, None]).sum())
+    return correct / len(images), logprob / len(images)
 
 
 def _head_logits(gift: GiftModel, head: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -604,14 +613,17 @@ def ablation_effect(gift: GiftModel, layer: str, probes: Mapping[str, AblationPr
     with _evaluating(gift):
         for name, probe in probes.items():
             classify = probe.classify or _head_logits(gift, probe.head)
-            before = _accuracy(classify, probe.images, probe.labels, batch_size)
+            before, logprob = _accuracy(classify, probe.images, probe.labels, batch_size)
             with ablate_cluster(gift, layer, probe.cluster, probe.head, block, mode):
-                after = _accuracy(classify, probe.images, probe.labels, batch_size)
+                after, ablated_logprob = _accuracy(classify, probe.images, probe.labels, batch_size)
             per_task[name] = {"accuracy": before, "ablated": after, "drop": before - after,
-                              "sharing": float(name in sharing)}
+                              "logprob": logprob, "ablated_logprob": ablated_logprob,
+                              "logprob_drop": logprob - ablated_logprob, "sharing": float(name in sharing)}
 
-    def mean_drop(shared: bool) -> float:
-        drops = [r["drop"] for n, r in per_task.items() if (n in sharing) == shared]
+    def mean_drop(shared: bool, key: str = "drop") -> float:
+        drops = [r[key] for n, r in per_task.items() if (n in sharing) == shared]
         return float(np.mean(drops)) if drops else float("nan")
 
-    return AblationEffect(per_task, mean_drop(True), mean_drop(False), mean_drop(True) - mean_drop(False))
+    return AblationEffect(per_task, mean_drop(True), mean_drop(False), mean_drop(True) - mean_drop(False),
+                          mean_drop(True, "logprob_drop"), mean_drop(False, "logprob_drop"),
+                          mean_drop(True, "logprob_drop") - mean_drop(False, "logprob_drop"))
