@@ -52,10 +52,12 @@ from typing import Any, Optional
 from gift_cl.orchestration.runfiles import CONFIG_FILE, RESULTS_FILE, result_neutral
 from gift_cl.reporting import PREDICTIONS_FILE, find_result_dirs, read_results
 
-# overrides that never distinguish a configuration (the split and its size are how val/test runs pair up),
-# besides those that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
+# overrides that never distinguish a configuration (the split and its size are how val/test runs pair up; a
+# selection run may evaluate only after the last experience, evaluate=last_experience, its test runs after
+# every one), besides those that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
 NOT_HYPERPARAMETERS = ("strategy=", "method=", "protocol=", "cl=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
-                       "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "hydra")
+                       "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "evaluate=",
+                       "hydra")
 # overrides that choose the method (its row) rather than tune it: the generator, the backbone
 METHOD_KEYS = ("generator=", "model=")
 
@@ -432,9 +434,10 @@ def pairwise_markdown(pairs: list[dict], alpha: float = 0.05) -> str:
     return "\n".join(lines) + "\n"
 
 
-# overrides a test run drops from its val run's command line: the split, the seed, and the per-run settings
-# that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
-NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "hydra")
+# overrides a test run drops from its val run's command line: the split, the seed, what is evaluated (a test run
+# evaluates after every experience, for the accuracy matrix and the average incremental accuracy), and the
+# per-run settings that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
+NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "evaluate=", "hydra")
 
 
 def test_plan(rows: list[dict], seeds: str) -> str:

@@ -182,6 +182,22 @@ def test_test_plan_repeats_the_chosen_val_setting_on_test_for_every_seed(sweep, 
         "strategy=lora optim.lr=1e-2 seed=0,1,2  # lora: val 71.0"]  # linear has no val runs
 
 
+def test_selection_runs_that_evaluate_only_the_last_experience_pair_with_full_test_runs(tmp_path):
+    """A validation sweep may evaluate only after the last experience (evaluate=last_experience); its test plan
+    drops that, so the test runs fill the accuracy matrix, and they are the chosen setting's test numbers."""
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        fake(root, "l2p", 100 + seed, "val", {"digits": 0.5}, ["optim.lr=1e-2", "evaluate=last_experience"])
+        fake(root, "l2p", 100 + seed, "val", {"digits": 0.3}, ["optim.lr=1e-3", "evaluate=last_experience"])
+        fake(root, "l2p", seed, "test", {"digits": 0.4 + 0.1 * seed}, ["optim.lr=1e-2"])
+    plan = tmp_path / "test.txt"
+    compare.main([str(root), "--test-plan", str(plan), "--seeds", "0,1"])
+    assert plan.read_text().split("  #")[0] == "strategy=l2p optim.lr=1e-2 seed=0,1"
+    _, rows = _rows(root)
+    assert rows["l2p"]["hyperparameters"] == "optim.lr=1e-2"
+    assert rows["l2p"]["digits"] == "45.0 ± 7.1" and rows["l2p"]["seeds"] == 2
+
+
 def test_keys_that_do_not_change_results_are_one_list_of_config_keys():
     """orchestration.runfiles.RESULT_NEUTRAL_KEYS: top-level keys of configs/config.yaml, of its accelerator group
     (device, threads, num_workers), or its groups; they
