@@ -60,13 +60,7 @@ def task_images(run, domain: str, split: str, n: int, grid: Sequence[int]) -> Im
     bench = run.config.benchmark
     size = int(bench.image_size)
     x, _, masks = generate(domain, n, split=split, seed=int(bench.data_seed), image_size=size, masks=True)
-    images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
-    if bench.get("resize_to"):
-        images = torch.nn.functional.interpolate(images, size=int(bench.resize_to), mode="bilinear",
-                                                 align_corners=False)
-    mean, std = run.normalisation
-    images = (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return Images(images, maskscore.object_tokens(object_mask(masks), grid))
+    return Images(run.model_inputs(x), maskscore.object_tokens(object_mask(masks), grid))
 
 
 def centred(draw: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:

@@ -153,18 +153,11 @@ def most_reused_pair(vectors: refute.Vectors) -> Pair:
 
 # ---------------------------------------------------------------------- the ablation
 def val_batch(run, domain: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` fresh validation images of ``domain`` and their labels, at the run's image size and data seed,
-    normalised as in training: the normalisation of ``analysis.mask_scores.task_images``, which needs masks
-    (not every domain has them) and returns no labels."""
+    """``n`` fresh validation images of ``domain`` and their labels, at the run's image size and data seed, as
+    the run's model sees them (:meth:`GiftRun.model_inputs`)."""
     bench = run.config.benchmark
     x, y = generate(domain, n, split="val", seed=int(bench.data_seed), image_size=int(bench.image_size))
-    images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
-    if bench.get("resize_to"):
-        images = torch.nn.functional.interpolate(images, size=int(bench.resize_to), mode="bilinear",
-                                                 align_corners=False)
-    mean, std = run.normalisation
-    images = (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return images, torch.from_numpy(y).long()
+    return run.model_inputs(x), torch.from_numpy(y).long()
 
 
 @dataclass

@@ -24,7 +24,7 @@ from gift_cl.config import ARGUMENT_RANGES, CONFIG_DIR, ConfigError, allowed_tar
 from gift_cl.interpret import load_run
 from gift_cl.orchestration.validation import validate
 
-from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, run_in_process, run_py
+from runs import PROCEDURAL, REPO, TINY, compose_cfg, env, run_py, tiny_gift_run
 
 
 def one_line_error(proc: subprocess.CompletedProcess, kind: str) -> str:
@@ -192,12 +192,7 @@ def test_configs_a_run_saves_are_accepted(tmp_path, overrides):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A tiny finished GIFT run made in-process, with the config_resolved.yaml run.py would write."""
-    run_dir = tmp_path_factory.mktemp("runs") / "gift"
-    cfg = compose_cfg(*PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=[digits,pedestrians]",
-                      "benchmark.n_train=16", "benchmark.n_test=8", "optim.epochs=1", "optim.batch_size=16")
-    run_in_process(cfg, run_dir)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return run_dir
+    return tiny_gift_run(tmp_path_factory.mktemp("runs") / "gift", "[digits,pedestrians]")
 
 
 def test_a_real_run_still_loads(finished_run):

@@ -6,21 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from gift_cl.analysis import mask_scores
 
-from runs import PROCEDURAL, compose_cfg, run_in_process
+from runs import tiny_gift_run
 
 
 @pytest.fixture(scope="module")
 def gift_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "gift"
-    cfg = compose_cfg(*PROCEDURAL, "strategy=gift_multitask", "benchmark.domains=[signs,textures]",
-                      "benchmark.n_train=16", "benchmark.n_test=8", "optim.epochs=1", "optim.batch_size=16")
-    run_in_process(cfg, run_dir)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return run_dir
+    return tiny_gift_run(tmp_path_factory.mktemp("runs") / "gift", "[signs,textures]")
 
 
 def test_every_reference_is_scored_on_the_tasks_with_masks(gift_run, tmp_path):

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from gift_cl.analysis import mask_scores, reuse_tests
 from gift_cl.concepts import refute
@@ -16,7 +15,7 @@ from gift_cl.data.procedural import generate
 from gift_cl.interpret import concept_matrix, load_run, untrained_concepts
 from gift_cl.orchestration.cli import TOOLS
 
-from runs import PROCEDURAL, REPO, compose_cfg, run_in_process
+from runs import REPO, tiny_gift_run
 
 LAYER = "blocks.0.attn.proj"
 DOMAINS = ["signs", "textures", "digits"]
@@ -34,12 +33,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def gift_run(one_thread, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "gift"
-    cfg = compose_cfg(*PROCEDURAL, "strategy=gift_multitask", f"benchmark.domains=[{','.join(DOMAINS)}]",
-                      "benchmark.n_train=16", "benchmark.n_test=8", "optim.epochs=1", "optim.batch_size=16")
-    run_in_process(cfg, run_dir)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return run_dir
+    return tiny_gift_run(tmp_path_factory.mktemp("runs") / "gift", f"[{','.join(DOMAINS)}]")
 
 
 @pytest.fixture(scope="module")

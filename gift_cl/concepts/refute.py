@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..gift import GeneratorBlock, GeneratorHead, GiftGenerator, ParameterToClusterAttention, l2_normalize
+from ..interpret.maps import eval_mode
 from ..tuner import GiftModel
 from .stats import Match, Vectors, hard_assignments, match_clusters, off_diagonal_mean
 
@@ -592,16 +593,6 @@ def _head_logits(gift: GiftModel, head: str) -> Callable[[torch.Tensor], torch.T
     return classify
 
 
-@contextlib.contextmanager
-def _evaluating(module: nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
 def ablation_effect(gift: GiftModel, layer: str, probes: Mapping[str, AblationProbe], sharing: Collection[str],
                     block: int = 0, mode: str = "share", batch_size: int = 256) -> AblationEffect:
     """The accuracy each task loses when its own counterpart of a concept is ablated (:func:`ablate_cluster` on
@@ -610,7 +601,7 @@ def ablation_effect(gift: GiftModel, layer: str, probes: Mapping[str, AblationPr
     and the others (whose ablated cluster is their best but poor match, or any control cluster). Reuse predicts
     a larger drop where the concept is shared."""
     per_task: dict[str, dict[str, float]] = {}
-    with _evaluating(gift):
+    with eval_mode(gift):
         for name, probe in probes.items():
             classify = probe.classify or _head_logits(gift, probe.head)
             before, logprob = _accuracy(classify, probe.images, probe.labels, batch_size)

@@ -98,7 +98,8 @@ def untrained_concepts(gift: GiftModel, layer: str, head: str = "0", source: str
 
 # ---------------------------------------------------------------------- cluster maps
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module):
+def eval_mode(module: nn.Module):
+    """``module`` in eval mode inside the block, its own mode restored afterwards."""
     was_training = module.training
     module.eval()
     try:
@@ -119,7 +120,7 @@ def layer_outputs(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], 
         module = target.base if pre_delta else target
         handles.append(module.register_forward_hook(lambda m, i, o, n=layer: captured.__setitem__(n, o)))
     try:
-        with _eval_mode(gift):
+        with eval_mode(gift):
             gift(images, head=head)
     finally:
         for h in handles:
@@ -151,7 +152,7 @@ def frozen_patch_tokens(model: nn.Module, images: torch.Tensor, layer: Optional[
     """Patch tokens ``(B, gh, gw, d)`` of a plain timm ViT: the output of module ``layer`` (e.g.
     ``"blocks.3"``), or with ``layer=None`` the final normed tokens of ``forward_features``. The frozen
     model's own representation, the reference a concept map has to beat (:mod:`gift_cl.maskscore`)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         if layer is None:
             return patch_grid(model.forward_features(images), model)
         captured = {}
@@ -172,7 +173,7 @@ def cls_attention(model: nn.Module, images: torch.Tensor, block: int = -1) -> to
     captured = {}
     handle = attn.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             model.forward_features(images)
     finally:
         handle.remove()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +79,17 @@ class GiftRun:
         """``(mean, std)`` the run normalised its inputs with (to draw images back as pixels)."""
         src = self.config.benchmark if "mean" in self.config.benchmark else self.config.model
         return [float(v) for v in src.get("mean", (0.5,) * 3)], [float(v) for v in src.get("std", (0.5,) * 3)]
+
+    def model_inputs(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 images ``(B, H, W, 3)`` (as ``procedural.generate`` draws them) as the run's model sees them:
+        ``(B, 3, H', W')``, resized to the benchmark's ``resize_to`` if it has one, normalised as in training."""
+        images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+        resize_to = self.config.benchmark.get("resize_to")
+        if resize_to:
+            images = torch.nn.functional.interpolate(images, size=int(resize_to), mode="bilinear",
+                                                     align_corners=False)
+        mean, std = self.normalisation
+        return (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
     @property
     def results(self) -> Optional[dict]:
