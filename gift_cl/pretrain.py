@@ -26,11 +26,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .backbones import asset_path
@@ -39,8 +41,16 @@ from .data import formula, procedural
 
 # The backbone every default run uses: ViT with patch 4 at 32 px (64 tokens), width 128, 6 blocks.
 ARCH = "vit_tiny_patch16_224"
-ARCH_KWARGS = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4)
-DATA_CONFIG = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+ARCH_KWARGS: dict[str, Any] = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4)
+
+
+class DataConfig(TypedDict):
+    image_size: int
+    mean: list[float]
+    std: list[float]
+
+
+DATA_CONFIG: DataConfig = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 STATE_FORMAT = "gift_cl.pretrain_state"
 ATTRIBUTE_WEIGHT = 0.25  # each attribute head's loss weight (the category and upstream heads weigh 1)
 LAYOUT_WEIGHT = 4.0  # the layout head's BCE (mean over 64 cells, ~0.2 once learnt) against ~1-5 for the others
@@ -52,8 +62,10 @@ class PretrainModel(nn.Module):
     def __init__(self, heads: dict[str, int]):
         super().__init__()
         self.backbone = timm.create_model(ARCH, pretrained=False, num_classes=0, **ARCH_KWARGS)
+        assert isinstance(self.backbone, VisionTransformer)  # create_model is typed nn.Module; ARCH is a ViT
         self.heads = nn.ModuleDict({k: nn.Linear(self.backbone.num_features, n) for k, n in heads.items()})
         for head in self.heads.values():
+            assert isinstance(head, nn.Linear)  # ModuleDict iterates as nn.Module
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
 
@@ -141,15 +153,18 @@ class Pretraining:
         torch.manual_seed(args.seed)
         self.model = PretrainModel(heads).to(self.device)
         self.forward = torch.compile(self.model) if args.compile else self.model
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith((".pos_embed", ".cls_token")) else decay).append(p)
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999))
         self.total_steps = max(1, math.ceil(args.samples / args.batch_size))
         self.warmup = max(1, int(0.03 * self.total_steps))
-        self.step, self.wall, self.history = 0, 0.0, []
-        self.shortened = None  # {"at_step", "lr", "total_steps"} once --shorten-to has cut the schedule
+        self.step, self.wall = 0, 0.0
+        self.history: list[dict[str, Any]] = []
+        # {"at_step", "lr", "total_steps"} once --shorten-to has cut the schedule
+        self.shortened: dict[str, Any] | None = None
         # a fixed held-out formula set from its own generator: the accuracy curve is comparable across checkpoints
         g = torch.Generator(self.device).manual_seed(10_000 + args.data_seed)
         self.val_x, self.val_y = self.formula.batch(args.val_size, g)
@@ -222,7 +237,7 @@ class Pretraining:
     def loss(self, logits: dict, labels: dict) -> torch.Tensor:
         """Cross-entropy of every classification head (ignoring images without that label), plus the layout
         head's binary cross-entropy against the soft coverage of each grid cell."""
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for k, out in logits.items():
             y = labels[k]
             if k == "layout":
@@ -233,6 +248,7 @@ class Pretraining:
                 weight = ATTRIBUTE_WEIGHT if k in formula.ATTRIBUTE_CLASSES else 1.0
                 smooth = 0.1 if k in ("category", "upstream") else 0.0
                 total = total + weight * F.cross_entropy(out, y, ignore_index=formula.IGNORE, label_smoothing=smooth)
+        assert isinstance(total, torch.Tensor)  # every batch labels some head (category or upstream)
         return total
 
     @torch.no_grad()
@@ -240,7 +256,7 @@ class Pretraining:
         self.model.eval()
         acc = {}
         for _name, x, labels in (("formula", _normalise(self.val_x), self.val_y),):
-            logits = {k: [] for k in self.model.heads}
+            logits: dict[str, list[torch.Tensor]] = {k: [] for k in self.model.heads}
             for i in range(0, len(x), 512):
                 for k, v in self.model(x[i:i + 512]).items():
                     logits[k].append(v)
@@ -335,18 +351,18 @@ class Pretraining:
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
-            loss = loss.item()
+            loss_value = loss.item()
             self.step += 1
             self.wall = wall0 + time.time() - start
             if self.step % eval_every == 0 or self.step == self.total_steps:
                 self.history.append({"step": self.step, "samples": self.step * a.batch_size,
-                                     "wall_time_s": round(self.wall, 1), "loss": round(loss, 4),
+                                     "wall_time_s": round(self.wall, 1), "loss": round(loss_value, 4),
                                      **self.evaluate()})
                 print(json.dumps(self.history[-1]), flush=True)
             now = time.time()
             if now - last_print > 30:
                 rate = self.step * a.batch_size / max(self.wall, 1e-9)
-                print(f"step {self.step}/{self.total_steps} loss {loss:.3f} lr {lr:.2e} "
+                print(f"step {self.step}/{self.total_steps} loss {loss_value:.3f} lr {lr:.2e} "
                       f"{rate:.0f} img/s", flush=True)
                 last_print = now
             if now - last_save > a.checkpoint_every:

@@ -191,16 +191,17 @@ class FormulaImages:
         maps[..., :4] *= jitter
         probs = self.probs[cats]
         x = torch.rand(n, walkers, 2, generator=g, device=dev) * 2 - 1
-        pts, which = [], []
+        pts_steps: list[torch.Tensor] = []
+        which_steps: list[torch.Tensor] = []
         for s in range(steps):
             i = torch.multinomial(probs, walkers, replacement=True, generator=g)  # (n, walkers)
             a = torch.gather(maps, 1, i.unsqueeze(-1).expand(n, walkers, 6))
             x = torch.stack([a[..., 0] * x[..., 0] + a[..., 1] * x[..., 1] + a[..., 4],
                              a[..., 2] * x[..., 0] + a[..., 3] * x[..., 1] + a[..., 5]], -1)
             if s >= burn:
-                pts.append(x)
-                which.append(i)
-        pts, which = torch.cat(pts, 1), torch.cat(which, 1)  # (n, P, 2), (n, P)
+                pts_steps.append(x)
+                which_steps.append(i)
+        pts, which = torch.cat(pts_steps, 1), torch.cat(which_steps, 1)  # (n, P, 2), (n, P)
         lo, hi = pts.amin(1, keepdim=True), pts.amax(1, keepdim=True)
         extent = (hi - lo).amax(-1, keepdim=True).clamp_min(1e-6)
         pts = (pts - (lo + hi) / 2) / extent * 2  # the attractor's box becomes [-1, 1] (aspect kept)

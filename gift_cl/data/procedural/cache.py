@@ -77,6 +77,7 @@ def _write_cache(path: Path, **arrays: np.ndarray) -> None:
     be written is a warning, not an error."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            # allow_pickle=True is savez's default; passed by name so no array name can be taken for it
+            np.savez(fh, allow_pickle=True, **arrays)
     except (OSError, CheckpointError) as exc:
         warnings.warn(f"procedural: could not write cache file {path} ({exc}); continuing uncached", stacklevel=3)

@@ -649,8 +649,8 @@ def _motion(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
         path = np.repeat(c[None], _MOTION_FRAMES, axis=0)
         sigma = rng.uniform(0.04, 0.07) + t * rng.uniform(0.2, 0.3)
     else:
-        a = rng.uniform(0, np.pi)
-        path = c + rng.uniform(0.3, 0.5) * np.sin(2 * _TAU * t)[:, None] * np.array([np.cos(a), np.sin(a)])
+        axis = rng.uniform(0, np.pi)
+        path = c + rng.uniform(0.3, 0.5) * np.sin(2 * _TAU * t)[:, None] * np.array([np.cos(axis), np.sin(axis)])
     path = path + rng.normal(0, 0.02, path.shape)  # camera shake
 
     # a weaker distractor moving in a random straight line keeps 'any trail' from being the answer

@@ -187,6 +187,7 @@ def generate(domain: str, n: int, *, split: str = "train", seed: int = 0, image_
     cached_masks = _read_mask_cache(mask_path, n, image_size, len(spec.mask_labels))
     if cached is not None and cached_masks is not None:
         return (*cached, cached_masks)
+    assert spec.generate_masked is not None  # domains without it were refused above
     # the same seed, the same draws in the same order as the image-only path: the same images
     rng = np.random.default_rng(_derive_seed(seed, domain, split))
     labels = _balanced_labels(n, spec.num_classes, rng)
@@ -300,8 +301,8 @@ def load_procedural(domains: list[str] | None = None, *, n_train=500, n_test=200
                     eval_split=eval_split, n_val=sizes_val[name])
         tasks.append(TaskData(
             name=name,
-            train=ArrayDataset(xs, ys, _transform(image_size, resize_to, mean, std, augment, spec.hflip_ok)),
-            test=ArrayDataset(xt, yt, _transform(image_size, resize_to, mean, std, False, False)),
+            train=ArrayDataset(xs, ys.tolist(), _transform(image_size, resize_to, mean, std, augment, spec.hflip_ok)),
+            test=ArrayDataset(xt, yt.tolist(), _transform(image_size, resize_to, mean, std, False, False)),
             num_classes=spec.num_classes,
             info=info,
         ))

@@ -79,7 +79,8 @@ def _up_edges(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     img = g1 + p * (_far_value(rng, g1, 0.25) - g1)
     img = img + 0.2 * (_smooth_noise(rng, size, 3, 1)[..., 0] - 0.5)
     for _ in range(int(rng.integers(0, 3))):
-        img = _paint(img, _disc(size, *rng.random(2), rng.uniform(0.03, 0.08)), rng.random())
+        cx, cy = rng.random(2)
+        img = _paint(img, _disc(size, cx, cy, rng.uniform(0.03, 0.08)), rng.random())
     return _finish(img, rng, 0.04)
 
 
@@ -136,7 +137,8 @@ def _up_blocks(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     angle = int(rng.integers(4)) * np.pi / 2 + rng.uniform(-0.2, 0.2)
     for _ in range(int(rng.integers(1, 4))):
         m = _Mask(size)
-        m.poly(_place(_rect(-0.45, -0.45, 0.45, 0.45), *rng.random(2), cell, rng.uniform(0, _TAU)))
+        px, py = rng.random(2)
+        m.poly(_place(_rect(-0.45, -0.45, 0.45, 0.45), px, py, cell, rng.uniform(0, _TAU)))
         img = _paint(img, m.alpha(), _hsv(rng.random(), rng.uniform(0.2, 1.0), rng.uniform(0.1, 1.0)))
     cx, cy = 0.5 + rng.uniform(-0.15, 0.15, 2)
     mask = _Mask(size)
