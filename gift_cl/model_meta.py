@@ -22,13 +22,16 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, cast
 
 import torch
 from torch import nn
 
 from .backbones import ASSETS, BackboneError, _classifier_prefixes
 from .checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 METHOD_SLOT = "strategy.method"  # where a method's node sits in a configuration (gift_cl.config's allowlist)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # a task name that can be a file name as it is
@@ -119,7 +122,8 @@ def build_method(node: Any, backbone: nn.Module, path: Path) -> nn.Module:
     if not isinstance(node, dict) or "_target_" not in node:
         raise CheckpointError(f"{path}: 'method' must be a constructor node with a _target_, got {node!r:.80}")
     try:
-        return safe_instantiate(node, backbone, where=METHOD_SLOT)
+        # safe_instantiate is annotated DictConfig but takes plain containers too (it converts configs only)
+        return safe_instantiate(node, backbone, where=METHOD_SLOT)  # type: ignore[arg-type]
     except ConfigError as err:
         raise CheckpointError(f"{path}: method: {err}") from None
 
@@ -139,7 +143,8 @@ def fingerprint(tensors: Iterable[torch.Tensor]) -> tuple[str, int, int]:
     for t in tensors:
         t = t.detach().to("cpu").contiguous()
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+        # an ndarray is a buffer; numpy's stubs declare __buffer__ only for Python >= 3.12
+        digest.update(cast("Buffer", t.reshape(-1).view(torch.uint8).numpy()))
         count, size = count + 1, size + t.numel()
     return digest.hexdigest(), count, size
 
@@ -153,6 +158,9 @@ def plain_backbone_tensors(backbone: nn.Module) -> list[torch.Tensor]:
 def method_backbone_tensors(model: nn.Module) -> list[torch.Tensor]:
     """A method's frozen pretrained tensors in state-dict order (what :func:`plain_backbone_tensors` gives
     for the timm model it was built on)."""
+    from .methods.base import TaskAwareModel
+
+    assert isinstance(model, TaskAwareModel)  # a method (only methods have frozen_state_keys)
     frozen = model.frozen_state_keys()
     return [v for k, v in model.state_dict().items() if k in frozen]
 
@@ -160,8 +168,13 @@ def method_backbone_tensors(model: nn.Module) -> list[torch.Tensor]:
 def describe_backbone(model: nn.Module, source: Optional[Mapping] = None,
                       data_config: Optional[Mapping] = None) -> dict:
     """The ``backbone`` section: architecture, pretrained_cfg, data config, weights fingerprint, source."""
+    from .methods.base import TaskAwareModel
+
+    assert isinstance(model, TaskAwareModel)  # a method (feature_dim, frozen_state_keys)
     vit = timm_model(model)
-    pcfg = dict(vit.pretrained_cfg)
+    pretrained_cfg = vit.pretrained_cfg
+    assert isinstance(pretrained_cfg, Mapping)  # timm_model finds the module whose pretrained_cfg is a Mapping
+    pcfg = dict(pretrained_cfg)
     arch = str(pcfg.get("architecture") or type(vit).__name__)  # not timm's default tag: the weights may be any
     sha, count, size = fingerprint(method_backbone_tensors(model))
     return {
@@ -252,9 +265,10 @@ def task_entries(labels: Sequence[int], num_classes: Mapping[int, int], names: M
     """``tasks`` of the config: label, name, number of classes, class names (None where unknown), checked."""
     out = []
     for label in labels:
+        classes = class_names.get(label)
         entry = {"label": int(label), "name": str(names.get(label, f"task{label}")),
                  "num_classes": int(num_classes[label]),
-                 "class_names": None if class_names.get(label) is None else [str(c) for c in class_names[label]]}
+                 "class_names": None if classes is None else [str(c) for c in classes]}
         out.append(entry)
     check_tasks(out, "tasks")
     return out

@@ -20,7 +20,7 @@ Not a zero-initialised method: extra tokens change every attention softmax from 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +39,25 @@ class VptDeep(HookedBackboneModel):
             raise ValueError(f"VPT prompt dropout must be in [0, 1), got {dropout}")
         check_token_pooling(self.backbone, "VPT")
         self.length, self.dropout = length, dropout
-        self.depth = len(self.backbone.blocks)
-        patch = self.backbone.patch_embed.patch_size
+        blocks = self.backbone.blocks
+        assert isinstance(blocks, (nn.Sequential, nn.ModuleList))  # timm ViT: an nn.Sequential of blocks
+        self.depth = len(blocks)
+        # nn.Module.__getattr__ is typed Tensor | Module; timm's PatchEmbed.patch_size is a plain (h, w) tuple
+        patch_embed = self.backbone.patch_embed
+        assert isinstance(patch_embed, nn.Module)  # timm's PatchEmbed
+        patch = cast("tuple[int, int]", patch_embed.patch_size)
         self.init_range = math.sqrt(6.0 / (3 * patch[0] * patch[1] + self.feature_dim))
         self.prompts = nn.ParameterDict()  # task -> (depth, length, D)
-        for i, blk in enumerate(self.backbone.blocks):
+        for i, blk in enumerate(blocks):
             blk.register_forward_pre_hook(self._prompt_hook(i))
 
     def _prompt_hook(self, layer: int):
         return _PromptHook(self, layer)
 
     def add_task_parts(self, task: int) -> None:
-        device = self.backbone.cls_token.device
+        cls_token = self.backbone.cls_token
+        assert isinstance(cls_token, torch.Tensor)  # timm ViT's [CLS] token parameter
+        device = cls_token.device
         prompts = torch.empty(self.depth, self.length, self.feature_dim, device=device)
         self.prompts[str(task)] = nn.Parameter(prompts.uniform_(-self.init_range, self.init_range))
 
