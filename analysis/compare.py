@@ -2,7 +2,7 @@
 numbers reported from the matching test runs, mean ± std over seeds. Markdown and CSV.
 
     python analysis/compare.py multirun/2026-11-23_10-00-00 [more dirs ...] [--csv table.csv] [--md table.md]
-           [--select mean|per-task] [--metric final|cil_last|cil_avg|cil_final]
+           [--select mean|per-task] [--metric final|cil_last|cil_avg|cil_final] [--select-metric M]
 
 Reads only the results schema (``results.json``, ``schema_version`` 1 or 2) below the given folders.
 
@@ -148,6 +148,16 @@ class Run:
                     counts[self.tasks[0]] = sum(counts.values()) / len(counts)
         self.backbone = params.get("backbone")
 
+    def scored_as(self, column: str) -> "Run":
+        """The run's one score column renamed ``column``: a selection run chosen on one class-incremental
+        number (A_last) joins the rows of another (A_avg)."""
+        (old,) = self.tasks
+        self.tasks = [column]
+        for values in (self.acc, self.params, self.params_excl):
+            if old in values:
+                values[column] = values.pop(old)
+        return self
+
 
 class Cell:
     """Every run of one method, split and hyperparameter setting, merged across benchmarks: per seed, each
@@ -232,6 +242,9 @@ def compare(runs: list[Run], select: str = "mean") -> tuple[list[str], list[dict
         if select == "mean":
             means = {hp: mean_std(c.average_values())[0] for hp, c in val.items()}
             scores = {hp: v for hp, v in means.items() if v is not None}
+            if not scores:
+                raise SystemExit(f"{method}: no validation run has this metric (runs that evaluated only the last "
+                                 f"stage have no average incremental accuracy): choose with --select-metric cil_last")
             best = _choose(scores, val)
             notes = [f"val {100 * scores[best]:.1f}", *selection_warnings(best, list(scores), val[best], test.get(best))]
             rows.append(_row(method, tasks, {t: best for t in tasks}, test, "; ".join(notes)))
@@ -510,6 +523,9 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--metric", choices=METRICS, default="final",
                     help="final: each task's final accuracy (task id given); class-incremental runs: cil_last (A_last), "
                          "cil_avg (average incremental accuracy), cil_final (each task's final accuracy without task ids)")
+    ap.add_argument("--select-metric", choices=METRICS,
+                    help="the metric the validation runs are chosen on (default: --metric); e.g. report cil_avg "
+                         "of the setting chosen on cil_last, when the selection runs scored only the last stage")
     ap.add_argument("--where", action="append", default=[], metavar="OVERRIDE",
                     help="only runs whose command line has this override (e.g. model=vit_formula); repeatable")
     ap.add_argument("--test-plan", help="write the plan of test runs at every method's chosen setting "
@@ -521,11 +537,19 @@ def main(argv: Optional[list[str]] = None) -> str:
     ap.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap replicates (default 10000)")
     ap.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default 0.05)")
     args = ap.parse_args(argv)
+    if args.select_metric and (args.select_metric in CIL_COLUMNS) != (args.metric in CIL_COLUMNS):
+        ap.error("--select-metric and --metric must both be one number per run (cil_last, cil_avg) or both one per "
+                 "task (final, cil_final)")
     runs = []
     for path in find_result_dirs(args.paths):
         res = read_results(path)
         if (res.get("finished") or args.all) and all(w in res.get("overrides", []) for w in args.where):
-            runs.append(Run(res, path, args.metric))
+            run = Run(res, path, args.metric)
+            if run.split == "val" and args.select_metric not in (None, args.metric):
+                run = Run(res, path, args.select_metric)
+                if args.metric in CIL_COLUMNS:
+                    run.scored_as(CIL_COLUMNS[args.metric][0])
+            runs.append(run)
     if not runs:
         raise SystemExit(f"no finished {RESULTS_FILE} under {args.paths}")
     common = recipe(runs)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -308,10 +309,12 @@ def test_compare_markdown_writes_counts_with_separators_and_csv_keeps_numbers():
     assert "1204608,18038,1.551" in compare.to_csv(["digits"], [row])
 
 
-def _cil(run: Path, last: float, avg: float, final_row: list) -> None:
+def _cil(run: Path, last: float, avg: Optional[float], final_row: list) -> None:
+    """``avg=None``: a run that evaluated only its last stage (evaluate=last_experience)."""
     data = json.loads((run / "results.json").read_text())
+    stages = [None, last] if avg is None else [avg * 2 - last, last]
     data.update(schema_version=2, protocol="class_incremental", class_incremental={
-        "accuracy_per_stage": [avg * 2 - last, last], "last_accuracy": last, "average_incremental_accuracy": avg,
+        "accuracy_per_stage": stages, "last_accuracy": last, "average_incremental_accuracy": avg,
         "accuracy_matrix": [[final_row[0]], final_row], "forgetting": 0.1})
     (run / "results.json").write_text(json.dumps(data))
 
@@ -335,3 +338,23 @@ def test_class_incremental_metrics_are_one_column_and_pair_across_methods(tmp_pa
     task_incremental = fake(tmp_path / "til", "lora", 0, "test", {"digits": 0.5})
     with pytest.raises(SystemExit, match="needs class-incremental runs"):
         compare.main([str(task_incremental.parent), "--metric", "cil_last"])
+
+
+def test_the_average_accuracy_of_the_setting_chosen_on_the_last_accuracy(tmp_path):
+    """Selection runs that scored only the last stage have A_last but no A_avg: --select-metric cil_last chooses
+    on them and --metric cil_avg reports the chosen setting's test runs; without it the error says what to do."""
+    root = tmp_path / "cil"
+    for seed in (100, 101):  # lr 1e-2 is better on A_last
+        for lr, last in (("1e-2", 0.5), ("1e-3", 0.3)):
+            run = fake(root, "l2p", seed, "val", {"digits": last}, [f"optim.lr={lr}", "evaluate=last_experience"])
+            _cil(run, last, None, [last])
+    for seed in (0, 1):
+        for lr, avg in (("1e-2", 0.40), ("1e-3", 0.90)):  # 1e-3 would win on test: it must not be reported
+            score = avg + 0.02 * seed
+            _cil(fake(root, "l2p", seed, "test", {"digits": 0.3}, [f"optim.lr={lr}"]), score, score, [0.3])
+    with pytest.raises(SystemExit, match="--select-metric cil_last"):
+        compare.main([str(root), "--metric", "cil_avg", "--no-pairs"])
+    md = compare.main([str(root), "--metric", "cil_avg", "--select-metric", "cil_last", "--no-pairs"])
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "A_avg" in header and "A_last" not in header
+    assert "| l2p | 41.0 ± 1.4 |" in md and "optim.lr=1e-2" in md and "val 50.0" in md
