@@ -30,8 +30,10 @@ from torch import nn
 from .backbones import ASSETS, BackboneError, _classifier_prefixes
 from .checkpoint import CheckpointError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: methods.base imports this module's users, so no import at run time (no cycle)
     from typing_extensions import Buffer
+
+    from .methods.base import TaskAwareModel
 
 METHOD_SLOT = "strategy.method"  # where a method's node sits in a configuration (gift_cl.config's allowlist)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # a task name that can be a file name as it is
@@ -155,22 +157,16 @@ def plain_backbone_tensors(backbone: nn.Module) -> list[torch.Tensor]:
     return [v for k, v in backbone.state_dict().items() if not k.startswith(heads)]
 
 
-def method_backbone_tensors(model: nn.Module) -> list[torch.Tensor]:
+def method_backbone_tensors(model: TaskAwareModel) -> list[torch.Tensor]:
     """A method's frozen pretrained tensors in state-dict order (what :func:`plain_backbone_tensors` gives
     for the timm model it was built on)."""
-    from .methods.base import TaskAwareModel
-
-    assert isinstance(model, TaskAwareModel)  # a method (only methods have frozen_state_keys)
     frozen = model.frozen_state_keys()
     return [v for k, v in model.state_dict().items() if k in frozen]
 
 
-def describe_backbone(model: nn.Module, source: Optional[Mapping] = None,
+def describe_backbone(model: TaskAwareModel, source: Optional[Mapping] = None,
                       data_config: Optional[Mapping] = None) -> dict:
     """The ``backbone`` section: architecture, pretrained_cfg, data config, weights fingerprint, source."""
-    from .methods.base import TaskAwareModel
-
-    assert isinstance(model, TaskAwareModel)  # a method (feature_dim, frozen_state_keys)
     vit = timm_model(model)
     pretrained_cfg = vit.pretrained_cfg
     assert isinstance(pretrained_cfg, Mapping)  # timm_model finds the module whose pretrained_cfg is a Mapping
