@@ -120,6 +120,7 @@ def read_svhn(root: str, train: bool, verify_checksums: bool = False) -> tuple[n
         mat = scipy.io.loadmat(path)
         images = np.ascontiguousarray(np.transpose(mat["X"], (3, 0, 1, 2)), dtype=np.uint8)
         labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    # NotImplementedError: scipy's answer to a MATLAB v7.3 (HDF5) file, which SVHN's official files are not
     except (scipy.io.matlab.MatReadError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as e:
         raise DataError(f"{path}: not an SVHN .mat file ({type(e).__name__}: {e}); expected 'X' "
                         "(32 x 32 x 3 x N uint8) and 'y' (N x 1, labels 1..10)") from None
