@@ -7,8 +7,8 @@ numbers reported from the matching test runs, mean ± std over seeds. Markdown a
 Reads only the results schema (``results.json``, ``schema_version`` 1 or 2) below the given folders.
 
 What a run is
-- method: ``results["strategy"]`` plus its model plug-ins (``gift+gist``, ``lora+coeff``), read from the
-  run's ``config_resolved.yaml`` (``strategy.method.plugins``), else from the ``+plugin=...`` override;
+- method: ``results["strategy"]`` plus its model add-ons (``gift+gist``, ``lora+coeff``), read from the
+  run's ``config_resolved.yaml`` (``strategy.method.addons``), else from the ``+addon=...`` override;
   overrides that choose a *method* rather than tune it (``METHOD_KEYS``: the generator, ``generator=linear``,
   and the backbone, ``model=...``)
   are part of the name: ``gift_multitask[generator=linear]`` is its own row;
@@ -52,48 +52,51 @@ from typing import Any, Optional
 from gift_cl.orchestration.runfiles import CONFIG_FILE, RESULTS_FILE, result_neutral
 from gift_cl.reporting import PREDICTIONS_FILE, find_result_dirs, read_results
 
+# the add-on group and the results field also have a former name, read in runs written with it
+ADDON_OVERRIDES = ("+addon=", "addon=", "+plugin=", "plugin=")
+
+
 # overrides that never distinguish a configuration (the split and its size are how val/test runs pair up; a
 # selection run may evaluate only after the last experience, evaluate=last_experience, its test runs after
 # every one), besides those that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
-NOT_HYPERPARAMETERS = ("strategy=", "method=", "protocol=", "cl=", "+plugin=", "plugin=", "seed=", "benchmark.data_seed=", "benchmark=",
-                       "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "evaluate=",
+NOT_HYPERPARAMETERS = ("strategy=", "method=", "protocol=", "cl=", *ADDON_OVERRIDES, "seed=", "benchmark.data_seed=",
+                       "benchmark=", "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "evaluate=",
                        "hydra")
 # overrides that choose the method (its row) rather than tune it: the generator, the backbone
 METHOD_KEYS = ("generator=", "model=")
 
 
 # ------------------------------------------------------------------------------------------- reading runs
-def plugins_of(overrides: list[str]) -> list[str]:
+def addons_of(overrides: list[str]) -> list[str]:
     names = []
     for o in overrides:
-        if o.startswith(("+plugin=", "plugin=")):
+        if o.startswith(ADDON_OVERRIDES):
             value = o.split("=", 1)[1].strip()
             names += [v.strip() for v in value.strip("[]").split(",") if v.strip()]
     return sorted(set(names))
 
 
-def resolved_plugins(run: Optional[Path]) -> Optional[list[str]]:
-    """Plug-in names from the run's ``config_resolved.yaml`` (``strategy.method.plugins``), if it is there."""
+def resolved_addons(run: Optional[Path]) -> Optional[list[str]]:
+    """Add-on names from the run's ``config_resolved.yaml`` (``strategy.method.addons``), if it is there."""
     path = None if run is None else Path(run) / CONFIG_FILE
     if path is None or not path.is_file():
         return None
     import yaml
 
-    cfg = yaml.safe_load(path.read_text()) or {}
-    plugins = ((cfg.get("strategy") or {}).get("method") or {}).get("plugins") or {}
-    return sorted(plugins)
+    method = ((yaml.safe_load(path.read_text()) or {}).get("strategy") or {}).get("method") or {}
+    return sorted(method.get("addons") or method.get("plugins") or {})
 
 
 def method_of(res: dict, run: Optional[Path] = None) -> str:
-    """The strategy and its model plug-ins: ``results["plugins"]`` if the schema has it, else the run's
-    resolved configuration, else the ``+plugin=`` override."""
-    plugins = res.get("plugins")
-    if plugins is None:
-        plugins = resolved_plugins(run)
-    if plugins is None:
-        plugins = plugins_of(res.get("overrides", []))
+    """The strategy and its model add-ons: ``results["addons"]`` if the schema has it, else the run's
+    resolved configuration, else the ``+addon=`` override."""
+    addons = res.get("addons", res.get("plugins"))
+    if addons is None:
+        addons = resolved_addons(run)
+    if addons is None:
+        addons = addons_of(res.get("overrides", []))
     chosen = sorted(o for o in res.get("overrides", []) if o.startswith(METHOD_KEYS))
-    return "+".join([res["strategy"], *sorted(plugins)]) + (f"[{','.join(chosen)}]" if chosen else "")
+    return "+".join([res["strategy"], *sorted(addons)]) + (f"[{','.join(chosen)}]" if chosen else "")
 
 
 def split_of(res: dict) -> str:

@@ -18,14 +18,14 @@ wrote the configuration decides what may be named:
 * **Composed from the command line** (``run.py``, ``run.py -m``, ``python -m gift_cl.orchestration.sweep``: the
   configs and overrides the user gave, ``hydra.searchpath`` included; ``check_instantiable(...,
   command_line=True)``, used by :func:`gift_cl.orchestration.validation.validate`): any importable ``_target_``, at any
-  place (the user's own method, benchmark or plug-in in their own package: the user ran the command, their
+  place (the user's own method, benchmark or add-on in their own package: the user ran the command, their
   code is theirs to run). Each node is still checked: its keys arguments of the constructor, its values plain
   and of the annotated type, and for this project's constructors in the range :data:`ARGUMENT_RANGES` gives.
 * **Read from disk** (a run directory's ``config_resolved.yaml`` through :func:`load_saved_config`, and
   everything built from it: ``gift_cl.interpret``, ``gift-cl export``; a ``from_pretrained`` model config through
   :func:`safe_instantiate`): a saved file may come from anyone, so a ``_target_`` is honoured only at a place
   where a shipped config puts one (``benchmark``, ``generator``, ``strategy.method``, ``strategy.method.config``,
-  ``strategy.method.plugins.<name>``, ``strategy.plugins[i]``) and only if a shipped config names that very
+  ``strategy.method.addons.<name>``, ``strategy.plugins[i]``) and only if a shipped config names that very
   constructor there: :func:`allowed_targets` reads them from ``configs/`` (the one place the list lives). A
   saved run of a user's method is therefore refused by these tools (the message names the target).
 * **Resume** (``resume=<run dir>``, a sweep continuing a started run) builds the run from the configuration
@@ -246,7 +246,7 @@ def _positive(high: float) -> Range:
 SEED_RANGE = _count(0, 2**32 - 1)  # numpy's seed range (the run seeds numpy, torch and random with it)
 WIDTH = 4096  # the largest rank / hidden size / cluster count a ViT generator or adapter is given
 
-# Every numeric argument of every constructor a method, generator or plug-in config may name (a test keeps
+# Every numeric argument of every constructor a method, generator or add-on config may name (a test keeps
 # this complete): a degenerate value (0 clusters, rank 0, mlp_ratio 0) would otherwise build a model that
 # trains nothing, or fail with a traceback deep inside the run.
 ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
@@ -484,11 +484,15 @@ def check_interpolations(node: Any, where: str = "") -> None:
 # the names a checkout's short package names gave constructors in configurations saved before they were
 # installed as gift_cl's subpackages (gift_cl.short_names): read as the installed names
 SHORT_TARGET_PREFIXES = {"strategies.": "gift_cl.strategies.", "orchestration.": "gift_cl.orchestration."}
+# arguments of this project's constructors saved under a former name: read under the current one
+FORMER_ARGUMENTS = {"plugins": "addons"}  # a method's model add-ons (GIST, Coeff-Tuning)
 
 
 def installed_target_names(node: Any) -> Any:
-    """``node`` with every ``_target_`` that names a constructor by its checkout short name
-    (``strategies.plugins.EWC``) renamed to the installed name (``gift_cl.strategies.plugins.EWC``)."""
+    """``node`` in the names the installed package uses: every ``_target_`` that names a constructor by its
+    checkout short name (``strategies.plugins.EWC``) renamed to the installed name
+    (``gift_cl.strategies.plugins.EWC``), and a ``gift_cl`` constructor's arguments saved under a former name
+    (:data:`FORMER_ARGUMENTS`) under the current one."""
     if isinstance(node, dict):
         renamed = {key: installed_target_names(value) for key, value in node.items()}
         target = renamed.get("_target_")
@@ -496,6 +500,10 @@ def installed_target_names(node: Any) -> Any:
             for short, full in SHORT_TARGET_PREFIXES.items():
                 if target.startswith(short):
                     renamed["_target_"] = full + target[len(short):]
+            if renamed["_target_"].startswith("gift_cl."):
+                for former, current in FORMER_ARGUMENTS.items():
+                    if former in renamed and current not in renamed:
+                        renamed[current] = renamed.pop(former)
         return renamed
     if isinstance(node, list):
         return [installed_target_names(value) for value in node]

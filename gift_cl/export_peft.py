@@ -13,7 +13,7 @@ whichever layers it targets. Written without importing peft.
 Also exported: LoRA (``attn.proj`` or ``attn.qkv``; peft's scaling ``lora_alpha / r`` is loralib's ``alpha / r``)
 and the linear probe (its heads, on a LoRA whose ``B`` is zero, so the backbone is the frozen one exactly).
 Not expressible as peft adapters (:data:`NOT_PEFT` says why): BitFit, bottleneck adapters, VPT, full
-fine-tuning, a shared trained backbone, ArtiHippo, and any model with a plug-in (GIST, Coeff-Tuning).
+fine-tuning, a shared trained backbone, ArtiHippo, and any model with an add-on (GIST, Coeff-Tuning).
 
 Heads: one peft model holds one ``head`` shape, so every exported head has ``num_classes`` outputs (default:
 the largest task's); a task's extra outputs have weight 0 and bias ``PAD_LOGIT`` (-1e9), the value gift_cl
@@ -64,7 +64,7 @@ NOT_PEFT = {
     "ArtiHippo": "a task's architecture replaces attention projections by new experts or bypasses the attention "
                  "(skip), which is not a low-rank residual",
 }
-PLUGINS_NOT_PEFT = "plug-ins change the ViT's forward (GIST adds a token, Coeff-Tuning recombines attention maps)"
+ADDONS_NOT_PEFT = "add-ons change the ViT's forward (GIST adds a token, Coeff-Tuning recombines attention maps)"
 
 
 # ---------------------------------------------------------------------- per method: LoRA factors of a task
@@ -162,9 +162,9 @@ def _task_models(model: nn.Module, tasks: Optional[Sequence[str]]) -> list[tuple
 
 
 def _maker(makers: dict, part: nn.Module, what: str, reasons: dict) -> Callable:
-    if len(getattr(part, "model_plugins", ())):
-        raise ExportError(f"{type(part).__name__} with plug-ins {sorted(part.model_plugins)} cannot be exported as "
-                          f"{what}: {PLUGINS_NOT_PEFT}")
+    if len(getattr(part, "model_addons", ())):
+        raise ExportError(f"{type(part).__name__} with add-ons {sorted(part.model_addons)} cannot be exported as "
+                          f"{what}: {ADDONS_NOT_PEFT}")
     for cls, fn in makers.items():
         if type(part) is cls:
             return fn

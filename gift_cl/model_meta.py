@@ -72,7 +72,7 @@ def _node(obj: Any, slot: str) -> dict:
     arguments = getattr(obj, "constructor_arguments", None)
     if arguments is None:
         raise CheckpointError(f"{slot}: a {type(obj).__name__} records no constructor arguments; only gift_cl's "
-                              f"methods and plug-ins can be saved")
+                              f"methods and add-ons can be saved")
     node = {"_target_": _target_name(type(obj), slot)}
     for key, value in arguments().items():
         node[key] = _plain(value, f"{slot}.{key}")
@@ -89,8 +89,8 @@ def _target_name(cls: type, slot: str) -> str:
     places = sorted(s for s, targets in allowed_targets().items() if any(_import(t, s) is cls for t in targets))
     if places:
         raise CheckpointError(f"{slot}: the shipped configs name {cls.__name__} only at {places}; from_pretrained "
-                              f"rebuilds what a configuration can say, so give it that place (plug-ins: their config "
-                              f"names, e.g. plugins={{'gist': Gist()}})")
+                              f"rebuilds what a configuration can say, so give it that place (add-ons: their config "
+                              f"names, e.g. addons={{'gist': Gist()}})")
     raise CheckpointError(f"{slot}: {cls.__module__}.{cls.__qualname__} is not a constructor the shipped configs "
                           f"name; from_pretrained could not rebuild it")
 
@@ -108,7 +108,7 @@ def _plain(value: Any, where: str) -> Any:
         if not math.isfinite(value):
             raise CheckpointError(f"{where}={value}: not a finite number")
         return value
-    if isinstance(value, GiftConfig) or hasattr(value, "constructor_arguments"):  # generator config, plug-in
+    if isinstance(value, GiftConfig) or hasattr(value, "constructor_arguments"):  # generator config, add-on
         return _node(value, where)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
@@ -119,13 +119,13 @@ def _plain(value: Any, where: str) -> Any:
 
 def build_method(node: Any, backbone: nn.Module, path: Path) -> nn.Module:
     """Instantiate a method node read from ``path`` on ``backbone``, through the configuration allowlist."""
-    from .config import ConfigError, safe_instantiate
+    from .config import ConfigError, installed_target_names, safe_instantiate
 
     if not isinstance(node, dict) or "_target_" not in node:
         raise CheckpointError(f"{path}: 'method' must be a constructor node with a _target_, got {node!r:.80}")
+    node = installed_target_names(node)  # a model saved under former names loads as it was
     try:
-        # safe_instantiate is annotated DictConfig but takes plain containers too (it converts configs only)
-        return safe_instantiate(node, backbone, where=METHOD_SLOT)  # type: ignore[arg-type]
+        return safe_instantiate(node, backbone, where=METHOD_SLOT)  # a plain container: converted there
     except ConfigError as err:
         raise CheckpointError(f"{path}: method: {err}") from None
 

@@ -41,6 +41,7 @@ from torch import nn
 
 from .backbones import BackboneError
 from .checkpoint import CheckpointError, write_json, write_text
+from .methods.addon import read_former_addon_keys
 from .model_meta import (
     build_method,
     check_data_config,
@@ -476,8 +477,10 @@ def load_state(model: nn.Module, state: Mapping[str, Any], where) -> None:
                  and not bool(torch.isfinite(v).all()))
     if bad:
         raise CheckpointError(f"{where}: non-finite (NaN or inf) values in {bad[:5]}; refusing a broken model")
+    state = dict(state)
+    read_former_addon_keys(state)  # a model saved under the add-ons' former key prefix
     try:
-        missing, unexpected = model.load_state_dict(dict(state), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except Exception as err:  # noqa: BLE001 (size mismatches, extra state that does not fit the method)
         first = (str(err).strip().splitlines() or [type(err).__name__])
         detail = " ".join(line.strip() for line in first[:3])[:400]

@@ -7,7 +7,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .checkpoint import atomic_path, write_text
 from .protocols import get_protocol
@@ -46,7 +46,7 @@ class ResultsError(SystemExit):
 class _Of:
     """A container field: ``_Of(list, item)`` (every item) or ``_Of(dict, item)`` (every value)."""
 
-    def __init__(self, kind: type, item):
+    def __init__(self, kind: type[list] | type[dict], item):
         self.kind, self.item = kind, item
 
 
@@ -85,7 +85,8 @@ RESULTS_FIELDS = {
     "average_accuracy_inferred_task": (_Nullable(FRACTION), False),
     "wall_time_s": (_Nullable(NUMBER), False),
     "overrides": (_Of(list, TEXT), False),
-    "plugins": (_Nullable(_Of(list, TEXT)), False),
+    "addons": (_Nullable(_Of(list, TEXT)), False),
+    "plugins": (_Nullable(_Of(list, TEXT)), False),  # the add-ons' field in results written under its former name
     "data_seed": (_Nullable(INTEGER), False),
     "benchmark": (TEXT, False),
     "method": (TEXT, False),
@@ -115,7 +116,7 @@ def _check_field(value, spec, field: str, path) -> None:
         if not isinstance(value, spec.kind):
             raise ResultsError(path, f"field {field!r} must be {'a list' if spec.kind is list else 'an object'}, "
                                      f"got {_words(value)}")
-        items = enumerate(value) if spec.kind is list else value.items()
+        items = enumerate(value) if isinstance(value, list) else value.items()  # value is a spec.kind
         for key, item in items:
             _check_field(item, spec.item, f"{field}[{key}]" if spec.kind is list else f"{field}.{key}", path)
     elif isinstance(spec, dict):
@@ -163,7 +164,8 @@ def write_predictions(predictions: dict[str, tuple], run_dir: str | os.PathLike)
     """``predictions.npz``: for each task ``<task>.pred`` and ``<task>.target`` (int64, test-set order)."""
     import numpy as np
 
-    arrays = {f"{task}.{kind}": np.asarray(a, dtype=np.int64)
+    # Any: mypy would match the arrays against savez_compressed's `allow_pickle: bool` (no key is that name)
+    arrays: dict[str, Any] = {f"{task}.{kind}": np.asarray(a, dtype=np.int64)
               for task, (pred, target) in predictions.items() for kind, a in (("pred", pred), ("target", target))}
     with atomic_path(Path(run_dir) / PREDICTIONS_FILE) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)

@@ -319,7 +319,12 @@ def with_deferred_outputs(args: list) -> list:
     if not any(k.startswith(("hydra.job_logging", "hydra/job_logging")) for k in keys):
         extra += ["~hydra.job_logging.handlers.file", "hydra.job_logging.root.handlers=[console]",
                   f"+hydra.callbacks.{CALLBACK}.log=true"]
-    return [*args, *extra]
+    # beside the user's overrides: Hydra's parser takes one run of positional overrides, so an override placed
+    # after a flag (``run.py strategy=lora --cfg job``) would be refused as an unrecognised argument
+    first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), None)
+    if first is None:
+        return [*extra, *args]
+    return [*args[:first + 1], *extra, *args[first + 1:]]
 
 
 def hydra_record(cfg) -> HydraRecord:

@@ -1,7 +1,7 @@
 """Data-parallel runs under ``torchrun``: ``torchrun --nproc_per_node=N run.py ... distributed=true``.
 
 Each rank is a full ``run.py`` process: it builds the same model from the same seed, trains on its shard of
-every global batch (``gift_cl.strategies.distributed``: the gradients of the trainable parameters are all-reduced,
+every global batch (``gift_cl.strategies.data_parallel``: the gradients of the trainable parameters are all-reduced,
 weighted by each rank's sample count, before every optimizer step), and rank 0 alone picks the run
 directory, evaluates, writes results, checkpoints and logs; the other ranks receive what rank 0 decided.
 

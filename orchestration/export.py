@@ -74,11 +74,11 @@ PROJECT_PACKAGES = ("gift_cl.",)
 
 
 def outside_code(model) -> Optional[str]:
-    """The first class of ``model`` (the method, its model plug-ins) defined outside this project, if any: a
+    """The first class of ``model`` (the method, its model add-ons) defined outside this project, if any: a
     user's own method (its config on ``hydra.searchpath``) trains, checkpoints and resumes like any other, but
     ``model/`` is not written for it, since ``from_pretrained`` instantiates only what the shipped configs name
     (:mod:`gift_cl.config`)."""
-    plugins = getattr(model, "model_plugins", None) or {}
+    plugins = getattr(model, "model_addons", None) or {}
     for obj in (model, *plugins.values()):
         cls = type(obj)
         if not cls.__module__.startswith(PROJECT_PACKAGES):
@@ -103,7 +103,7 @@ def write_run_model(cfg, run_dir: Path, model, names: list[str], infos: list, re
 
     own = outside_code(model)
     if own is not None:
-        log.warning("%s is not one of gift_cl's methods or plug-ins: no model/ directory written (from_pretrained "
+        log.warning("%s is not one of gift_cl's methods or add-ons: no model/ directory written (from_pretrained "
                     "rebuilds only what the shipped configs name); the results and checkpoints are complete", own)
         return None
     out = Path(run_dir) / MODEL_DIR

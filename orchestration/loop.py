@@ -29,7 +29,7 @@ from gift_cl.protocols import get_protocol
 from gift_cl.reporting import read_predictions, write_predictions
 from gift_cl.rng import rng_state, seed_everything, set_rng_state
 from gift_cl.strategies import TaskAwareStrategy
-from gift_cl.strategies.distributed import DataParallel
+from gift_cl.strategies.data_parallel import DataParallel
 from gift_cl.strategies.evaluation import close_loggers, evaluation_state, make_evaluator, restore_evaluation
 from gift_cl.strategies.plugins import AugmentationSeeds, EpochCheckpointPlugin, PredictionRecorder
 

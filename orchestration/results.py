@@ -108,7 +108,7 @@ def build_results(cfg: DictConfig, run_dir: Path, tasks, progress: dict, counts:
         "schema_version": SCHEMA_VERSION,
         "strategy": cfg.strategy.name,
         "method": str(cfg.strategy.method._target_).rsplit(".", 1)[-1],
-        "plugins": sorted(cfg.strategy.method.get("plugins") or {}),
+        "addons": sorted(cfg.strategy.method.get("addons") or {}),
         "protocol": protocol.name,
         "benchmark": cfg.benchmark_name,
         "seed": cfg.seed,

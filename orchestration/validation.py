@@ -3,7 +3,7 @@ stops the run with one message naming the key and what is allowed.
 
 Hydra already refuses keys that do not exist (``optim.lrr=1`` → "Key 'lrr' is not in struct"); this adds
 value checks and, through :func:`gift_cl.config.check_instantiable`, the rule for every ``_target_`` (method,
-generator, benchmark, plug-ins): called with its own arguments, each of its annotated type and every number of
+generator, benchmark, add-ons): called with its own arguments, each of its annotated type and every number of
 this project's constructors in the range ``gift_cl.config.ARGUMENT_RANGES`` gives; and a local backbone
 checkpoint must fit the architecture (:func:`gift_cl.backbones.check_backbone`). Which constructors may be
 named depends on where the configuration comes from (``command_line``; the rule is in :mod:`gift_cl.config`):
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -118,7 +118,9 @@ def validate(cfg: DictConfig, *, command_line: bool = False) -> None:
     if "image_size" in cfg.benchmark:
         _number(cfg.benchmark.image_size, "benchmark.image_size", 8, 4096, integer=True)
     # last, the slowest check: a local backbone checkpoint is read and matched to the architecture
-    check_backbone(**OmegaConf.to_container(cfg.model, resolve=True))
+    # cfg.model is a mapping with string keys; OmegaConf types to_container as any container with any keys
+    model = cast("dict[str, Any]", OmegaConf.to_container(cfg.model, resolve=True))
+    check_backbone(**model)
 
 
 __all__ = ["ConfigError", "validate"]

@@ -388,6 +388,7 @@ class Replay(ReplayPlugin):
 
     def _rebuild(self, strategy) -> None:
         state, self._pending = self._pending, None
+        assert state is not None  # called only while a restored state is pending
         stream = strategy.experience.origin_stream
         policy = self.storage_policy
         policy._num_exps = state["num_exps"]

@@ -18,7 +18,7 @@ Avalanche 0.6 ships both as whole strategies with their own ``training_epoch``, 
   growing single head Avalanche's strategies assume.
 
 Per step (``before_backward``; the strategy's loss already holds the per-task head's cross-entropy on the current
-batch, plus the method's penalty and plug-in terms, which stay):
+batch, plus the method's penalty and add-on terms, which stay):
 
 * ER-ACE (``ER_ACE.training_epoch``): once the replay loader exists, the loss is ``ACECriterion()(out_in, y_in,
   out_buffer, y_buffer)`` (Avalanche's own class): ``(CE(buffer logits over every class seen, buffer labels) +
@@ -50,7 +50,7 @@ Deviations from Avalanche, and why:
   single trainable head in Avalanche would.
 
 Cost: the buffer batch's logits need every known head. For shared-feature models (``naive``, ``linear``) that is
-one backbone pass; for models whose features depend on the task (GIFT, LoRA, adapters, plug-ins) it is ONE PASS
+one backbone pass; for models whose features depend on the task (GIFT, LoRA, adapters, add-ons) it is ONE PASS
 PER TASK SEEN, per step (and DER's ``current_ce="seen"`` adds one pass per old task on the current batch): these
 references are meant for shared-feature models.
 """
@@ -318,7 +318,7 @@ class DERPP(_ClassIncrementalReplay):
         if self._hook is not None:
             self._hook.remove()
         self._hook = None
-        if self.current_ce == "seen" and model.shared_features and not model.model_plugins:
+        if self.current_ce == "seen" and model.shared_features and not model.model_addons:
             task = int(strategy.experience.task_labels[0])
             self._hook = model.classifiers[str(task)].register_forward_pre_hook(self._grab)
 

@@ -4,7 +4,7 @@ It adds to Avalanche's ``SupervisedTemplate`` what the project needs and 0.6 get
 - a fresh optimizer per experience over exactly the parameters that train for it, in the official two
   groups (the template's ``make_optimizer`` would register the frozen backbone and guess groups;
   avalanche-0.6-notes §2.4), and the timm cosine schedule;
-- the model's regulariser (e.g. the anchored GIFT trunk's penalty) and its plug-ins' auxiliary losses
+- the model's regulariser (e.g. the anchored GIFT trunk's penalty) and its add-ons' auxiliary losses
   (GIST) added to the loss;
 - a stop on a non-finite loss, naming the task, epoch, step and learning rate;
 - ``end_task`` after the plugins' ``after_training_exp`` (EWC needs live gradients there), storing the
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from gift_cl.optim import OptimConfig, build_optimizer
 from gift_cl.rng import rng_state, set_rng_state
 
-from .distributed import DataParallel, optimizer_params
+from .data_parallel import DataParallel, optimizer_params
 from .plugins import ProgressBarPlugin, TimmSchedulerPlugin
 from .precision import Precision, compile_backbones
 
@@ -51,7 +51,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         compile: bool = False,
         distributed: Optional[DataParallel] = None,
     ):
-        # GPU / scale (strategies/precision.py, strategies/distributed.py); defaults change nothing
+        # GPU / scale (strategies/precision.py, strategies/data_parallel.py); defaults change nothing
         self.amp = Precision(precision, torch.device(device).type)
         self.compile, self.distributed = compile, distributed
         self.optim_cfg = optim
@@ -88,7 +88,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             compile_backbones(self.model)
 
     def criterion(self):
-        # penalty: the method's regulariser; auxiliary_loss: model plug-ins' terms (GIST), 0 without any
+        # penalty: the method's regulariser; auxiliary_loss: model add-ons' terms (GIST), 0 without any
         aux = self.model.auxiliary_loss(self.mb_y) if self.is_training else 0.0
         return self._criterion(self.mb_output, self.mb_y) + self.model.penalty() + aux
 

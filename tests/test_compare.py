@@ -50,13 +50,13 @@ def sweep(tmp_path):
         fake(root, "lora", seed, "test", {"digits": ta, "signs": tb}, ["optim.lr=1e-2"])
         fake(root, "lora", seed, "val", {"digits": va - 0.1, "signs": vb - 0.1}, ["optim.lr=1e-3"])
         fake(root, "lora", seed, "test", {"digits": 0.99, "signs": 0.99}, ["optim.lr=1e-3"])
-    # gift + gist plug-in: lr 1e-3 wins on digits, 1e-2 on signs (matters for --select per-task)
+    # gift + gist add-on: lr 1e-3 wins on digits, 1e-2 on signs (matters for --select per-task)
     for seed in (0, 1, 2):
-        fake(root, "gift", seed, "val", {"digits": 0.9, "signs": 0.5}, ["optim.lr=1e-3", "+plugin=gist"], params=500)
-        fake(root, "gift", seed, "val", {"digits": 0.7, "signs": 0.6}, ["optim.lr=1e-2", "+plugin=gist"], params=500)
-        fake(root, "gift", seed, "test", {"digits": 0.8 + 0.01 * seed, "signs": 0.4}, ["optim.lr=1e-3", "+plugin=gist"],
+        fake(root, "gift", seed, "val", {"digits": 0.9, "signs": 0.5}, ["optim.lr=1e-3", "+addon=gist"], params=500)
+        fake(root, "gift", seed, "val", {"digits": 0.7, "signs": 0.6}, ["optim.lr=1e-2", "+addon=gist"], params=500)
+        fake(root, "gift", seed, "test", {"digits": 0.8 + 0.01 * seed, "signs": 0.4}, ["optim.lr=1e-3", "+addon=gist"],
              params=500)
-        fake(root, "gift", seed, "test", {"digits": 0.6, "signs": 0.55}, ["optim.lr=1e-2", "+plugin=gist"], params=500)
+        fake(root, "gift", seed, "test", {"digits": 0.6, "signs": 0.55}, ["optim.lr=1e-2", "+addon=gist"], params=500)
     # linear: no val runs, one setting
     fake(root, "linear", 0, "test", {"digits": 0.3, "signs": 0.2}, params=200)
     fake(root, "linear", 1, "test", {"digits": 0.3, "signs": 0.2}, params=200, finished=False)  # ignored
@@ -117,9 +117,10 @@ def test_cli_writes_markdown_and_csv(sweep, tmp_path):
     assert table[2]["hyperparameters"] == "optim.lr=1e-2"
 
 
-def test_plugins_are_part_of_the_method_and_schema_is_checked(tmp_path):
-    assert compare.plugins_of(["+plugin=[gist,coeff]"]) == ["coeff", "gist"]
-    run = fake(tmp_path, "lora", 0, "test", {"digits": 0.5}, ["+plugin=coeff"])
+def test_addons_are_part_of_the_method_and_schema_is_checked(tmp_path):
+    assert compare.addons_of(["+addon=[gist,coeff]"]) == ["coeff", "gist"]
+    assert compare.addons_of(["+plugin=gist"]) == ["gist"]  # runs written under the group's former name
+    run = fake(tmp_path, "lora", 0, "test", {"digits": 0.5}, ["+addon=coeff"])
     assert compare.Run(read_results(run)).method == "lora+coeff"
     data = json.loads((run / "results.json").read_text())
     data["schema_version"] = 3
@@ -179,7 +180,7 @@ def test_test_plan_repeats_the_chosen_val_setting_on_test_for_every_seed(sweep, 
                     "--seeds", "0,1,2"], capture_output=True, text=True, check=True)
     lines = plan.read_text().splitlines()
     assert [line.split(";")[0] for line in lines] == [
-        "strategy=gift optim.lr=1e-3 +plugin=gist seed=0,1,2  # gift+gist: val 70.0",
+        "strategy=gift optim.lr=1e-3 +addon=gist seed=0,1,2  # gift+gist: val 70.0",
         "strategy=lora optim.lr=1e-2 seed=0,1,2  # lora: val 71.0"]  # linear has no val runs
 
 

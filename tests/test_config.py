@@ -1,6 +1,6 @@
 """gift_cl.config and the checks behind it (docs/guide/safety.md): a saved configuration instantiates only what
 the shipped configs name; a backbone checkpoint that does not fit is refused; every numeric argument of a method,
-generator or plug-in is range-checked before anything is built; a damaged ``results.json`` stops the analysis
+generator or add-on is range-checked before anything is built; a damaged ``results.json`` stops the analysis
 tools with one line naming the file and the field, and summarize.py averages only finished runs."""
 import inspect
 import json
@@ -179,7 +179,7 @@ def test_allowlist_is_exactly_what_the_shipped_configs_name():
     assert "gift_cl.strategies.plugins.Replay" in allowed["strategy.plugins[]"]
 
 
-@pytest.mark.parametrize("overrides", [("strategy=gift_multitask",), ("strategy=lora", "+plugin=[gist,coeff]"),
+@pytest.mark.parametrize("overrides", [("strategy=gift_multitask",), ("strategy=lora", "+addon=[gist,coeff]"),
                                        ("strategy=artihippo_gift",), ("strategy=replay",), ("strategy=ewc",)])
 def test_configs_a_run_saves_are_accepted(tmp_path, overrides):
     from gift_cl.config import load_saved_config
@@ -362,10 +362,10 @@ def test_run_with_a_checkpoint_of_another_architecture_stops_before_any_work(tmp
     (["strategy=replay", "strategy.plugins.replay.mem_size=0"], "strategy.plugins.replay.mem_size=0"),
     (["strategy=lwf", "strategy.plugins.lwf.temperature=0"], "strategy.plugins.lwf.temperature=0"),
     (["strategy=ewc", "strategy.plugins.ewc.ewc_lambda=-1"], "strategy.plugins.ewc.ewc_lambda=-1"),
-    (["strategy=gift", "+plugin=gist", "strategy.method.plugins.gist.temperature=0"],
-     "strategy.method.plugins.gist.temperature=0"),
-    (["strategy=lora", "+plugin=coeff", "strategy.method.plugins.coeff.dropout=1"],
-     "strategy.method.plugins.coeff.dropout=1: must be a number in [0, 1)"),
+    (["strategy=gift", "+addon=gist", "strategy.method.addons.gist.temperature=0"],
+     "strategy.method.addons.gist.temperature=0"),
+    (["strategy=lora", "+addon=coeff", "strategy.method.addons.coeff.dropout=1"],
+     "strategy.method.addons.coeff.dropout=1: must be a number in [0, 1)"),
     (["strategy=lora", "strategy.method.rank=abc"], "strategy.method.rank='abc': must be an integer"),
 ])
 def test_out_of_range_method_arguments_name_the_key_and_the_range(overrides, needle):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from gift_cl.strategies.distributed import DataParallel, GlobalBatchShards
+from gift_cl.strategies.data_parallel import DataParallel, GlobalBatchShards
 
 from runs import PROCEDURAL, REPO, TINY, env, results, run_py
 

@@ -152,10 +152,10 @@ def test_methods_that_are_no_peft_adapters_say_why(name, tmp_path):
 
 
 def test_plug_ins_are_no_peft_adapters(tmp_path):
-    model = trained(GiftMethod(tiny_vit(), GiftConfig.linear(rank=8), plugins={"gist": Gist()}))
-    with pytest.raises(ExportError, match=r"with plug-ins \['gist'\] cannot be exported .*\(GIST adds a token"):
+    model = trained(GiftMethod(tiny_vit(), GiftConfig.linear(rank=8), addons={"gist": Gist()}))
+    with pytest.raises(ExportError, match=r"with add-ons \['gist'\] cannot be exported .*\(GIST adds a token"):
         export_peft(model, tmp_path)
-    with pytest.raises(ExportError, match="with plug-ins"):
+    with pytest.raises(ExportError, match="with add-ons"):
         export_merged(model, tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""Extending gift_cl without forking it: a method (and an Avalanche plug-in) in the user's own package, its
+"""Extending gift_cl without forking it: a method (and an Avalanche plugin) in the user's own package, its
 config in the user's own config directory on ``hydra.searchpath``. A configuration composed from the command
 line may name the user's constructors; a configuration read from a run directory may still name only what the
 shipped configs name (:mod:`gift_cl.config`). Also: a misspelt ``model.*`` key stops the run, and the
@@ -32,7 +32,7 @@ from gift_cl.methods.base import FrozenBackboneModel
 
 
 class ScaleShift(FrozenBackboneModel):
-    def __init__(self, backbone: nn.Module, init_scale: float = 1.0, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, init_scale: float = 1.0, addons: Optional[dict] = None):
         super().__init__(backbone)
         self.init_scale = init_scale
         self.scales, self.shifts = nn.ParameterDict(), nn.ParameterDict()
@@ -52,7 +52,7 @@ class ScaleShift(FrozenBackboneModel):
 
 
 class ExperienceLog(SupervisedPlugin):
-    """An Avalanche plug-in: appends each trained experience's index to ``path``."""
+    """An Avalanche plugin: appends each trained experience's index to ``path``."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -98,7 +98,7 @@ QUICK = ["model=vit_tiny_random", "threads=1", "progress=false", "optim.epochs=1
 @pytest.fixture
 def user_package(tmp_path) -> tuple[Path, Path, Path]:
     """``<tmp>/src/my_methods`` (the code), ``<tmp>/my_configs/strategy/my_method.yaml`` (its config) and the
-    file its plug-in writes."""
+    file its add-on writes."""
     src, configs, log = tmp_path / "src", tmp_path / "my_configs", tmp_path / "experiences.txt"
     (src / "my_methods").mkdir(parents=True)
     (src / "my_methods" / "__init__.py").write_text(METHOD)
@@ -127,7 +127,7 @@ def test_a_method_in_the_users_package_runs_resumes_and_its_saved_config_stays_r
     results = json.loads((run_dir / "results.json").read_text())
     assert results["finished"] and [t["name"] for t in results["tasks"]] == ["digits", "signs"]
     assert len(results["accuracy_matrix"]) == 2
-    assert log.read_text().split() == ["0", "1"]  # the user's plug-in ran after each experience
+    assert log.read_text().split() == ["0", "1"]  # the user's add-on ran after each experience
     assert "my_methods.ScaleShift is not one of gift_cl's methods" in proc.stdout + proc.stderr
     assert not (run_dir / "model").exists()  # from_pretrained could not rebuild it: not written
     # resume composes from the command line again and builds from that (the saved file is only compared)

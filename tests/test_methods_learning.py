@@ -31,8 +31,8 @@ def linear_probe(tmp_path_factory):
     ("vpt", []),
     ("adapter", []),
     ("lora_qkv", []),
-    ("gift", ["generator=paca", "+plugin=gist"]),
-    ("lora", ["+plugin=coeff"]),
+    ("gift", ["generator=paca", "+addon=gist"]),
+    ("lora", ["+addon=coeff"]),
 ])
 def test_single_task_methods_learn(tmp_path, strategy, overrides, linear_probe):
     acc = single_task_accuracy(tmp_path, strategy, "optim.epochs=6", *overrides)

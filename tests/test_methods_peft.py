@@ -1,8 +1,8 @@
-"""PEFT methods and model plug-ins beside GIFT: VPT-deep, Adapter, GIST's adapter, LoRA-qkv, BitFit, GIST,
+"""PEFT methods and model add-ons beside GIFT: VPT-deep, Adapter, GIST's adapter, LoRA-qkv, BitFit, GIST,
 Coeff-Tuning.
 
 Zero-initialised methods equal the frozen model bit for bit at step 0; trainable parameters per task match
-hand-computed counts; the plug-ins' mechanics (token position, loss, attention recombination, per-task
+hand-computed counts; the add-ons' mechanics (token position, loss, attention recombination, per-task
 parts, fused attention where unused, checkpoints, deepcopy) are checked on a tiny random ViT.
 """
 import copy
@@ -39,7 +39,7 @@ def x():
 
 
 def task_features(model, x, task):
-    """The [CLS] feature as the task's head sees it (plug-ins switched on)."""
+    """The [CLS] feature as the task's head sees it (add-ons switched on)."""
     with torch.no_grad(), model.serving(task):
         return model.features(x, task)
 
@@ -88,7 +88,7 @@ def test_coeff_tuning_starts_at_the_pretrained_model(method, x):
     with torch.no_grad():
         fused = tiny_vit()(x)
         explicit = _explicit_attention(tiny_vit())(x)
-    model = build(tiny_vit(), plugins={"coeff": CoeffTuning(dropout=0.5)})
+    model = build(tiny_vit(), addons={"coeff": CoeffTuning(dropout=0.5)})
     model.add_task(0, 3)
     assert torch.equal(task_features(model, x, 0), explicit)
     torch.testing.assert_close(task_features(model, x, 0), fused, rtol=0, atol=1e-5)
@@ -98,11 +98,11 @@ def test_coeff_tuning_starts_at_the_pretrained_model(method, x):
 
 
 def test_coeff_tuning_recombines_the_heads_attention_maps(x):
-    model = LinearProbe(tiny_vit(), plugins={"coeff": CoeffTuning(dropout=0.0)})
+    model = LinearProbe(tiny_vit(), addons={"coeff": CoeffTuning(dropout=0.0)})
     model.add_task(0, 3)
     alpha = torch.randn(DEPTH, HEADS, HEADS)
     with torch.no_grad():
-        model.model_plugins["coeff"].alphas["0"].copy_(alpha)
+        model.model_addons["coeff"].alphas["0"].copy_(alpha)
     # reference: a plain timm ViT whose explicit attention softmax output is recombined by (α + I)
     ref = _explicit_attention(tiny_vit())
     for layer, blk in enumerate(ref.blocks):
@@ -121,7 +121,7 @@ def test_coeff_tuning_recombines_the_heads_attention_maps(x):
 
 
 def test_coeff_tuning_keeps_fused_attention_where_alpha_is_unused(x, monkeypatch):
-    model = LoraMethod(tiny_vit(), plugins={"coeff": CoeffTuning()})
+    model = LoraMethod(tiny_vit(), addons={"coeff": CoeffTuning()})
     model.add_task(0, 3)
     calls = []
     sdpa = F.scaled_dot_product_attention
@@ -135,10 +135,10 @@ def test_coeff_tuning_keeps_fused_attention_where_alpha_is_unused(x, monkeypatch
 
 
 def test_gist_token_sits_after_cls_and_after_the_positional_embedding(x):
-    model = LinearProbe(tiny_vit(), plugins={"gist": Gist()})
+    model = LinearProbe(tiny_vit(), addons={"gist": Gist()})
     model.add_task(0, 3)
     model.eval()  # the token as inserted in evaluation (in training it goes through dropout 0.1)
-    token = model.model_plugins["gist"].tokens["0"]
+    token = model.model_addons["gist"].tokens["0"]
     assert token.shape == (1, 1, D) and token.abs().max() <= 0.5
     seen = {}
     vit = model.backbone
@@ -155,7 +155,7 @@ def test_gist_token_sits_after_cls_and_after_the_positional_embedding(x):
 def test_gist_is_not_zero_initialised_and_leaves_the_frozen_path_alone(x):
     with torch.no_grad():
         frozen = tiny_vit()(x)
-    model = LoraMethod(tiny_vit(), plugins={"gist": Gist()})
+    model = LoraMethod(tiny_vit(), addons={"gist": Gist()})
     model.add_task(0, 3)
     assert not torch.allclose(task_features(model, x, 0), frozen, atol=1e-4)  # one more token to attend to
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_gist_is_not_zero_initialised_and_leaves_the_frozen_path_alone(x):
 
 
 def test_gist_loss_matches_the_formula_and_detaches_nothing(x):
-    model = LinearProbe(tiny_vit(), plugins={"gist": Gist(dropout=0.0)})  # the forward runs twice below
+    model = LinearProbe(tiny_vit(), addons={"gist": Gist(dropout=0.0)})  # the forward runs twice below
     model.add_task(0, 4)
     model.begin_task([0])
     model.train()
@@ -183,7 +183,7 @@ def test_gist_loss_matches_the_formula_and_detaches_nothing(x):
     # nothing detached: the loss reaches the [CLS] logits themselves (through the KL terms)
     assert torch.autograd.grad(aux, logits, retain_graph=True)[0].abs().sum() > 0
     (F.cross_entropy(logits, y) + aux).backward()
-    plugin = model.model_plugins["gist"]
+    plugin = model.model_addons["gist"]
     assert plugin.tokens["0"].grad is not None and plugin.tokens["0"].grad.abs().sum() > 0
     assert model.auxiliary_loss(y) == 0.0  # consumed; and eval forwards record nothing
     model.eval()
@@ -198,7 +198,7 @@ def test_symmetric_kl_is_zero_for_equal_logits_and_symmetric():
 
 
 def test_gist_mixed_batch_uses_each_tasks_token_and_head(x):
-    model = LinearProbe(tiny_vit(), plugins={"gist": Gist(dropout=0.0)})  # forwards compared across calls
+    model = LinearProbe(tiny_vit(), addons={"gist": Gist(dropout=0.0)})  # forwards compared across calls
     model.add_task(0, 3)
     model.add_task(1, 2)
     model.begin_task([0, 1])
@@ -240,14 +240,14 @@ EXPECTED_COUNTS = {
     "lora_qkv": (lambda: LoraMethod(tiny_vit(), rank=4, target_modules=["attn.qkv"]),
                  DEPTH * (4 * D + 3 * D * 4)),  # 2048
     "lora_proj": (lambda: LoraMethod(tiny_vit(), rank=8), DEPTH * (8 * D + D * 8)),  # 2048
-    "lora+coeff": (lambda: LoraMethod(tiny_vit(), rank=8, plugins={"coeff": CoeffTuning()}),
+    "lora+coeff": (lambda: LoraMethod(tiny_vit(), rank=8, addons={"coeff": CoeffTuning()}),
                    DEPTH * (8 * D + D * 8) + DEPTH * HEADS * HEADS),  # 2056
-    "vpt+gist": (lambda: VptDeep(tiny_vit(), plugins={"gist": Gist()}), DEPTH * 10 * D + D),  # 1344
-    "adapter+gist+coeff": (lambda: AdapterMethod(tiny_vit(), plugins={"gist": Gist(), "coeff": CoeffTuning()}),
+    "vpt+gist": (lambda: VptDeep(tiny_vit(), addons={"gist": Gist()}), DEPTH * 10 * D + D),  # 1344
+    "adapter+gist+coeff": (lambda: AdapterMethod(tiny_vit(), addons={"gist": Gist(), "coeff": CoeffTuning()}),
                            DEPTH * 2 * (D * 8 + 8 + 8 * D + D) + D + DEPTH * HEADS * HEADS),
     # GIST's release adapter: ONE hidden-4 adapter per block (shared by both branches)
     "gist_adapter": (lambda: GistAdapterMethod(tiny_vit()), DEPTH * (D * 4 + 4 + 4 * D + D)),  # 1160
-    "gist_adapter+gist": (lambda: GistAdapterMethod(tiny_vit(), plugins={"gist": Gist()}),
+    "gist_adapter+gist": (lambda: GistAdapterMethod(tiny_vit(), addons={"gist": Gist()}),
                           DEPTH * (D * 4 + 4 + 4 * D + D) + D),
     # BitFit: nn.Linear biases (qkv 3D, proj D, fc1 4D, fc2 D) vs every bias (+ norm1, norm2, patch embed, norm)
     "bitfit_linear": (lambda: BitFit(tiny_vit(), biases="linear"), DEPTH * 9 * D),  # 1152
@@ -273,7 +273,7 @@ def test_trainable_parameters_per_task_match_hand_counts(name):
 
 
 def test_gift_with_gist_counts_the_token_per_task():
-    plain, with_gist = gift(), gift(plugins={"gist": Gist()})
+    plain, with_gist = gift(), gift(addons={"gist": Gist()})
     for m in (plain, with_gist):
         m.add_task(0, 3)
     assert (with_gist.trainable_parameter_count()["per_task_excl_classifier"][0]
@@ -281,14 +281,14 @@ def test_gift_with_gist_counts_the_token_per_task():
 
 
 PLUGGED = {
-    "gift": lambda p: gift(plugins=p),
-    "lora": lambda p: LoraMethod(tiny_vit(), plugins=p),
-    "adapter": lambda p: AdapterMethod(tiny_vit(), plugins=p),
-    "gist_adapter": lambda p: GistAdapterMethod(tiny_vit(), plugins=p),
-    "vpt": lambda p: VptDeep(tiny_vit(), length=2, plugins=p),
-    "bitfit": lambda p: BitFit(tiny_vit(), plugins=p),
-    "finetune": lambda p: FullFinetune(tiny_vit(), plugins=p),
-    "shared": lambda p: SharedBackbone(tiny_vit(), plugins=p),
+    "gift": lambda p: gift(addons=p),
+    "lora": lambda p: LoraMethod(tiny_vit(), addons=p),
+    "adapter": lambda p: AdapterMethod(tiny_vit(), addons=p),
+    "gist_adapter": lambda p: GistAdapterMethod(tiny_vit(), addons=p),
+    "vpt": lambda p: VptDeep(tiny_vit(), length=2, addons=p),
+    "bitfit": lambda p: BitFit(tiny_vit(), addons=p),
+    "finetune": lambda p: FullFinetune(tiny_vit(), addons=p),
+    "shared": lambda p: SharedBackbone(tiny_vit(), addons=p),
 }
 
 
@@ -313,8 +313,8 @@ def test_plugins_train_per_task_and_survive_checkpoints(method, plugins, x):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for name in model.model_plugins:  # the task's plug-in parts trained
-        plugin = model.model_plugins[name]
+    for name in model.model_addons:  # the task's add-on parts trained
+        plugin = model.model_addons[name]
         params = plugin.task_parameters(1)
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
     model.eval()
@@ -323,9 +323,9 @@ def test_plugins_train_per_task_and_survive_checkpoints(method, plugins, x):
             assert torch.equal(model(x, 0), before0)  # task 0's parts untouched
         assert torch.equal(model.frozen_features(x), frozen)
         after1 = model(x, 1).clone()
-    # checkpoint: plug-in parts are trainable state, pretrained weights are not
+    # checkpoint: add-on parts are trainable state, pretrained weights are not
     state = model.trainable_state_dict()
-    assert any(k.startswith("model_plugins.") for k in state)
+    assert any(k.startswith("model_addons.") for k in state)
     assert not set(state) & model.frozen_state_keys()
     fresh = PLUGGED[method](make())
     fresh.add_task(0, 3)
@@ -335,9 +335,9 @@ def test_plugins_train_per_task_and_survive_checkpoints(method, plugins, x):
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(x, 1), after1)
-        # LwF deep-copies the model: the copy's hooks use the copy's plug-in parts
+        # LwF deep-copies the model: the copy's hooks use the copy's add-on parts
         clone = copy.deepcopy(fresh)
-        for p in clone.model_plugins.parameters():
+        for p in clone.model_addons.parameters():
             p.add_(1.0)
         assert torch.equal(fresh(x, 1), after1)
         assert not torch.equal(clone(x, 1), after1)
@@ -345,7 +345,7 @@ def test_plugins_train_per_task_and_survive_checkpoints(method, plugins, x):
 
 def test_plugins_make_features_task_dependent(x):
     """SharedBackbone serves every head from one forward; with a GIST token per task it cannot."""
-    model = SharedBackbone(tiny_vit(), plugins={"gist": Gist()})
+    model = SharedBackbone(tiny_vit(), addons={"gist": Gist()})
     model.add_task(0, 3)
     model.add_task(1, 3)
     model.known_train_tasks_labels = {0, 1}

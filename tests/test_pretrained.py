@@ -1,4 +1,4 @@
-"""save_pretrained / from_pretrained (gift_cl.pretrained): every method and plug-in round-trips bit for bit, one
+"""save_pretrained / from_pretrained (gift_cl.pretrained): every method and add-on round-trips bit for bit, one
 model for all tasks (sequential, joint) and one model per task (independent); every run writes <run_dir>/model/
 in every protocol and `gift-cl export` writes it from a run's checkpoints; a Hub id loads offline from the
 cache; bad input is one clear message, and nothing loaded runs code."""
@@ -60,22 +60,22 @@ def artihippo(adapt, architectures=ARCH):
     return make
 
 
-# every method and plug-in once; variants only where the saved state differs (generator, trunk, ArtiHippo's adapt)
+# every method and add-on once; variants only where the saved state differs (generator, trunk, ArtiHippo's adapt)
 METHODS = {
     "gift_paca": lambda b: GiftMethod(b, small_gift()),
-    "gift_linear_gist": lambda b: GiftMethod(b, GiftConfig.linear(rank=8), plugins={"gist": Gist()}),
+    "gift_linear_gist": lambda b: GiftMethod(b, GiftConfig.linear(rank=8), addons={"gist": Gist()}),
     "gift_shared_head_parts_anchored": lambda b: GiftMethod(b, small_gift(), trunk="anchored", per_task_clusters=False,
                                                             per_task_recovery=False),
     "gift_attention_qkv_fc1": lambda b: GiftMethod(b, GiftConfig(target_modules=("attn.qkv", "mlp.fc1"), rank=8,
                                                                  depth=1, block="attention")),
     "lora_proj": lambda b: LoraMethod(b, rank=8),
     "lora_qkv_gist": lambda b: LoraMethod(b, rank=4, target_modules=["attn.qkv"],
-                                          plugins={"gist": Gist(temperature=2.0)}),
+                                          addons={"gist": Gist(temperature=2.0)}),
     "bitfit": lambda b: BitFit(b),
     "adapter": lambda b: AdapterMethod(b, hidden=4),
-    "gist_adapter_gist": lambda b: GistAdapterMethod(b, plugins={"gist": Gist(dropout=0.2)}),
+    "gist_adapter_gist": lambda b: GistAdapterMethod(b, addons={"gist": Gist(dropout=0.2)}),
     "bitfit_linear": lambda b: BitFit(b, biases="linear"),
-    "vpt_coeff": lambda b: VptDeep(b, length=2, plugins={"coeff": CoeffTuning(dropout=0.2)}),
+    "vpt_coeff": lambda b: VptDeep(b, length=2, addons={"coeff": CoeffTuning(dropout=0.2)}),
     "linear": lambda b: LinearProbe(b),
     "finetune": lambda b: FullFinetune(b),
     "shared_backbone": lambda b: SharedBackbone(b),
@@ -491,9 +491,9 @@ def test_nothing_loaded_can_run_code(saved):
 
 
 def test_what_cannot_be_rebuilt_is_refused_when_saving(tmp_path):
-    model = trained(LoraMethod(tiny_vit(), plugins={"my_gist": Gist()}))
-    with pytest.raises(CheckpointError, match=r"strategy.method.plugins.my_gist: the shipped configs name Gist only at "
-                                              r"\['strategy.method.plugins.gist'\]"):
+    model = trained(LoraMethod(tiny_vit(), addons={"my_gist": Gist()}))
+    with pytest.raises(CheckpointError, match=r"strategy.method.addons.my_gist: the shipped configs name Gist only at "
+                                              r"\['strategy.method.addons.gist'\]"):
         model.save_pretrained(tmp_path)
 
     class MyLora(LoraMethod):
@@ -521,3 +521,29 @@ def test_the_export_command_reports_bad_input_in_one_line(tmp_path, capsys, monk
     with pytest.raises(SystemExit) as exit_:
         cli_main()
     assert exit_.value.code == 1 and "nowhere: no such directory" in capsys.readouterr().err
+
+
+def test_a_model_saved_under_the_addons_former_names_loads_bit_for_bit(tmp_path):
+    """A directory written when a method's add-ons were its ``plugins`` argument and their tensors
+    ``model_plugins.*``: the same model, bit for bit."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = trained(LoraMethod(tiny_vit(), addons={"gist": Gist(dropout=0.0)}))
+    expected = outputs(model)
+    save_pretrained(model, tmp_path, task_names=["digits", "signs"])
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["method"]["plugins"] = config["method"].pop("addons")
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    renamed = 0
+    for path in sorted(tmp_path.rglob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            metadata, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        renamed += sum(k.startswith("model_addons.") for k in state)
+        save_file({k.replace("model_addons.", "model_plugins.", 1): v for k, v in state.items()}, str(path), metadata)
+    assert renamed == 2  # one Gist token per task
+    loaded = from_pretrained(tmp_path, backbone=tiny_vit())
+    assert sorted(loaded.model_addons) == ["gist"]
+    got = outputs(loaded)
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+    assert_same_model(model, loaded)

@@ -139,3 +139,25 @@ def test_cfg_job_resolve_prints_the_resolved_configuration():
     cfg = yaml.safe_load(proc.stdout)
     assert len(cfg["model"]["mean"]) == 3 and len(cfg["model"]["std"]) == 3 and cfg["model"]["image_size"] > 0
     assert "${" not in proc.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("strategy=lora", "--cfg", "job", "--resolve"),   # overrides before the flags, as Hydra allows
+    ("--cfg", "job", "--resolve", "strategy=lora"),
+], ids=["overrides-first", "flags-first"])
+def test_overrides_and_flags_in_either_order(args):
+    import yaml
+
+    assert yaml.safe_load(run_py(*args).stdout)["strategy"]["name"] == "lora"
+
+
+def test_the_deferred_outputs_join_the_users_overrides():
+    from gift_cl.orchestration.cli import with_deferred_outputs
+
+    for args in (["a=1", "--cfg", "job"], ["--cfg", "job", "a=1", "b=2"], ["-m", "a=1,2"]):
+        got = with_deferred_outputs(args)
+        flags = [i for i, a in enumerate(got) if a.startswith("-") and "=" not in a]
+        overrides = [i for i, a in enumerate(got) if ("=" in a or a.startswith("~")) and not a.startswith("-")]
+        assert overrides == list(range(overrides[0], overrides[0] + len(overrides))), got  # one run
+        assert [got[i] for i in flags] == [a for a in args if a.startswith("-")]
+    assert with_deferred_outputs(["--cfg", "job"])[-2:] == ["--cfg", "job"]  # no override: the flag's value stays its own

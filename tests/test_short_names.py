@@ -59,7 +59,7 @@ def test_gift_cl_subcommands_are_the_tools(monkeypatch, capsys):
 
 
 def test_a_config_saved_with_short_names_loads_and_resumes_as_installed(tmp_path):
-    """A run saved when its plug-ins were named ``strategies.plugins.Replay`` reads back as the installed names,
+    """A run saved when its plugins were named ``strategies.plugins.Replay`` reads back as the installed names,
     so loading it (the analysis tools, export) and resuming it (the config comparison) both accept it."""
     from gift_cl.config import load_saved_config
     from gift_cl.orchestration.rundir import config_differences, saved_config

@@ -3,6 +3,7 @@ class_incremental) uses them.
 ArtiHippo, a method with a search of its own, is a package of its own (:mod:`gift_cl.artihippo`), also
 reachable here as ``gift_cl.methods.ArtiHippo``."""
 from .adapter import AdapterMethod, GistAdapterMethod
+from .addon import ModelAddon
 from .base import PAD_LOGIT, TaskAwareModel
 from .bitfit import BitFit
 from .coeff import CoeffTuning
@@ -13,7 +14,6 @@ from .gist import Gist
 from .inflora import InfLoRA
 from .linear import LinearProbe
 from .lora import LoraMethod
-from .plugin import ModelPlugin
 from .prompts import L2P, CodaPrompt, DualPrompt
 from .ranpac import RanPAC
 from .shared import SharedBackbone
@@ -22,7 +22,7 @@ from .vpt import VptDeep
 
 __all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit", "CodaPrompt", "CoeffTuning",
            "DualPrompt", "FullFinetune", "GiftAper", "GiftMethod", "Gist", "GistAdapterMethod", "InfLoRA", "L2P",
-           "LinearProbe", "LoraMethod", "ModelPlugin", "RanPAC", "SharedBackbone", "SimpleCIL", "VptDeep"]
+           "LinearProbe", "LoraMethod", "ModelAddon", "RanPAC", "SharedBackbone", "SimpleCIL", "VptDeep"]
 
 
 def __getattr__(name: str):

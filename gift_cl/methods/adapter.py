@@ -54,19 +54,23 @@ class Bottleneck(nn.Module):
 class AdapterMethod(HookedBackboneModel):
     BRANCHES = ("attn", "mlp")
 
-    def __init__(self, backbone: nn.Module, hidden: int = 8, scale: float = 0.1, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, hidden: int = 8, scale: float = 0.1, addons: Optional[dict] = None):
         super().__init__(backbone)
         if hidden < 1:
             raise ValueError(f"adapter hidden size must be >= 1, got {hidden}")
         self.hidden, self.scale = hidden, scale
-        self.depth = len(self.backbone.blocks)
+        blocks = self.backbone.blocks
+        assert isinstance(blocks, (nn.Sequential, nn.ModuleList))  # timm ViT: an nn.Sequential of blocks
+        self.depth = len(blocks)
         self.adapters = nn.ModuleDict()  # task -> ModuleDict("<block>:<branch>" -> Bottleneck)
-        for i, blk in enumerate(self.backbone.blocks):
+        for i, blk in enumerate(blocks):
             for branch in self.BRANCHES:
                 getattr(blk, branch).register_forward_hook(_AdapterHook(self, f"{i}:{branch}"))
 
     def add_task_parts(self, task: int) -> None:
-        device = self.backbone.cls_token.device
+        cls_token = self.backbone.cls_token
+        assert isinstance(cls_token, torch.Tensor)  # timm ViT's [CLS] token parameter
+        device = cls_token.device
         self.adapters[str(task)] = nn.ModuleDict({
             f"{i}:{b}": Bottleneck(self.feature_dim, self.hidden) for i in range(self.depth) for b in self.BRANCHES
         }).to(device)
@@ -111,16 +115,18 @@ class GistAdapterMethod(HookedBackboneModel):
     """GIST's release adapter (module docstring): one shared adapter per block on the un-normalised stream."""
 
     def __init__(self, backbone: nn.Module, hidden: int = 4, scale: float = 0.1, init_std: float = 0.02,
-                 plugins: Optional[dict] = None):
+                 addons: Optional[dict] = None):
         super().__init__(backbone)
         if hidden < 1:
             raise ValueError(f"adapter hidden size must be >= 1, got {hidden}")
         if init_std < 0:
             raise ValueError(f"adapter init_std must be >= 0, got {init_std}")
         self.hidden, self.scale, self.init_std = hidden, scale, init_std
-        self.depth = len(self.backbone.blocks)
+        blocks = self.backbone.blocks
+        assert isinstance(blocks, (nn.Sequential, nn.ModuleList))  # timm ViT: an nn.Sequential of blocks
+        self.depth = len(blocks)
         self.adapters = nn.ModuleDict()  # task -> ModuleList (one GistBottleneck per block)
-        for i, blk in enumerate(self.backbone.blocks):
+        for i, blk in enumerate(blocks):
             for norm, drop_path in (("norm1", "drop_path1"), ("norm2", "drop_path2")):
                 hook = _GistAdapterHook(self, i)
                 # the stream entering the branch (its norm's input) is what the adapter reads; its output is
@@ -129,7 +135,9 @@ class GistAdapterMethod(HookedBackboneModel):
                 getattr(blk, drop_path).register_forward_hook(hook.add)
 
     def add_task_parts(self, task: int) -> None:
-        device = self.backbone.cls_token.device
+        cls_token = self.backbone.cls_token
+        assert isinstance(cls_token, torch.Tensor)  # timm ViT's [CLS] token parameter
+        device = cls_token.device
         self.adapters[str(task)] = nn.ModuleList(
             GistBottleneck(self.feature_dim, self.hidden, self.init_std) for _ in range(self.depth)).to(device)
 

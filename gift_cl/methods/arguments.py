@@ -1,12 +1,12 @@
-"""Remembering what a method or plug-in was built with, so that a saved model can be rebuilt.
+"""Remembering what a method or add-on was built with, so that a saved model can be rebuilt.
 
 ``save_pretrained`` writes a model's constructor call as a configuration node (``{"_target_": ..., arg: value}``)
 and ``from_pretrained`` instantiates that node through the same allowlist a saved run's configuration goes
 through (:mod:`gift_cl.config`). A model built from Python (``GiftMethod(vit, GiftConfig.paca())``) has no
-configuration to copy, so every :class:`TaskAwareModel` and :class:`ModelPlugin` records the arguments of its
+configuration to copy, so every :class:`TaskAwareModel` and :class:`ModelAddon` records the arguments of its
 outermost constructor call here: the values it was really built with, defaults included, whoever called it
 (Hydra or a user). The backbone (a plain ``nn.Module`` argument) is left out: it is the model's input, not its
-configuration. Nothing is copied: the record holds the very objects passed (a ``GiftConfig``, the plug-ins),
+configuration. Nothing is copied: the record holds the very objects passed (a ``GiftConfig``, the add-ons),
 so ``copy.deepcopy`` of a model keeps its record consistent.
 """
 from __future__ import annotations

@@ -14,9 +14,9 @@ Adding a method: subclass :class:`TaskAwareModel` in a file of its own, implemen
 ``shared_parameters``). What is pretrained (never checkpointed) follows one rule
 (:meth:`TaskAwareModel.frozen_state_keys`). See ``bitfit.py`` for a short worked example.
 
-Model plug-ins (GIST, Coeff-Tuning; ``plugin.py``) attach to the ViT(s) a method runs: a method that
-accepts ``plugins={name: ModelPlugin}`` says which ViT a task runs through (``vit(task)``); the base class
-takes the plug-ins once the method's constructor has returned (:meth:`TaskAwareModel.after_init`).
+Model add-ons (GIST, Coeff-Tuning; ``addon.py``) attach to the ViT(s) a method runs: a method that
+accepts ``addons={name: ModelAddon}`` says which ViT a task runs through (``vit(task)``); the base class
+takes the add-ons once the method's constructor has returned (:meth:`TaskAwareModel.after_init`).
 A method's own files beside ``results.json`` come from :meth:`TaskAwareModel.write_artifacts`.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..injection import backbone_parameter_count, count_parameters
 from ..padding import PAD_LOGIT
 from ..protocols import INFER_TASK
 from ..selective import TaskSelective, serving
+from .addon import read_former_addon_keys
 from .arguments import RecordsArguments
 
 
@@ -75,8 +76,9 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         self.prototypes: dict[int, torch.Tensor] = {}
         # per task, the mean frozen [CLS] feature of each of its classes (C_t, d): class-incremental task inference
         self.class_means: dict[int, torch.Tensor] = {}
-        self.model_plugins = nn.ModuleDict()  # name -> ModelPlugin (GIST, Coeff-Tuning, ...)
+        self.model_addons = nn.ModuleDict()  # name -> ModelAddon (GIST, Coeff-Tuning, ...)
         self._pretrained_keys: set[str] = set()  # set when the constructor returns (after_init)
+        self._register_load_state_dict_pre_hook(read_former_addon_keys)
 
     # --------------------------------------------------------------- what a method provides
     @abc.abstractmethod
@@ -90,7 +92,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def frozen_state_keys(self) -> set[str]:
         """State-dict keys of the pretrained weights, which never train and are left out of checkpoints. One rule
         for every method (:meth:`after_init`): what the model holds when its constructor returns, except the
-        parameters that require grad (a method's shared trainable parts) and the plug-ins."""
+        parameters that require grad (a method's shared trainable parts) and the add-ons."""
         return self._pretrained_keys
 
     def add_task_parts(self, task: int) -> None:
@@ -99,7 +101,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """Parameters that belong to ``task`` only (trained during its experience, then frozen)."""
         own = list(self.classifiers[str(task)].parameters())
-        return own + [p for plugin in self.model_plugins.values() for p in plugin.task_parameters(task)]
+        return own + [p for addon in self.model_addons.values() for p in addon.task_parameters(task)]
 
     def shared_parameters(self, task: int) -> list[nn.Parameter]:
         """Shared parameters that train during ``task`` (e.g. a GIFT trunk under a trunk policy)."""
@@ -111,42 +113,41 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
     @abc.abstractmethod
     def vit(self, task: int) -> nn.Module:
-        """The timm ViT that task ``task``'s forward pass runs through (where plug-ins attach)."""
+        """The timm ViT that task ``task``'s forward pass runs through (where add-ons attach)."""
 
     def write_artifacts(self, run_dir, task_names: list[str], final: bool) -> None:
         """Write the method's own outputs beside ``results.json`` (after every experience; ``final`` at the end
         of the run). None by default; ArtiHippo writes its architectures."""
 
-    # --------------------------------------------------------------- model plug-ins (plugin.py)
+    # --------------------------------------------------------------- model add-ons (addon.py)
     def after_init(self, arguments: dict) -> None:
         """The method's constructor has returned: record the pretrained keys (:meth:`frozen_state_keys`) and take
-        the plug-ins it was given (its ``plugins`` argument)."""
+        the add-ons it was given (its ``addons`` argument)."""
         self._pretrained_keys = {
             k for k, t in self.state_dict(keep_vars=True).items()
-            if k != "_extra_state" and not k.startswith("model_plugins.")
+            if k != "_extra_state" and not k.startswith("model_addons.")
             and not (isinstance(t, nn.Parameter) and t.requires_grad)}
-        self.use_plugins(arguments.get("plugins"))
+        self.use_addons(arguments.get("addons"))
 
-    def use_plugins(self, plugins: Optional[Mapping[str, nn.Module]]) -> None:
-        """Take ``plugins`` ({name: ModelPlugin}; a ``None`` value is no plug-in). Idempotent."""
-        for name, plugin in (plugins or {}).items():
-            if plugin is None:
+    def use_addons(self, addons: Optional[Mapping[str, nn.Module]]) -> None:
+        """Take ``addons`` ({name: ModelAddon}; a ``None`` value is no add-on). Idempotent."""
+        for name, addon in (addons or {}).items():
+            if addon is None:
                 continue
-            if not hasattr(plugin, "attach"):
-                raise TypeError(f"plug-in {name!r} is a {type(plugin).__name__}, not a ModelPlugin")
-            self.model_plugins[name] = plugin
+            if not hasattr(addon, "attach"):
+                raise TypeError(f"add-on {name!r} is a {type(addon).__name__}, not a ModelAddon")
+            self.model_addons[name] = addon
 
     def auxiliary_loss(self, targets: torch.Tensor) -> torch.Tensor | float:
-        """The plug-ins' loss terms for the last forward pass (e.g. GIST's Gist-token losses)."""
-        return sum((p.auxiliary_loss(targets) for p in self.model_plugins.values()), 0.0)
+        """The add-ons' loss terms for the last forward pass (e.g. GIST's Gist-token losses)."""
+        return sum((p.auxiliary_loss(targets) for p in self.model_addons.values()), 0.0)
 
     def serving(self, task: Optional[int]):
         """The one way a forward pass selects its task: inside ``with model.serving(task):`` every per-task part
-        (:class:`~gift_cl.selective.TaskSelective`: LoRA layers, adapter/prompt hooks, plug-ins) applies
+        (:class:`~gift_cl.selective.TaskSelective`: LoRA layers, adapter/prompt hooks, add-ons) applies
         ``task``'s parameters (``None``: none, the pretrained behaviour)."""
         return serving(self, task)
 
-    plugin_task = serving  # the name plug-in code uses for the same scope
 
     # --------------------------------------------------------------- Avalanche integration
     @property
@@ -163,12 +164,12 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         device = next(self.parameters()).device
         self.classifiers[str(task)] = new_classifier(self.feature_dim, num_classes).to(device)
         self.add_task_parts(task)
-        if self.model_plugins:
+        if self.model_addons:
             vit = self.vit(task)
-            for plugin in self.model_plugins.values():
-                plugin.attach(vit)  # once per ViT; a plug-in marks the ViTs it hooked
-                plugin.add_task(task)
-            self.model_plugins.to(device)
+            for addon in self.model_addons.values():
+                addon.attach(vit)  # once per ViT; an add-on marks the ViTs it hooked
+                addon.add_task(task)
+            self.model_addons.to(device)
         self.requires_grad_(False)  # nothing trains until begin_task says so
 
     def begin_task(self, tasks: Sequence[int]) -> None:
@@ -186,20 +187,20 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         return self._forward_task(x, int(task_label), None)
 
     def _forward_task(self, x: torch.Tensor, task: int, index: Optional[torch.Tensor]) -> torch.Tensor:
-        if not self.model_plugins:
+        if not self.model_addons:
             return self.classifiers[str(task)](self.features(x, task))
         with self.serving(task):
             feats = self.features(x, task)
         head = self.classifiers[str(task)]
         logits = head(feats)
-        for plugin in self.model_plugins.values():
-            plugin.after_head(task, head, logits, index)
+        for addon in self.model_addons.values():
+            addon.after_head(task, head, logits, index)
         return logits
 
     def forward_all_tasks(self, x: torch.Tensor) -> dict:
         """Every known head's logits (LwF asks for them each step). Avalanche runs one backbone forward
         per head; with task-independent features one forward serves all heads."""
-        if not self.shared_features or self.model_plugins:  # plug-ins make features task-dependent
+        if not self.shared_features or self.model_addons:  # add-ons make features task-dependent
             return super().forward_all_tasks(x)
         feats = self.features(x, None)
         return {t: self.classifiers[str(t)](feats) for t in sorted(self.known_train_tasks_labels)}
@@ -212,7 +213,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def forward_mixed(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         """A batch whose samples belong to several tasks: padded logits, each sample through its task's head."""
         tasks = [int(t) for t in task_labels.unique()]
-        feats = None if self.model_plugins else self.mixed_features(x, task_labels, tasks)
+        feats = None if self.model_addons else self.mixed_features(x, task_labels, tasks)
         width = max(self.classifiers[str(t)].out_features for t in tasks)
         out = x.new_full((x.shape[0], width), PAD_LOGIT)
         for t in tasks:
@@ -225,8 +226,8 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         return out
 
     def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
-        for plugin in self.model_plugins.values():
-            plugin.begin_forward()
+        for addon in self.model_addons.values():
+            addon.begin_forward()
         if task_labels is None:  # LwF asks every known head at once
             return self.forward_all_tasks(x)
         if isinstance(task_labels, int):
@@ -235,7 +236,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         unique = task_labels.unique()
         if len(unique) == 1:
             return self.forward_single_task(x, int(unique))
-        if self.model_plugins:  # one pass per task: plug-in parts are per task
+        if self.model_addons:  # one pass per task: add-on parts are per task
             return TaskAwareModel.forward_mixed(self, x, task_labels)
         return self.forward_mixed(x, task_labels)
 
@@ -304,12 +305,12 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         """What :meth:`class_incremental_logits` does with ``infer_task``: ``auto`` resolved, or ``head`` for a
         method with one head over all classes (no task is chosen)."""
         if infer_task == "auto":
-            return "max_logit" if self.shared_features and not self.model_plugins else "nearest_class"
+            return "max_logit" if self.shared_features and not self.model_addons else "nearest_class"
         return infer_task
 
     def forward_all_tasks_known(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """Every known task's logits for ``x`` (one backbone pass when the features do not depend on the task)."""
-        if self.shared_features and not self.model_plugins:
+        if self.shared_features and not self.model_addons:
             feats = self.features(x, None)
             return {t: self.classifiers[str(t)](feats) for t in self.tasks}
         return {t: self._forward_task(x, t, None) for t in self.tasks}

@@ -13,7 +13,7 @@ The worked example of docs/guide/extending.md ("Adding a method"): one file plus
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ def _key(name: str) -> str:
 class BitFit(FrozenBackboneModel):
     CHOICES = ("all", "linear")
 
-    def __init__(self, backbone: nn.Module, biases: str = "all", plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, biases: str = "all", addons: Optional[dict] = None):
         super().__init__(backbone)
         if biases not in self.CHOICES:
             raise ValueError(f"BitFit biases must be one of {list(self.CHOICES)}, got {biases!r}")
@@ -48,11 +48,15 @@ class BitFit(FrozenBackboneModel):
         self.biases[str(task)] = nn.ParameterDict(
             {_key(n): nn.Parameter(pretrained[n].detach().clone()) for n in self.bias_names})
 
-    def task_parameters(self, task: int) -> list[nn.Parameter]:
-        return super().task_parameters(task) + list(self.biases[str(task)].values())
+    def _task_biases(self, task: int) -> nn.ParameterDict:
+        return cast(nn.ParameterDict, self.biases[str(task)])  # nn.ModuleDict is typed Module; see add_task_parts
 
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        biases = self.biases[str(task)]
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        return super().task_parameters(task) + list(self._task_biases(task).values())
+
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
+        assert task is not None, "BitFit's features depend on the task (shared_features is False)"
+        biases = self._task_biases(task)
         return functional_call(self.backbone, {n: biases[_key(n)] for n in self.bias_names}, (x,))
 
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:

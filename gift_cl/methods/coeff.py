@@ -1,4 +1,4 @@
-"""Coeff-Tuning (learning combination coefficients of the attention maps) as a model plug-in for any
+"""Coeff-Tuning (learning combination coefficients of the attention maps) as a model add-on for any
 method (GIFT, LoRA, Adapter, VPT, ...).
 
 Per attention layer ℓ and task t a coefficient matrix α (heads × heads) recombines the heads' attention
@@ -10,7 +10,7 @@ compare with. Per task: ``depth × heads²`` parameters.
 
 The recombination needs the attention maps, so a layer runs timm's explicit (non-fused) attention only
 while a task with α is active; everything else (``frozen_features``, methods' other tasks, a model
-without the plug-in) keeps timm's ``F.scaled_dot_product_attention``.
+without the add-on) keeps timm's ``F.scaled_dot_product_attention``.
 
 Exactness at α = 0: ``Σ_i (0 + I)_{h,i} A_i`` adds exact zeros to ``1·A_h``, so the patched layer equals
 timm's *explicit* attention path bit for bit. timm's default *fused* path (SDPA) computes the same
@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .addon import ModelAddon
 from .attention import attention_with_core
-from .plugin import ModelPlugin
 
 
 def _coeff_attention_forward(attn: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                              is_causal: bool = False) -> torch.Tensor:
     """timm ``Attention.forward`` with the heads' maps recombined by the active task's α."""
-    plugin: "CoeffTuning" = attn.__dict__["_coeff_plugin"]
-    alpha = plugin.alpha_for(attn.__dict__["_coeff_layer"])
+    addon: "CoeffTuning" = attn.__dict__["_coeff_addon"]
+    alpha = addon.alpha_for(attn.__dict__["_coeff_layer"])
 
     def recombined_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = q * attn.scale
@@ -49,7 +49,7 @@ def _coeff_attention_forward(attn: nn.Module, x: torch.Tensor, attn_mask: Option
                      "(masked or causal attention), which it does not handle")
 
 
-class CoeffTuning(ModelPlugin):
+class CoeffTuning(ModelAddon):
     def __init__(self, dropout: float = 0.1):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -69,7 +69,7 @@ class CoeffTuning(ModelPlugin):
             return
         for i, attn in enumerate(attns):
             # instance-level forward and __dict__ entries: no new submodules, state-dict keys unchanged
-            attn.__dict__["_coeff_plugin"] = self
+            attn.__dict__["_coeff_addon"] = self
             attn.__dict__["_coeff_layer"] = i
             attn.forward = types.MethodType(_coeff_attention_forward, attn)
 

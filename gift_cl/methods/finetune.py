@@ -10,14 +10,14 @@ from .base import TaskAwareModel, headless
 
 
 class FullFinetune(TaskAwareModel):
-    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, addons: Optional[dict] = None):
         backbone = headless(backbone).requires_grad_(False)
         super().__init__(backbone)
         self.pretrained = backbone
         self.backbones = nn.ModuleDict()
 
     def vit(self, task):
-        return self.backbones[str(task)]  # plug-ins hook each task's copy, never the pretrained one
+        return self.backbones[str(task)]  # add-ons hook each task's copy, never the pretrained one
 
     def add_task_parts(self, task):
         self.backbones[str(task)] = copy.deepcopy(self.pretrained)

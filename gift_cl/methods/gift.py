@@ -31,7 +31,7 @@ class GiftMethod(TaskAwareModel):
         anchor_weight: float = 1000.0,
         per_task_clusters: bool = True,
         per_task_recovery: bool = True,
-        plugins: Optional[dict] = None,
+        addons: Optional[dict] = None,
     ):
         if trunk not in TRUNK_POLICIES:
             raise ValueError(f"unknown trunk policy {trunk!r}; expected one of {TRUNK_POLICIES}")

@@ -21,7 +21,7 @@ from .readout import GlobalReadout
 
 class GiftAper(GlobalReadout, GiftMethod):
     def __init__(self, backbone: nn.Module, config: GiftConfig, per_task_clusters: bool = True,
-                 per_task_recovery: bool = True, plugins: Optional[dict] = None):
+                 per_task_recovery: bool = True, addons: Optional[dict] = None):
         super().__init__(backbone, config, trunk="frozen_after_first", per_task_clusters=per_task_clusters,
                          per_task_recovery=per_task_recovery)
 

@@ -1,5 +1,5 @@
 """GIST (Ruan et al., "GIST: Improving Parameter Efficient Fine Tuning via Knowledge Interaction") as a
-model plug-in for any method (GIFT, LoRA, Adapter, VPT, BitFit, ...).
+model add-on for any method (GIFT, LoRA, Adapter, VPT, BitFit, ...).
 
 - One trainable Gist token per task, initialised U(-0.5, 0.5), inserted right after [CLS] and after the
   positional embeddings: the sequence is ``[CLS, GIST, patches]`` (VPT's prompts, if any, come last).
@@ -9,12 +9,12 @@ model plug-in for any method (GIFT, LoRA, Adapter, VPT, BitFit, ...).
 - The task's classifier head reads both the [CLS] and the Gist token, each after the final norm.
 - Training loss: ``CE(cls) + w_ce·CE(gist) + w_kl·(KL(p_cls‖p_gist) + KL(p_gist‖p_cls))`` with both
   softmaxes at temperature ``T``; defaults w_ce = 0.5, w_kl = 0.75, T = 3 (the GIST release); nothing is
-  detached. ``CE(cls)`` is the strategy's own criterion; this plug-in adds the rest
+  detached. ``CE(cls)`` is the strategy's own criterion; this add-on adds the rest
   (``auxiliary_loss``). Batch means over the whole (possibly mixed-task) batch.
 - Inference reads [CLS] only.
 
 GIST is NOT a zero-initialised method: the extra token changes every attention softmax, so even at step 0
-the [CLS] output differs from the frozen model's (it is equal when the plug-in is off, e.g. in
+the [CLS] output differs from the frozen model's (it is equal when the add-on is off, e.g. in
 ``frozen_features``).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .plugin import ModelPlugin, check_token_pooling
+from .addon import ModelAddon, check_token_pooling
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,7 +35,7 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: fl
     return (la.exp() * (la - lb)).sum() + (lb.exp() * (lb - la)).sum()
 
 
-class Gist(ModelPlugin):
+class Gist(ModelAddon):
     def __init__(self, ce_weight: float = 0.5, kl_weight: float = 0.75, temperature: float = 3.0,
                  init_range: float = 0.5, dropout: float = 0.1):
         super().__init__()

@@ -205,7 +205,7 @@ class InfLoRA(FrozenBackboneModel):
     shared_features = True  # every branch applies to every image: one feature, one growing classifier
 
     def __init__(self, backbone: nn.Module, rank: int = 10, lamb: float = 0.95, lame: float = 1.0,
-                 total_sessions: int = 10, plugins: Optional[dict] = None):
+                 total_sessions: int = 10, addons: Optional[dict] = None):
         super().__init__(backbone)
         self.rank, self.lamb, self.lame, self.total_sessions = rank, lamb, lame, total_sessions
         self.targets = [n for n, _ in find_linear_targets(self.backbone, ("attn.qkv",))]

@@ -11,7 +11,7 @@ from .base import FrozenBackboneModel
 class LinearProbe(FrozenBackboneModel):
     shared_features = True
 
-    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, addons: Optional[dict] = None):
         super().__init__(backbone)
 
     def features(self, x, task):

@@ -2,7 +2,7 @@
 one adapter per task on every target layer (``attn.proj`` by default, ``attn.qkv`` for LoRA-qkv)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 from torch import nn
 
@@ -13,14 +13,15 @@ from .base import FrozenBackboneModel
 
 class LoraMethod(FrozenBackboneModel):
     def __init__(self, backbone: nn.Module, rank: int = 8, alpha: float = 1.0,
-                 target_modules: Sequence[str] = ("attn.proj",), plugins: Optional[dict] = None):
+                 target_modules: Sequence[str] = ("attn.proj",), addons: Optional[dict] = None):
         super().__init__(backbone)
         self.targets = [n for n, _ in find_linear_targets(self.backbone, target_modules)]
         for n in self.targets:
-            set_submodule(self.backbone, n, LoraLinear(self.backbone.get_submodule(n), rank, alpha))
+            # find_linear_targets: every target is an nn.Linear (get_submodule is typed Module)
+            set_submodule(self.backbone, n, LoraLinear(cast(nn.Linear, self.backbone.get_submodule(n)), rank, alpha))
 
     def _layers(self) -> list[LoraLinear]:
-        return [self.backbone.get_submodule(n) for n in self.targets]
+        return [cast(LoraLinear, self.backbone.get_submodule(n)) for n in self.targets]  # swapped in __init__
 
     def add_task_parts(self, task):
         for layer in self._layers():

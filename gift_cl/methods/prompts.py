@@ -73,9 +73,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .addon import check_token_pooling
 from .attention import attention_with_core
 from .base import FrozenBackboneModel
-from .plugin import check_token_pooling
 
 Prefix = tuple[torch.Tensor, torch.Tensor]  # (keys, values) to prepend, each (B, length, D)
 

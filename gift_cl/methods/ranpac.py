@@ -18,7 +18,7 @@ from .readout import FrozenBackboneReadout
 
 class RanPAC(FrozenBackboneReadout):
     def __init__(self, backbone: nn.Module, projection_dim: int = 10000, projection_seed: int = 0,
-                 plugins: Optional[dict] = None):
+                 addons: Optional[dict] = None):
         super().__init__(backbone)
         self.projection_dim, self.projection_seed = int(projection_dim), int(projection_seed)
 

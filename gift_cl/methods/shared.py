@@ -13,7 +13,7 @@ from .base import TaskAwareModel, headless
 class SharedBackbone(TaskAwareModel):
     shared_features = True
 
-    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, addons: Optional[dict] = None):
         backbone = headless(backbone)
         super().__init__(backbone)
         self.backbone = backbone

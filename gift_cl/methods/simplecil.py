@@ -13,7 +13,7 @@ from .readout import FrozenBackboneReadout
 
 
 class SimpleCIL(FrozenBackboneReadout):
-    def __init__(self, backbone: nn.Module, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, addons: Optional[dict] = None):
         super().__init__(backbone)
 
     def build_readout(self) -> nn.Module:

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .addon import check_token_pooling
 from .base import HookedBackboneModel
-from .plugin import check_token_pooling
 
 
 class VptDeep(HookedBackboneModel):
-    def __init__(self, backbone: nn.Module, length: int = 10, dropout: float = 0.0, plugins: Optional[dict] = None):
+    def __init__(self, backbone: nn.Module, length: int = 10, dropout: float = 0.0, addons: Optional[dict] = None):
         super().__init__(backbone)
         if length < 1:
             raise ValueError(f"VPT prompt length must be >= 1, got {length}")

@@ -1,22 +1,25 @@
-"""Model plug-ins: per-task parts that attach to the timm ViT(s) of *any* method (GIST, Coeff-Tuning).
+"""Model add-ons: per-task parts that attach to the timm ViT(s) of *any* method (GIST, Coeff-Tuning).
 
-A plug-in is an ``nn.Module`` handed to a method's constructor (``plugins={name: plugin}``; from a
-configuration ``+plugin=gist``, which adds ``strategy.method.plugins.gist``). The method owns it as
-``model.model_plugins[name]`` and drives it:
+An add-on is an ``nn.Module`` handed to a method's constructor (``addons={name: addon}``; from a
+configuration ``+addon=gist``, which adds ``strategy.method.addons.gist``). The method owns it as
+``model.model_addons[name]`` and drives it:
 
 - ``attach(vit)`` once per timm ViT the method runs (``TaskAwareModel.vit(task)``: the GIFT-wrapped
-  model, the LoRA/BitFit/linear backbone, each fine-tuned copy, ...). Plug-ins hook the ViT with
+  model, the LoRA/BitFit/linear backbone, each fine-tuned copy, ...). Add-ons hook the ViT with
   forward hooks or an instance-level ``forward`` (never by replacing submodules: the pretrained
   state-dict keys, and so ``frozen_state_keys``, stay as they are);
 - ``add_task(task)`` creates the task's own parameters (they join ``task_parameters(task)``: trained
   during the task, frozen afterwards, counted per task, checkpointed with the model);
 - ``active`` is the task (as ``str``) whose parts run; the model sets it only around
-  ``forward_single_task``, so ``frozen_features`` (task-id inference) never sees a plug-in;
-- ``after_head(task, classifier, logits, index)`` lets a plug-in read the head (GIST's Gist logits);
+  ``forward_single_task``, so ``frozen_features`` (task-id inference) never sees an add-on;
+- ``after_head(task, classifier, logits, index)`` lets an add-on read the head (GIST's Gist logits);
 - ``auxiliary_loss(targets)`` is added to the training loss (``TaskAwareStrategy.criterion``).
 
-Hooks hold the plug-in through bound methods and ``__dict__`` entries, so ``copy.deepcopy(model)`` (LwF's
-previous model) copies the plug-in together with the model and the copy stays self-consistent.
+Hooks hold the add-on through bound methods and ``__dict__`` entries, so ``copy.deepcopy(model)`` (LwF's
+previous model) copies the add-on together with the model and the copy stays self-consistent.
+
+Add-ons change the model; Avalanche's plugins (``cl=ewc``, ``strategy.plugins``) hook the training loop. The two
+are different things and keep different names.
 """
 from __future__ import annotations
 
@@ -29,15 +32,25 @@ from torch import nn
 from ..selective import TaskSelective
 from .arguments import RecordsArguments
 
+FORMER_ADDON_PREFIX = "model_plugins."  # the add-ons' state-dict prefix in checkpoints and saved models written before
 
-class ModelPlugin(RecordsArguments, TaskSelective, nn.Module, abc.ABC):
+
+def read_former_addon_keys(state_dict, prefix: str = "", *_ignored) -> None:
+    """Rename, in place, a state's add-on keys saved under their former prefix to ``model_addons.`` (run
+    checkpoints resume, saved models load; the tensors are the same). Also a load_state_dict pre-hook."""
+    former = prefix + FORMER_ADDON_PREFIX
+    for key in [k for k in state_dict if k.startswith(former)]:
+        state_dict[prefix + "model_addons." + key[len(former):]] = state_dict.pop(key)
+
+
+class ModelAddon(RecordsArguments, TaskSelective, nn.Module, abc.ABC):
     """Base class; see the module docstring for the protocol."""
 
     def __init__(self):
         super().__init__()
         self.active: Optional[str] = None
 
-    # -------------------------------------------------------------- what a plug-in provides
+    # -------------------------------------------------------------- what an add-on provides
     @abc.abstractmethod
     def attach(self, vit: nn.Module) -> None:
         """Hook one timm ViT (called once per ViT, before the first task's parts exist)."""
@@ -62,7 +75,7 @@ class ModelPlugin(RecordsArguments, TaskSelective, nn.Module, abc.ABC):
     # -------------------------------------------------------------- helpers
     def mark_attached(self, vit: nn.Module, name: str) -> bool:
         """True the first time ``name`` attaches to ``vit`` (a shared ViT is hooked once)."""
-        marks = vit.__dict__.setdefault("_gift_cl_plugins", set())
+        marks = vit.__dict__.setdefault("_gift_cl_addons", set())
         if name in marks:
             return False
         marks.add(name)
@@ -70,7 +83,7 @@ class ModelPlugin(RecordsArguments, TaskSelective, nn.Module, abc.ABC):
 
 
 def check_token_pooling(vit: nn.Module, who: str) -> None:
-    """Plug-ins that insert tokens need [CLS] pooling (average pooling would pool the new tokens)."""
+    """Add-ons that insert tokens need [CLS] pooling (average pooling would pool the new tokens)."""
     if getattr(vit, "global_pool", "token") != "token" or getattr(vit, "attn_pool", None) is not None:
         raise ValueError(f"{who} needs a ViT pooled on its [CLS] token (global_pool='token'), "
                          f"got global_pool={getattr(vit, 'global_pool', None)!r}")
