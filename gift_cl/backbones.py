@@ -401,7 +401,7 @@ def backbone_data_config(name: str, kwargs: Optional[dict] = None, checkpoint: O
     """
     kwargs = dict(kwargs or {})
     size, mean, std = _timm_data_config(str(name), json.dumps(kwargs, sort_keys=True, default=str))
-    out = {"image_size": _img_size(kwargs) or size, "mean": list(mean), "std": list(std)}
+    out: dict[str, Any] = {"image_size": _img_size(kwargs) or size, "mean": list(mean), "std": list(std)}
     out.update(_checkpoint_data_config(checkpoint))
     out["image_size"] = int(out["image_size"])
     out["mean"] = [float(m) for m in out["mean"]]

@@ -31,7 +31,7 @@ cluster-assignment layers) that is per task, so each task has its own assignment
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -211,7 +211,7 @@ class GeneratorTrunk(nn.Module):
         super().__init__()
         self.reduction = nn.Linear(d_in, config.rank, bias=False)  # φ
         if config.positional_encoding:
-            self.pos_embed = nn.Parameter(torch.zeros(d_out, config.rank))
+            self.pos_embed: Optional[nn.Parameter] = nn.Parameter(torch.zeros(d_out, config.rank))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         else:
             self.pos_embed = None
@@ -244,8 +244,9 @@ class GiftGenerator(nn.Module):
             self.add_head(name)
 
     def add_head(self, name: str) -> GeneratorHead:
-        self.heads[name] = GeneratorHead(self.config, self.d_in)
-        return self.heads[name]
+        head = GeneratorHead(self.config, self.d_in)
+        self.heads[name] = head
+        return head
 
     def trunk_input(self, weights: torch.Tensor) -> torch.Tensor:
         """``X φᵀ (+ P)`` (L, d_out, d'): the head-independent start of the trunk."""
@@ -262,7 +263,7 @@ class GiftGenerator(nn.Module):
 
     def trunk_blocks(self, h: torch.Tensor, head: str = "0") -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The blocks on ``h`` with ``head``'s cluster assignments: the trunk output and the assignments per block."""
-        task_head = self.heads[head]
+        task_head = cast(GeneratorHead, self.heads[head])  # nn.ModuleDict is typed Module; add_head holds these
         assignments = []
         with torch.autocast(device_type=h.device.type, enabled=False):
             for i, block in enumerate(self.trunk.blocks):

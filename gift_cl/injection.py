@@ -31,7 +31,8 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def classifier_names(model: nn.Module) -> list[str]:
     """Parameter names of the classifier head (timm's ``get_classifier``)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_classifier = getattr(model, "get_classifier", None)  # a timm model's method; nn.Module has none
+    head = get_classifier() if get_classifier is not None else None
     if head is None or not isinstance(head, nn.Module):
         return []
     ids = {id(p) for p in head.parameters()}

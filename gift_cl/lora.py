@@ -7,7 +7,7 @@ per target layer; the continual-learning method (:class:`gift_cl.methods.LoraMet
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -60,8 +60,9 @@ class LoraLinear(TaskSelective, nn.Module):
             raise ValueError("LoraLinear.merged: no adapter named and none active")
         out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         out = out.to(self.base.weight.device, self.base.weight.dtype)
+        adapter = cast(LoraAdapter, self.adapters[name])  # nn.ModuleDict is typed Module; add_adapter holds these
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.adapters[name].delta_weight())
+            out.weight.copy_(self.base.weight + adapter.delta_weight())
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out
@@ -78,18 +79,21 @@ class LoraModel(nn.Module):
         self.backbone_params = backbone_parameter_count(model)
         self.targets = [n for n, _ in find_linear_targets(model, target_modules)]
         for n in self.targets:
-            layer = LoraLinear(model.get_submodule(n), rank, alpha)
+            layer = LoraLinear(cast(nn.Linear, model.get_submodule(n)), rank, alpha)  # find_linear_targets: nn.Linear
             layer.add_adapter(self.ADAPTER)
             layer.active = self.ADAPTER
             set_submodule(model, n, layer)
-        self.model = model
+        self.model: Optional[nn.Module] = model  # None once merge_and_unload has handed it out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None, "LoraModel: merge_and_unload() has handed the model out"
         return self.model(x)
 
     def merge_and_unload(self) -> nn.Module:
+        assert self.model is not None, "LoraModel: merge_and_unload() has handed the model out"
         for n in self.targets:
-            set_submodule(self.model, n, self.model.get_submodule(n).merged())
+            layer = cast(LoraLinear, self.model.get_submodule(n))  # get_submodule is typed Module
+            set_submodule(self.model, n, layer.merged())
         model, self.model = self.model, None
         return model
 

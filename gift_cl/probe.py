@@ -11,7 +11,7 @@ the training images; its inverse regularisation ``C`` is chosen per task and fea
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Callable, Optional, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ def cls_features(backbone: Optional[nn.Module], images: torch.Tensor, batch_size
     if backbone is None:
         return images.flatten(1).numpy().astype(np.float32)
     backbone.eval()
-    out = [backbone.forward_head(backbone.forward_features(images[i:i + batch_size]), pre_logits=True)
+    # nn.Module.__getattr__ is typed Tensor | Module; on a timm model these two are methods
+    forward_features = cast("Callable[[torch.Tensor], torch.Tensor]", backbone.forward_features)
+    forward_head = cast("Callable[..., torch.Tensor]", backbone.forward_head)
+    out = [forward_head(forward_features(images[i:i + batch_size]), pre_logits=True)
            for i in range(0, len(images), batch_size)]
     return torch.cat(out).float().numpy()
 
@@ -53,6 +56,7 @@ def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
         score = float((clf.predict(xva) == val[1]).mean())
         if best is None or score > best[0]:  # ties keep the stronger regularisation (smaller C, listed first)
             best = (score, c, clf)
+    assert best is not None, "fit_probe needs a non-empty c_grid"
     score, c, clf = best
     correct = clf.predict(xte) == test[1]
     return {"C": c, "val": score, "test": float(correct.mean()), "test_correct": correct}

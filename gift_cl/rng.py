@@ -16,7 +16,9 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # numpy's default; its stubs' no-argument overload says dict
+    assert isinstance(np_state, tuple)  # legacy=True: the MT19937 tuple (a dict only for other bit generators)
+    kind, keys, pos, has_gauss, cached = np_state
     version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

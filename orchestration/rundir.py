@@ -63,7 +63,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def resolved(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)  # a DictConfig converts to a dict
+    return container
 
 
 def saved_config(run_dir: Path) -> dict:
@@ -133,10 +135,11 @@ def resolve_run_dir(cfg: DictConfig, hydra_dir: Path) -> tuple[Path, bool]:
     return chosen, True
 
 
-_WRITE_HINT = {errno.EROFS: "choose a hydra.run.dir on a writable file system",
-               errno.EACCES: "make it writable, or choose another hydra.run.dir",
-               errno.EPERM: "make it writable, or choose another hydra.run.dir",
-               errno.ENOSPC: "free disk space, or choose another hydra.run.dir"}
+# keyed by OSError.errno (typed int | None)
+_WRITE_HINT: dict[int | None, str] = {errno.EROFS: "choose a hydra.run.dir on a writable file system",
+                                      errno.EACCES: "make it writable, or choose another hydra.run.dir",
+                                      errno.EPERM: "make it writable, or choose another hydra.run.dir",
+                                      errno.ENOSPC: "free disk space, or choose another hydra.run.dir"}
 
 
 class RunLock:

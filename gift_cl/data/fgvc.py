@@ -45,7 +45,7 @@ FGVC_DATASETS = {
 MODES = {"tune": ("train", "val"), "final": ("train", "test")}
 
 
-def read_fgvc_split(path: str) -> dict[str, object]:
+def read_fgvc_split(path: str) -> dict[str, int | str]:
     """Read ``{relative/path: class_id}``; each id must be an int or a string of digits."""
     doc = read_json(path, "a JSON object mapping relative image paths to class ids")
     if not isinstance(doc, dict):

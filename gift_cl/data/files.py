@@ -18,6 +18,7 @@ folder of images. This module holds what they share:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import pickle
@@ -223,10 +224,10 @@ def load_rgb(path: str, source: str = "") -> Image.Image:
 # ----------------------------------------------------------------------------- pickles
 def _numpy_reconstructors() -> tuple:
     """numpy's array/scalar rebuilders, under numpy 2.x names (``numpy._core``) or 1.x ones."""
-    if int(np.__version__.split(".")[0]) >= 2:
-        from numpy._core import multiarray, numeric
-    else:  # numpy 1.x (1.26's numpy._core is only a forwarding shim)
-        from numpy.core import multiarray, numeric
+    # numpy 1.x names them numpy.core (1.26's numpy._core is only a forwarding shim)
+    core = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+    multiarray = importlib.import_module(f"{core}.multiarray")
+    numeric = importlib.import_module(f"{core}.numeric")
     return multiarray._reconstruct, multiarray.scalar, numeric._frombuffer
 
 
@@ -354,7 +355,7 @@ class ImageFileDataset(Dataset):
         self.transform = transform
         self.pre_transform = pre_transform
         self.source = source
-        self.cache: Optional[object] = None
+        self.cache: Optional[np.ndarray | list[np.ndarray]] = None
         if cache_decoded:
             self.cache = self._decode_all()
 
@@ -362,7 +363,7 @@ class ImageFileDataset(Dataset):
         img = load_rgb(os.path.join(self.root, self.relpaths[idx]), self.source)
         return self.pre_transform(img) if self.pre_transform is not None else img
 
-    def _decode_all(self):
+    def _decode_all(self) -> np.ndarray | list[np.ndarray]:
         arrays = [np.asarray(self._load(i), dtype=np.uint8) for i in range(len(self.relpaths))]
         if arrays and all(a.shape == arrays[0].shape for a in arrays):
             return np.stack(arrays)

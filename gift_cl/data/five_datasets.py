@@ -193,11 +193,11 @@ def load_five_datasets(
 
 def _load_split(root, name, train, resize: Callable, tail: list, verify_checksums, verify_images, cache_decoded):
     if name == "notmnist":
-        folder, relpaths, labels = list_notmnist(root, train)
+        folder, relpaths, file_labels = list_notmnist(root, train)
         if verify_images:
             verify_image_files(folder, relpaths, folder, decode=not cache_decoded)
         # the cache holds the 28 px originals (2.4 kB each), the resize runs per access as for the arrays
-        return ImageFileDataset(folder, relpaths, labels, T.Compose([resize] + tail),
+        return ImageFileDataset(folder, relpaths, file_labels, T.Compose([resize] + tail),
                                 cache_decoded=cache_decoded, source=folder)
     if name == "cifar10":
         images, labels = read_cifar10(root, train, verify_checksums)

@@ -133,6 +133,7 @@ def _categories(train: VDDSplit, others: Sequence[VDDSplit], domain: str) -> tup
 
 
 def _labels(split: VDDSplit, offset: int, num_classes: int) -> list[int]:
+    assert split.labels is not None  # only annotated splits are trained or evaluated on (_load_domain)
     labels = [c - offset for c in split.labels]
     for rel, y, c in zip(split.relpaths, labels, split.labels):
         if not 0 <= y < num_classes:
@@ -218,14 +219,16 @@ def _load_domain(root, domain, split, transform, image_size, mean, std, cache_de
 
     if split == "train_val":
         fit, evaluate, eval_split = [train], val, "val"
-    elif test.labels is not None:
-        fit, evaluate, eval_split = [train, val], test, "test"
     else:
-        logger.warning(
-            "VDD %s: %s has no annotations (the official test labels are withheld), so this domain "
-            "trains on train and evaluates on val instead of train+val -> test; its accuracy is a "
-            "val accuracy, not a test accuracy", domain, test.path)
-        fit, evaluate, eval_split = [train], val, "val"
+        assert test is not None  # split is trainval_test (check_choice): the test split was read above
+        if test.labels is not None:
+            fit, evaluate, eval_split = [train, val], test, "test"
+        else:
+            logger.warning(
+                "VDD %s: %s has no annotations (the official test labels are withheld), so this domain "
+                "trains on train and evaluates on val instead of train+val -> test; its accuracy is a "
+                "val accuracy, not a test accuracy", domain, test.path)
+            fit, evaluate, eval_split = [train], val, "val"
 
     pre, train_tf, eval_tf = vdd_transforms(domain, transform, image_size, mean, std)
 

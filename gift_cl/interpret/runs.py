@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from torch import nn
 
 from ..tuner import GiftModel
 from .maps import cluster_maps, concept_vectors, untrained_head
+
+if TYPE_CHECKING:
+    from ..methods.base import TaskAwareModel
 
 
 # ---------------------------------------------------------------------- a finished run
@@ -143,9 +146,10 @@ def load_run(run_dir: str | Path) -> GiftRun:
     cfg = load_saved_config(run_dir / "config_resolved.yaml")
     tasks = safe_instantiate(cfg.benchmark, where="benchmark")  # the benchmark is read once per run
     names = [t.name for t in tasks]
-    model_kw = OmegaConf.to_container(cfg.model, resolve=True)
+    # cfg.model is a mapping with string keys; OmegaConf types to_container as any container with any keys
+    model_kw = cast("dict[str, Any]", OmegaConf.to_container(cfg.model, resolve=True))
 
-    def build() -> nn.Module:
+    def build() -> TaskAwareModel:
         # The run seeded right before building its backbone: a randomly initialised (test/smoke) backbone
         # is only rebuilt identically under the same seed (its frozen weights are not checkpointed).
         seed_everything(int(cfg.get("seed", 0)))
@@ -162,11 +166,11 @@ def load_run(run_dir: str | Path) -> GiftRun:
         gift = _gift_of(model)
         prototypes = {names[int(t)]: p for t, p in getattr(model, "prototypes", {}).items()}
 
-        def view(name: str) -> TaskView:
+        def shared_view(name: str) -> TaskView:
             idx = names.index(name)
             return TaskView(name, idx, tasks[idx], gift, str(idx), _TaskForward(model, idx).eval())
 
-        return GiftRun(run_dir, cfg, tasks, prototypes, view, shared_model=True)
+        return GiftRun(run_dir, cfg, tasks, prototypes, shared_view, shared_model=True)
 
     def view(name: str) -> TaskView:
         from safetensors.torch import load_file
