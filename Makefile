@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 run: install
 	$(PY) run.py
 
-# ruff (rules: pyproject.toml [tool.ruff]) and mypy (files and overrides: [tool.mypy]); CI runs it before the tests.
+# ruff (rules: pyproject.toml [tool.ruff]) and mypy (files and settings: [tool.mypy]); CI runs it before the tests.
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m mypy

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from .backbones import _classifier_prefixes
 from .checkpoint import CheckpointError, save_safetensors, write_json, write_text
 from .injection import set_submodule
 from .model_meta import describe_backbone, file_stem, gift_cl_version, method_node, timm_model
+
+if TYPE_CHECKING:  # types only: methods imports are deferred here (methods.base imports gift_cl.pretrained)
+    from .methods.base import TaskAwareModel
 
 PEFT_MANIFEST = "gift_cl_peft.json"
 MERGED_FORMAT = "gift_cl.merged"
@@ -134,21 +137,24 @@ def _merged_makers() -> dict[type, Callable]:
 
 
 # ---------------------------------------------------------------------- the tasks of a model
-def _task_models(model: nn.Module, tasks: Optional[Sequence[str]]) -> list[tuple[dict, nn.Module]]:
+def _task_models(model: nn.Module, tasks: Optional[Sequence[str]]) -> list[tuple[dict, TaskAwareModel]]:
     """``[(task entry, the model serving it)]`` for a TaskAwareModel or a TaskModels, names from the model's
     ``pretrained_config`` (``task<label>`` otherwise), restricted to ``tasks`` (names) if given."""
     from .pretrained import TaskModels
 
     config = getattr(model, "pretrained_config", None) or {}
     known = {t["label"]: t for t in config.get("tasks", [])}
+    # from_pretrained's models (typed nn.Module): a TaskModels of TaskAwareModels, or a TaskAwareModel
+    pairs: list[tuple[int, TaskAwareModel]]
     if isinstance(model, TaskModels):
-        pairs = [(t, model.model(t)) for t in model.tasks]
+        pairs = [(t, cast("TaskAwareModel", model.model(t))) for t in model.tasks]
     else:
-        pairs = [(int(t), model) for t in model.classifiers]
+        single = cast("TaskAwareModel", model)
+        pairs = [(int(t), single) for t in single.classifiers]
     out = []
     for label, part in pairs:
         entry = dict(known.get(label) or {"label": label, "name": f"task{label}", "class_names": None})
-        entry["num_classes"] = part.classifiers[str(label)].out_features
+        entry["num_classes"] = _classifier(part, label).out_features
         out.append((entry, part))
     if tasks is not None:
         names = [e["name"] for e, _ in out]
@@ -161,7 +167,7 @@ def _task_models(model: nn.Module, tasks: Optional[Sequence[str]]) -> list[tuple
     return out
 
 
-def _maker(makers: dict, part: nn.Module, what: str, reasons: dict) -> Callable:
+def _maker(makers: dict, part: TaskAwareModel, what: str, reasons: dict) -> Callable:
     if len(getattr(part, "model_addons", ())):
         raise ExportError(f"{type(part).__name__} with add-ons {sorted(part.model_addons)} cannot be exported as "
                           f"{what}: {ADDONS_NOT_PEFT}")
@@ -173,11 +179,16 @@ def _maker(makers: dict, part: nn.Module, what: str, reasons: dict) -> Callable:
     raise ExportError(f"{name} cannot be exported as {what}: {why}")
 
 
-def _head(part: nn.Module, label: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _classifier(part: TaskAwareModel, label: int) -> nn.Linear:
+    """Task ``label``'s classifier (nn.ModuleDict is typed Module; a method's classifiers are nn.Linear)."""
+    return cast(nn.Linear, part.classifiers[str(label)])
+
+
+def _head(part: TaskAwareModel, label: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's classifier padded to ``num_classes`` outputs (weight 0, bias PAD_LOGIT beyond its own)."""
     from .padding import PAD_LOGIT
 
-    head = part.classifiers[str(label)]
+    head = _classifier(part, label)
     weight = head.weight.new_zeros(num_classes, head.in_features)
     bias = head.weight.new_full((num_classes,), PAD_LOGIT)
     weight[: head.out_features] = head.weight.detach()
@@ -191,7 +202,7 @@ def _create_model_call(model: nn.Module, backbone: dict, num_classes: int) -> di
             "num_classes": num_classes}
 
 
-def _describe(part: nn.Module, model: nn.Module) -> dict:
+def _describe(part: TaskAwareModel, model: nn.Module) -> dict:
     config = getattr(model, "pretrained_config", None) or {}
     previous = config.get("backbone") or {}
     return describe_backbone(part, previous.get("source"), previous.get("data_config"))
@@ -312,7 +323,7 @@ def export_merged(model: nn.Module, directory, tasks: Optional[Sequence[str]] = 
     for entry, part in _task_models(model, tasks):
         state = {k: v.detach() for k, v in _maker(makers, part, "a merged timm model", {})(part, entry["label"]).items()}
         head_name = _classifier_prefixes(timm_model(part))[0].rstrip(".")
-        head = part.classifiers[str(entry["label"])]
+        head = _classifier(part, entry["label"])
         state[f"{head_name}.weight"], state[f"{head_name}.bias"] = head.weight.detach(), head.bias.detach()
         backbone = _describe(part, model)
         stem = file_stem(entry["label"], entry["name"])

@@ -34,7 +34,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ from .model_meta import (
 )
 from .protocols import PROTOCOLS
 from .tensorfile import read_state_file, write_state_file
+
+if TYPE_CHECKING:  # types only: methods.base imports this module (from_pretrained), so no import at run time
+    from .methods.base import TaskAwareModel
 
 CONFIG_NAME = "gift_cl_config.json"
 FORMAT = "gift_cl.pretrained"
@@ -130,23 +133,26 @@ def save_pretrained(
     known = {t["label"]: t for t in previous.get("tasks", [])}
     protocol = protocol if protocol is not None else previous.get("protocol")
     if protocol == "independent" and not isinstance(model, TaskModels):  # one task's model of such a run
-        if len(model.classifiers) != 1:
+        single = cast("TaskAwareModel", model)  # typed nn.Module: a TaskAwareModel when not a TaskModels
+        if len(single.classifiers) != 1:
             raise CheckpointError(f"protocol='independent' keeps one model per task; this {type(model).__name__} holds "
-                                  f"tasks {list(model.classifiers)}: save a TaskModels of one-task models")
-        model = TaskModels({int(next(iter(model.classifiers))): model})
+                                  f"tasks {list(single.classifiers)}: save a TaskModels of one-task models")
+        model = TaskModels({int(next(iter(single.classifiers))): single})
+    reference: TaskAwareModel
     if isinstance(model, TaskModels):
-        parts = {t: model.model(t) for t in model.tasks}
+        parts = {t: cast("TaskAwareModel", model.model(t)) for t in model.tasks}  # a TaskModels of TaskAwareModels
         for t, part in parts.items():
             if [int(k) for k in part.classifiers] != [t]:
                 raise CheckpointError(f"TaskModels: the model for task {t} holds tasks {list(part.classifiers)}; each "
                                       f"model of a TaskModels holds its own task only")
         labels, reference, layout = list(parts), next(iter(parts.values())), "per_task"
-        num_classes = {t: parts[t].classifiers[str(t)].out_features for t in labels}
+        num_classes = {t: _num_classes(parts[t], t) for t in labels}
     else:
-        labels, reference, layout = [int(t) for t in model.classifiers], model, "multitask"
+        reference = cast("TaskAwareModel", model)  # typed nn.Module: a TaskAwareModel when not a TaskModels
+        labels, layout = [int(t) for t in reference.classifiers], "multitask"
         if not labels:
             raise CheckpointError(f"{type(model).__name__} has no tasks yet: nothing to save")
-        num_classes = {t: model.classifiers[str(t)].out_features for t in labels}
+        num_classes = {t: _num_classes(reference, t) for t in labels}
     if task_names is None:
         names = {t: known[t]["name"] for t in labels if t in known}
     elif isinstance(task_names, Mapping):
@@ -161,7 +167,7 @@ def save_pretrained(
         for t in labels:
             write_task_model(parts[t], directory, t, name_of[t])
     else:
-        shared, own = split_state(model)
+        shared, own = split_state(reference)  # the model itself (multitask)
         write_state_file(shared, directory / SHARED_FILE, {"format": FORMAT, "gift_cl.part": "shared"})
         for t in labels:
             write_state_file(own[t], task_file(directory, t, name_of[t]),
@@ -175,6 +181,11 @@ def save_pretrained(
                  data_config=data_config if data_config is not None else
                  (previous.get("backbone") or {}).get("data_config"))
     return directory
+
+
+def _num_classes(model: TaskAwareModel, task: int) -> int:
+    """Task ``task``'s number of classes (its classifier's ``out_features``)."""
+    return cast(int, model.classifiers[str(task)].out_features)  # nn.ModuleDict is typed Module; an nn.Linear's
 
 
 def task_file(directory: Path, label: int, name: str) -> Path:
@@ -199,7 +210,7 @@ def _remove_stale(directory: Path, written: set) -> None:
             path.unlink()
 
 
-def write_task_model(model: nn.Module, directory, task: int, name: str) -> Path:
+def write_task_model(model: TaskAwareModel, directory, task: int, name: str) -> Path:
     """One task's model, its whole trainable state (and extra state), as ``tasks/<name>.safetensors``: how the
     independent protocol's per-task models are stored (the run writes each as its task ends)."""
     check_tasks([{"label": int(task), "name": name, "num_classes": 1, "class_names": None}], "task")
@@ -209,7 +220,7 @@ def write_task_model(model: nn.Module, directory, task: int, name: str) -> Path:
     return path
 
 
-def write_config(directory, model: nn.Module, tasks: list[dict], layout: str, *, protocol: Optional[str] = None,
+def write_config(directory, model: TaskAwareModel, tasks: list[dict], layout: str, *, protocol: Optional[str] = None,
                  results: Optional[Mapping] = None, backbone_source: Optional[Mapping] = None,
                  data_config: Optional[Mapping] = None) -> dict:
     """``gift_cl_config.json`` (written last: a directory without it is incomplete) and the model card.
@@ -236,7 +247,7 @@ def write_config(directory, model: nn.Module, tasks: list[dict], layout: str, *,
     return doc
 
 
-def split_state(model: nn.Module) -> tuple[dict, dict[int, dict]]:
+def split_state(model: TaskAwareModel) -> tuple[dict, dict[int, dict]]:
     """The trainable state split into what one task owns (its ``task_parameters`` not reachable under another
     key) and the rest (shared parameters, tied parts, buffers, extra state)."""
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -244,8 +255,8 @@ def split_state(model: nn.Module) -> tuple[dict, dict[int, dict]]:
     owners: dict[int, set] = {}
     labels = [int(t) for t in model.classifiers]
     for t in labels:
-        for p in model.task_parameters(t):
-            owners.setdefault(id(p), set()).add(t)
+        for owned in model.task_parameters(t):
+            owners.setdefault(id(owned), set()).add(t)
     shared: dict[str, Any] = {}
     own: dict[int, dict] = {t: {} for t in labels}
     for key, value in model.trainable_state_dict().items():
@@ -316,6 +327,7 @@ def from_pretrained(source, backbone: Optional[nn.Module] = None, *, task: Optio
         entries = [t for t in entries if t["name"] == task]
         if not entries:
             raise CheckpointError(f"{path}: no task {task!r}; tasks: {[t['name'] for t in doc['tasks']]}")
+    model: TaskAwareModel | TaskModels
     with _caller_rng_kept():
         if backbone is None:
             backbone = _backbone_from_source(doc, path)
@@ -337,7 +349,8 @@ def from_pretrained(source, backbone: Optional[nn.Module] = None, *, task: Optio
     model.eval()
     if device is not None:
         model.to(device)
-    model.pretrained_config = {**doc, "tasks": entries}
+    # nn.Module.__setattr__ is typed Tensor | Module; any value is an attribute at run time
+    cast(Any, model).pretrained_config = {**doc, "tasks": entries}
     return model
 
 
@@ -449,8 +462,8 @@ def check_config(doc: Any, path: Path) -> dict:
     return doc
 
 
-def _build(doc: dict, backbone: nn.Module, path: Path, entries: list[dict]) -> nn.Module:
-    model = build_method(doc["method"], backbone, path)
+def _build(doc: dict, backbone: nn.Module, path: Path, entries: list[dict]) -> TaskAwareModel:
+    model = cast("TaskAwareModel", build_method(doc["method"], backbone, path))  # a method node: a TaskAwareModel
     if int(model.feature_dim) != doc["backbone"]["num_features"]:
         raise CheckpointError(f"{path}: the method gives {model.feature_dim}-dimensional features, the config says "
                               f"{doc['backbone']['num_features']}")
@@ -470,7 +483,7 @@ def _read_parts(directory: Path, files: list[Path]) -> dict:
     return state
 
 
-def load_state(model: nn.Module, state: Mapping[str, Any], where) -> None:
+def load_state(model: TaskAwareModel, state: Mapping[str, Any], where) -> None:
     """Load a stored trainable state into ``model``: every tensor finite, every key the model's, no trainable
     key left out, and afterwards every stored tensor held exactly (same dtype and bits)."""
     bad = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()

@@ -226,8 +226,8 @@ def apply_residual(base: torch.nn.Linear, x: torch.Tensor, residual: Optional[Re
     raise TypeError(f"unknown residual type {type(residual).__name__}")
 
 
-def dense_delta(residual: Part) -> torch.Tensor:
-    """ΔW of a single-head residual (dense or factored)."""
+def dense_delta(residual: Residual) -> torch.Tensor:
+    """ΔW of a single-head residual (dense or factored); a TypeError for a mixed-head one."""
     if isinstance(residual, LowRank):
         return residual.dense()
     if isinstance(residual, torch.Tensor):

@@ -1,7 +1,7 @@
 """How a forward pass knows which task it serves, in one place.
 
 Every part whose forward depends on the task (a LoRA layer with one adapter per task, a model whose hooks add
-a task's adapters or prompts, a model plug-in) is a :class:`TaskSelective`: it reads ``self.active``, the
+a task's adapters or prompts, a model add-on) is a :class:`TaskSelective`: it reads ``self.active``, the
 served task's key (``str(task)``), or ``None`` for the pretrained behaviour. :func:`serving` is the one way to
 set it: for the enclosed forward pass every such part below a module serves the task, and afterwards each is
 back to what it was (so scopes nest).

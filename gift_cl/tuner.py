@@ -11,7 +11,7 @@ import contextlib
 import copy
 import os
 from dataclasses import asdict
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ class GiftLinear(nn.Module):
         return out
 
 
-def _group_key(pattern: str, shape: tuple[int, int], n_shapes: int) -> str:
+def _group_key(pattern: str, shape: tuple[int, ...], n_shapes: int) -> str:
     key = pattern.replace(".", ":")  # ModuleDict keys cannot hold dots (same convention as the official code)
     return key if n_shapes == 1 else f"{key}@{shape[0]}x{shape[1]}"
 
@@ -139,24 +139,32 @@ class GiftModel(nn.Module):
                 key = _group_key(pattern, shape, len(shapes))
                 names = [n for n, m in targets if tuple(m.weight.shape) == shape]
                 self.groups[key] = names
-                self.generators[key] = GiftGenerator(config, d_in=shape[1], d_out=shape[0], heads=heads)
-                self.generators[key].checkpoint = checkpoint_generator
+                gen = GiftGenerator(config, d_in=shape[1], d_out=shape[0], heads=heads)
+                self.generators[key] = gen
+                gen.checkpoint = checkpoint_generator
                 for n in names:
-                    set_submodule(model, n, GiftLinear(model.get_submodule(n)))
+                    # get_submodule is typed Module; find_linear_targets gives nn.Linear
+                    set_submodule(model, n, GiftLinear(cast(nn.Linear, model.get_submodule(n))))
                     taken.add(n)
         self._eval_cache: dict[tuple[str, tuple], tuple[tuple, dict[str, Residual]]] = {}
         self._weights_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     # ---------------------------------------------------------------- residual generation
+    def _layer(self, name: str) -> GiftLinear:
+        return cast(GiftLinear, self.model.get_submodule(name))  # get_submodule is typed Module; __init__ swapped it
+
+    def _generator(self, key: str) -> GiftGenerator:
+        return cast(GiftGenerator, self.generators[key])  # nn.ModuleDict is typed Module; __init__ fills it
+
     def layers(self) -> dict[str, GiftLinear]:
-        return {n: self.model.get_submodule(n) for names in self.groups.values() for n in names}
+        return {n: self._layer(n) for names in self.groups.values() for n in names}
 
     def target_weights(self, key: str) -> torch.Tensor:
         """The frozen weights of one group, stacked as the generator's token batch (L, d_out, d_in).
 
         Stacked once and kept while the weights are unchanged (same storage and ``_version``): the
         generator's input is constant, so no step pays for the copy."""
-        weights = [self.model.get_submodule(n).base.weight for n in self.groups[key]]
+        weights = [self._layer(n).base.weight for n in self.groups[key]]
         if any(w.requires_grad for w in weights):  # trainable target weights (unusual): never cache a graph
             return torch.stack(weights)
         stamp = tuple((w.data_ptr(), w._version) for w in weights)
@@ -170,13 +178,13 @@ class GiftModel(nn.Module):
         (``mixed``: for a mixed-task batch, where the factored residual cannot be folded into W)."""
         if self.residual_mode != "auto":
             return self.residual_mode
-        gen = self.generators[key]
+        gen = self._generator(key)
         folded = not mixed and exact_fp32_matmul(gen.trunk.reduction.weight)
         return "factored" if factored_is_cheaper(gen.d_in, gen.d_out, self.config.rank, folded) else "dense"
 
     def delta_weights(self, head: str = "0") -> dict[str, torch.Tensor]:
         """ΔW for every target layer (dense, whatever the residual form): one batched generator call per shape group."""
-        deltas = {}
+        deltas: dict[str, torch.Tensor] = {}
         for key, names in self.groups.items():
             delta = self.generators[key](self.target_weights(key), head=head)
             deltas.update(zip(names, delta.unbind(0)))
@@ -187,11 +195,11 @@ class GiftModel(nn.Module):
         ``{layer name: residual}`` for one head, a list of such dicts for a list of heads. One generator call
         per shape group, for all the heads at once. ``mixed``: the residuals serve a mixed-task batch."""
         single = isinstance(heads, str)
-        heads = [heads] if single else list(heads)
-        out = [{} for _ in heads]
+        head_list = [heads] if isinstance(heads, str) else list(heads)
+        out: list[dict[str, Residual]] = [{} for _ in head_list]
         for key, names in self.groups.items():
             factored = self.residual_form(key, mixed) == "factored"
-            per_head = self.generators[key](self.target_weights(key), head=heads, factored=factored)
+            per_head = self.generators[key](self.target_weights(key), head=head_list, factored=factored)
             for res, r in zip(out, per_head):
                 if factored:
                     res.update((n, LowRank(h, r.psi)) for n, h in zip(names, r.h.unbind(0)))
@@ -235,7 +243,7 @@ class GiftModel(nn.Module):
         return [cache[h, forms][1] for h in heads]
 
     @contextlib.contextmanager
-    def residuals(self, deltas: dict[str, Residual]):
+    def residuals(self, deltas: Mapping[str, Residual]):
         """Hand ``deltas`` (dense ΔW, ``LowRank`` or ``Mixed`` per layer name) to the layers for one forward
         pass; always take them back (no graph leaks)."""
         layers = self.layers()
@@ -301,8 +309,8 @@ class GiftModel(nn.Module):
 
     # ---------------------------------------------------------------- bookkeeping
     def add_head(self, head: str) -> None:
-        for gen in self.generators.values():
-            gen.add_head(head)
+        for key in self.generators:
+            self._generator(key).add_head(head)
 
     def trainable_parameter_count(self) -> dict[str, float]:
         gift = count_parameters(p for p in self.generators.parameters() if p.requires_grad)
@@ -320,7 +328,8 @@ class GiftModel(nn.Module):
         with torch.no_grad(), self.residuals(self.delta_weights(head)):
             for name, layer in self.layers().items():
                 set_submodule(self.model, name, layer.merged())
-        model, self.model, self.groups = self.model, None, {}
+        # the wrapper is spent: no model left (nn.Module keeps None for a submodule); typed nn.Module for every other use
+        model, self.model, self.groups = self.model, None, {}  # type: ignore[assignment]
         return model
 
     def merged_copy(self, head: str = "0") -> nn.Module:

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, cast
 
 from omegaconf import OmegaConf
 
@@ -30,7 +30,7 @@ log = logging.getLogger("gift_cl")
 
 # ---------------------------------------------------------------------- what a run says about its model
 def backbone_source(cfg) -> dict:
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = cast("dict[str, Any]", OmegaConf.to_container(cfg.model, resolve=True))  # cfg.model: a mapping
     return {"name": model["name"], "kwargs": model.get("kwargs") or {}, "pretrained": bool(model.get("pretrained")),
             "checkpoint": model.get("checkpoint"), "seed": int(cfg.get("seed", 0))}
 
@@ -226,7 +226,8 @@ def main(argv: Optional[list] = None) -> int:
             model_dir = source
             if args.out:
                 model = from_pretrained(source)
-                model.save_pretrained(args.out)
+                # typed nn.Module; it is a TaskAwareModel or a TaskModels, both with save_pretrained
+                cast("Callable[..., Path]", model.save_pretrained)(args.out)
                 model_dir = Path(args.out)
         else:
             model_dir = export_run(source, args.out)

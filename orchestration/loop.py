@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from hydra.utils import instantiate
@@ -38,6 +38,9 @@ from .distributed import broadcast_object
 from .export import write_run_model, write_task
 from .results import task_inference_accuracy, write_results
 from .runfiles import CHECKPOINT, CHECKPOINTS_DIR
+
+if TYPE_CHECKING:
+    from gift_cl.methods.base import TaskAwareModel
 
 log = logging.getLogger("gift_cl")
 
@@ -70,7 +73,7 @@ class Run:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.env = runtime(cfg)  # device, precision, loaders, rank (orchestration/device.py)
         self.protocol = get_protocol(cfg.strategy.protocol)
-        self.optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+        self.optim = OptimConfig(**cast("dict[str, Any]", OmegaConf.to_container(cfg.optim, resolve=True)))  # a mapping
         self.tasks = instantiate(cfg.benchmark)
         # augmentation seeded per sample: num_workers cannot change the results (strategies/plugins.py)
         self.augmentation = AugmentationSeeds(cfg.seed)
@@ -83,11 +86,12 @@ class Run:
         self.test = list(self.stream.test_stream)
         self.experiences = self.protocol.experiences(self.stream.train_stream)
         # progress is everything the results are computed from; it travels in every checkpoint
-        self.progress = {"position": 0, "matrix": [], "time_s": [], "params": []}
+        self.progress: dict[str, Any] = {"position": 0, "matrix": [], "time_s": [], "params": []}
         if self.protocol.class_incremental:  # rows without task ids (gift_cl.classincremental), one per experience
             check_disjoint_classes(self.tasks)
             self.progress.update(cil_matrix=[], cil_accuracy=[], cil_task_id_accuracy=[])
-        self.model = self.strategy = None
+        self.model: Optional[TaskAwareModel] = None
+        self.strategy: Optional[TaskAwareStrategy] = None
         # each task's per-image predictions at its latest evaluation (the final one at the end): predictions.npz
         self.predictions: dict[str, tuple] = {}
         self.recorder = PredictionRecorder()
@@ -96,10 +100,16 @@ class Run:
             self._build(self.run_dir / "logs")
 
     # ------------------------------------------------------------------ model and strategy
+    def _built(self) -> tuple[TaskAwareModel, TaskAwareStrategy]:
+        """The model and strategy :meth:`_build` made (in __init__, or per task in the independent protocol)."""
+        assert self.model is not None and self.strategy is not None, "no model yet: _build makes it"
+        return self.model, self.strategy
+
     def _build(self, log_dir: Path) -> None:
         cfg = self.cfg
         seed_everything(cfg.seed)  # independent: every task starts from the same seed, whatever ran before
-        backbone = create_backbone(num_classes=0, **OmegaConf.to_container(cfg.model, resolve=True))
+        model_kw = cast("dict[str, Any]", OmegaConf.to_container(cfg.model, resolve=True))  # cfg.model: a mapping
+        backbone = create_backbone(num_classes=0, **model_kw)
         self.model = instantiate(cfg.strategy.method, backbone)
         self.plugins = strategy_plugins(cfg.strategy.get("plugins"))
         checkpoints = EpochCheckpointPlugin(cfg.checkpoint_every, self._save_mid_experience)
@@ -139,7 +149,7 @@ class Run:
         """The strategy's plugins that have a state to checkpoint, by name: the class name (``EWCPlugin``),
         numbered from the second of a class on (``EWCPlugin#1``)."""
         named: dict = {}
-        for p in self.strategy.plugins:
+        for p in self._built()[1].plugins:
             if hasattr(p, "state_dict") and hasattr(p, "load_state_dict"):
                 base = type(p).__name__
                 name = base if base not in named else f"{base}#{sum(k.split('#')[0] == base for k in named)}"
@@ -147,17 +157,17 @@ class Run:
         return named
 
     def _state(self, training: Optional[dict]) -> dict:
-        model = self.model
+        model, strategy = self._built()
         between_independent_tasks = self.protocol.fresh_model_per_task and training is None
         return {  # between two independent tasks the next model starts fresh: nothing of this one is needed
             "model": {} if between_independent_tasks else model.trainable_state_dict(),
             "tasks": {} if between_independent_tasks else
-            {int(t): model.classifiers[str(t)].out_features for t in model.tasks},
+            {int(t): model.head_width(t) for t in model.tasks},
             "progress": self.progress,
             "training": training,
             "rng": rng_state(),
             "plugins": {name: p.state_dict() for name, p in self._resumable_plugins().items()},
-            "evaluation": None if between_independent_tasks else evaluation_state(self.strategy),
+            "evaluation": None if between_independent_tasks else evaluation_state(strategy),
         }
 
     def _save_mid_experience(self, strategy, epochs_done: int) -> None:
@@ -186,11 +196,12 @@ class Run:
                 set_rng_state(state["rng"])
                 return
             self._model_for(progress["position"])
+        model, strategy = self._built()
         for task, num_classes in sorted(state["tasks"].items()):
-            if str(task) not in self.model.classifiers:
-                self.model.add_task(int(task), num_classes)
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        not_frozen = set(missing) - self.model.frozen_state_keys()
+            if str(task) not in model.classifiers:
+                model.add_task(int(task), num_classes)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        not_frozen = set(missing) - model.frozen_state_keys()
         if not_frozen or unexpected:
             raise CheckpointError(f"{path} does not fit the model: missing {sorted(not_frozen)[:5]}, "
                                   f"unexpected {sorted(unexpected)[:5]}")
@@ -206,12 +217,12 @@ class Run:
         if "evaluation" not in state:
             log.warning("%s: a checkpoint without the evaluation's state (an older gift_cl): the logs are "
                         "appended to, and forgetting is logged only for the experiences trained from now", path)
-        restore_evaluation(self.strategy, state.get("evaluation"), path)
+        restore_evaluation(strategy, state.get("evaluation"), path)
         # Avalanche's clock counts finished experiences (EWC reads it); the model knows its tasks.
-        self.strategy.clock.train_exp_counter = self.protocol.clock_experiences(progress["position"])
-        self.model.known_train_tasks_labels = set(int(t) for t in state["tasks"])
+        strategy.clock.train_exp_counter = self.protocol.clock_experiences(progress["position"])
+        model.known_train_tasks_labels = set(int(t) for t in state["tasks"])
         if mid:
-            self.strategy.resume_from(state["training"])
+            strategy.resume_from(state["training"])
         else:
             set_rng_state(state["rng"])
         log.info("resumed from %s at experience %d%s", path, progress["position"],
@@ -221,8 +232,9 @@ class Run:
     def train_and_evaluate(self) -> None:
         for i in range(self.progress["position"], len(self.experiences)):
             self._model_for(i)
+            model, strategy = self._built()
             t0 = time.time()
-            self.strategy.train(self.experiences[i], **self.env.loader)
+            strategy.train(self.experiences[i], **self.env.loader)
             seen = self._eval_experiences(i)
             row = None
             if self.env.is_main and not seen:
@@ -231,7 +243,7 @@ class Run:
                 # evaluation never changes what trains next: the RNGs it draws from (DataLoader seeds) are put
                 # back, so evaluate=last_experience gives exactly the last row of evaluate=every_experience
                 before = rng_state()
-                row = experience_accuracies(self.strategy.eval(seen, **self.env.loader), seen)
+                row = experience_accuracies(strategy.eval(seen, **self.env.loader), seen)
                 set_rng_state(before)
                 for exp in seen:
                     self.predictions[self.names[exp.current_experience]] = self.recorder.predictions[exp.task_label]
@@ -241,17 +253,17 @@ class Run:
                 self._evaluate_class_incremental(i, seen)
             self.progress["time_s"].append(time.time() - t0)
             if self.protocol.fresh_model_per_task:  # the task's own model: its counts and weights now
-                counts = self.model.trainable_parameter_count()
+                counts = model.trainable_parameter_count()
                 self.progress["params"].append({
                     "per_task": counts["total"],
                     "per_task_excl_classifier": counts["total"] - sum(
-                        p.numel() for p in self.model.classifiers.parameters()),
+                        p.numel() for p in model.classifiers.parameters()),
                     "backbone": counts["backbone"]})
-                tensors = {k: v for k, v in self.model.trainable_state_dict().items() if torch.is_tensor(v)}
+                tensors = {k: v for k, v in model.trainable_state_dict().items() if torch.is_tensor(v)}
                 if self.env.is_main:
                     save_safetensors(tensors, self.run_dir / CHECKPOINTS_DIR / f"{self.names[i]}.safetensors")
-                    write_task(self.run_dir, self.model, i, self.names[i])  # model/tasks/: the shareable model
-                close_loggers(self.strategy)  # the task's logs are complete on disk before it counts as done
+                    write_task(self.run_dir, model, i, self.names[i])  # model/tasks/: the shareable model
+                close_loggers(strategy)  # the task's logs are complete on disk before it counts as done
             self.progress["position"] = i + 1
             if self.env.is_main:  # before the checkpoint: a resumed run always finds the predictions it had
                 write_predictions(self.predictions, self.run_dir)
@@ -263,29 +275,30 @@ class Run:
 
     def _evaluate_class_incremental(self, i: int, seen: list) -> None:
         """The class-incremental row after this experience: every seen class, no task id (rank 0 evaluates)."""
+        model, strategy = self._built()
         out = None
         if self.env.is_main and seen:
             # as the task-incremental evaluation: nothing it draws changes what trains next
-            before, training = rng_state(), self.model.training
-            out = evaluate_class_incremental(self.model, seen, self.cfg.eval_batch_size, self.env.device,
-                                             self.cfg.strategy.get("infer_task", "auto"), self.strategy.amp.autocast)
+            before, training = rng_state(), model.training
+            out = evaluate_class_incremental(model, seen, self.cfg.eval_batch_size, self.env.device,
+                                             self.cfg.strategy.get("infer_task", "auto"), strategy.amp.autocast)
             set_rng_state(before)
-            self.model.train(training)
+            model.train(training)
         out = broadcast_object(out)
         self.progress["cil_matrix"].append(out["per_task"] if out else [])
         self.progress["cil_accuracy"].append(out["accuracy"] if out else None)
         self.progress["cil_task_id_accuracy"].append(out["task_id_accuracy"] if out else None)
-        self.progress["cil_infer_task"] = self.model.task_inference_rule(self.cfg.strategy.get("infer_task", "auto"))
+        self.progress["cil_infer_task"] = model.task_inference_rule(self.cfg.strategy.get("infer_task", "auto"))
         if out:
             log.info("class-incremental after %s: %.1f on %d images of the %d classes seen", self.experiences[i].name,
                      100 * out["accuracy"], out["n"],
-                     sum(self.model.classifiers[str(t)].out_features for t in self.model.tasks))
+                     sum(model.head_width(t) for t in model.tasks))
 
     def write_results(self, final: bool) -> dict:
         inference = None
         if final and not self.protocol.fresh_model_per_task and len(self.tasks) > 1 and self.cfg.strategy.get("task_inference", True):
-            inference = task_inference_accuracy(self.model, self.test, self.cfg.eval_batch_size, self.env.device)
-        counts = None if self.protocol.fresh_model_per_task else self.model.trainable_parameter_count()
+            inference = task_inference_accuracy(self._built()[0], self.test, self.cfg.eval_batch_size, self.env.device)
+        counts = None if self.protocol.fresh_model_per_task else self._built()[0].trainable_parameter_count()
         results = write_results(self.cfg, self.run_dir, self.tasks, self.progress, counts, inference, final)
         # a method's own outputs beside results.json (ArtiHippo: artihippo.json, and artihippo.png at the end)
         if self.model is not None:  # (none when a resumed independent run had no task left to train)
@@ -298,8 +311,9 @@ def run_protocol(cfg: DictConfig, run_dir: Path, resume_from: Optional[Path]) ->
     if resume_from is not None:
         run.restore(resume_from)
     run.train_and_evaluate()
-    results = run.write_results(final=True) if run.env.is_main else None
-    if run.env.is_main:  # <run_dir>/model/: the trained model as save_pretrained writes it
+    results = None
+    if run.env.is_main:  # results.json, then <run_dir>/model/: the trained model as save_pretrained writes it
+        results = run.write_results(final=True)
         write_run_model(cfg, run.run_dir, run.model, run.names, [t.info for t in run.tasks], results)
     if run.strategy is not None:
         close_loggers(run.strategy)

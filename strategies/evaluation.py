@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TextIO, cast
 
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics.forgetting_bwt import GenericExperienceForgetting
@@ -155,7 +155,9 @@ class RunFiles:
         from omegaconf import OmegaConf
 
         path = self.run_dir / "config_resolved.yaml"
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        return cast(dict, OmegaConf.to_container(OmegaConf.load(path), resolve=False))  # a saved config: a mapping
 
     def hparams(self) -> dict:
         """The configuration flattened for TensorBoard's HParams tab, plus the task of a per-task log."""
@@ -224,7 +226,9 @@ class StepsFile:
     (``keep``, from :meth:`size` in the checkpoint's log state; None keeps it whole) and replays its rows."""
 
     def __init__(self, path: Path):
-        self.path, self.keep, self.file = Path(path), 0, None
+        self.path = Path(path)
+        self.keep: Optional[int] = 0
+        self.file: Optional[TextIO] = None
 
     def open(self) -> list[tuple[int, float, float]]:
         """Cut back, opened for appending; returns the rows kept."""
@@ -248,6 +252,7 @@ class StepsFile:
         return rows
 
     def write(self, step: int, loss: float, lr: float) -> None:
+        assert self.file is not None, "open() before write()"
         self.file.write(f"{step},{loss!r},{lr!r}\n")
 
     def size(self) -> int:
@@ -289,9 +294,9 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
         def __init__(self, tb_log_dir: Path):
             BaseLogger.__init__(self)  # not TensorboardLogger.__init__: it opens a writer at once
             self.log_dir = Path(tb_log_dir)
-            self._writer = None
+            self._writer: Optional[SummaryWriter] = None
             self._history: Optional[dict] = {}  # to write again when opened; None: keep the old files
-            self._steps = None  # steps.csv, open for appending
+            self._steps: Optional[TextIO] = None  # steps.csv, open for appending
             self._steps_keep: Optional[int] = 0  # its bytes to keep when opened; None: all of it
             self._lr = 0.0
             self._step = 0  # the last step logged: where the final numbers go
@@ -299,10 +304,15 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
             self._closed = self._summarized = False
 
         @property
-        def writer(self):
+        def writer(self) -> SummaryWriter:
             if self._writer is None:
                 self._open()
-            return self._writer
+            return self._opened()[0]
+
+        def _opened(self) -> tuple[SummaryWriter, TextIO]:
+            """The writer and steps.csv, once :meth:`_open` has opened them (at the first value logged)."""
+            assert self._writer is not None and self._steps is not None, "opened at the first value logged"
+            return self._writer, self._steps
 
         def _open(self) -> None:
             path = self.log_dir / STEPS_FILE
@@ -313,13 +323,13 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
                 if keep is not None and path.is_file() and path.stat().st_size >= keep:
                     os.truncate(path, keep)
                 rows = path.read_text().splitlines()[1:] if path.is_file() else []
-                self._steps = open(path, "a")
-                if self._steps.tell() == 0:
-                    print("step,loss,lr", file=self._steps, flush=True)
-                self._writer = SummaryWriter(str(self.log_dir))
+                steps = self._steps = open(path, "a")
+                if steps.tell() == 0:
+                    print("step,loss,lr", file=steps, flush=True)
+                writer = self._writer = SummaryWriter(str(self.log_dir))
             except OSError as err:
                 raise CheckpointError(f"cannot write {self.log_dir}: {err.strerror or err}") from err
-            weakref.finalize(self, SummaryWriter.close, self._writer)
+            weakref.finalize(self, SummaryWriter.close, writer)
             if self._history:
                 replay(self, self._history)
             for i, row in enumerate(rows, start=2):  # the updates logged up to the checkpoint
@@ -328,13 +338,14 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
                     self._write_update(int(step), float(loss), float(lr))
                 except ValueError:
                     raise CheckpointError(f"{path}, line {i}: expected step,loss,lr, found {row!r}") from None
-            self._writer.flush()  # the values up to the checkpoint are on disk before the old files go
+            writer.flush()  # the values up to the checkpoint are on disk before the old files go
             for stale_file in stale:
                 stale_file.unlink(missing_ok=True)
 
         def _write_update(self, step: int, loss: float, lr: float) -> None:
-            self._writer.add_scalar("train/loss", loss, global_step=step)
-            self._writer.add_scalar("train/lr", lr, global_step=step)
+            writer = self._opened()[0]
+            writer.add_scalar("train/loss", loss, global_step=step)
+            writer.add_scalar("train/lr", lr, global_step=step)
             self._step = max(self._step, step)
 
         def log_single_metric(self, name, value, x_plot):
@@ -350,7 +361,7 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
             _ = self.writer  # opened at the first update
             step, loss = strategy.clock.train_iterations + 1, float(strategy.loss.detach())  # the clock counts it after us
             self._write_update(step, loss, self._lr)
-            self._steps.write(f"{step},{loss!r},{self._lr!r}\n")
+            self._opened()[1].write(f"{step},{loss!r},{self._lr!r}\n")
 
         def _write_summary(self) -> None:
             from torch.utils.tensorboard.summary import hparams
@@ -358,11 +369,12 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
             metrics = run.summary(self._latest)
             if not metrics:
                 return
-            file_writer = self._writer._get_file_writer()
+            writer = self._opened()[0]
+            file_writer = writer._get_file_writer()
             for summary in hparams(run.hparams(), metrics):  # experiment, session start, session end
                 file_writer.add_summary(summary)
             for tag, value in metrics.items():
-                self._writer.add_scalar(tag, value, global_step=self._step)
+                writer.add_scalar(tag, value, global_step=self._step)
             self._summarized = True
 
         def resume(self, state: Optional[dict], history: Optional[dict]) -> None:
@@ -371,8 +383,9 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
 
         def log_state(self) -> dict:
             self.writer.flush()  # what the checkpoint has logged is in the files, should the process die
-            self._steps.flush()
-            return {STEPS_FILE: self._steps.tell()}
+            steps = self._opened()[1]
+            steps.flush()
+            return {STEPS_FILE: steps.tell()}
 
         def close(self) -> None:
             _ = self.writer  # opened, if not yet: a resumed run that logs nothing more writes its record
@@ -380,8 +393,9 @@ def tensorboard_logger(log_dir: Path, run: RunFiles):
                 return
             if not self._summarized:
                 self._write_summary()
-            self._writer.close()
-            self._steps.close()
+            writer, steps = self._opened()
+            writer.close()
+            steps.close()
             self._closed = True
 
     return ResumableTensorboardLogger(Path(log_dir) / "tensorboard")
@@ -518,7 +532,7 @@ def wandb_logger(log_dir: Path, run: RunFiles, **options):
 # The names the ``logger`` option takes (configs/logger/*.yaml), each a function (log_dir, RunFiles, **options)
 # -> logger; ``OPTIONS`` checks a logger's options (``logger.<name>.*``) before it is made.
 LOGGERS = {"csv": csv_logger, "tensorboard": tensorboard_logger, "wandb": wandb_logger}
-OPTIONS = {"csv": lambda: {}, "tensorboard": lambda: {}, "wandb": check_wandb_options}
+OPTIONS: dict[str, Callable[..., dict]] = {"csv": lambda: {}, "tensorboard": lambda: {}, "wandb": check_wandb_options}
 
 
 def logger_options(loggers) -> dict[str, dict]:
@@ -528,7 +542,9 @@ def logger_options(loggers) -> dict[str, dict]:
     if isinstance(loggers, Mapping):
         from omegaconf import OmegaConf
 
-        items = OmegaConf.to_container(loggers, resolve=True) if OmegaConf.is_config(loggers) else dict(loggers)
+        # a DictConfig here (a Mapping): to_container gives a dict
+        items = cast(dict, OmegaConf.to_container(loggers, resolve=True)) if OmegaConf.is_config(loggers) \
+            else dict(loggers)
     else:
         items = {name: {} for name in loggers}
     out = {}

@@ -26,7 +26,7 @@ from it before they are loaded. Keys starting with ``search`` belong to the supe
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ from ..lora import LoraAdapter
 from ..methods.base import FrozenBackboneModel
 from .arch import ADAPTS, NEW_INITS, OPS, PRETRAINED, SEARCH, Arch, source_key
 from .report import write_report
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import Block, VisionTransformer
 
 
 class ExpertPool(nn.Module):
@@ -79,10 +82,11 @@ class ArtiHippo(FrozenBackboneModel):
         gift.setdefault("depth", 0)
         gift.setdefault("positional_encoding", False)
         self.gift_config = GiftConfig(**{**gift, "target_modules": ("attn.proj",)})
-        self.pools = []
-        for blk in self.backbone.blocks:
-            blk.attn.proj = ExpertPool(blk.attn.proj)
-            self.pools.append(blk.attn.proj)
+        self.pools: list[ExpertPool] = []
+        for blk in self._vit().blocks:
+            attn = cast("Block", blk).attn  # timm's ViT blocks
+            attn.proj = ExpertPool(cast(nn.Linear, attn.proj))  # typed Module: a ViT's attention projection
+            self.pools.append(attn.proj)
         self.generators = nn.ModuleDict()  # str(task) -> GiftGenerator (adapt: gift)
         with torch.random.fork_rng(devices=[]):  # counting a generator's parameters draws no random numbers
             self._generator_params = sum(p.numel() for p in self._new_generator().parameters())
@@ -91,13 +95,17 @@ class ArtiHippo(FrozenBackboneModel):
         # per task, the mean [CLS] token after every block along its own path (depth, D): the per-layer similarity
         self.layer_prototypes: dict[int, torch.Tensor] = {}
 
+    def _vit(self) -> VisionTransformer:
+        """The backbone, a timm ViT (typed nn.Module): ArtiHippo runs its blocks one by one."""
+        return cast("VisionTransformer", self.backbone)
+
     @property
     def depth(self) -> int:
         return len(self.pools)
 
     @property
     def proj_shape(self) -> tuple[int, int]:
-        return tuple(self.pools[0].base.weight.shape)  # (d_out, d_in)
+        return cast("tuple[int, int]", tuple(self.pools[0].base.weight.shape))  # (d_out, d_in): a Linear's is 2-D
 
     # ------------------------------------------------------------------ architectures and their modules
     def validate_arch(self, arch: Arch, old_tasks: Sequence[int]) -> Arch:
@@ -131,6 +139,7 @@ class ArtiHippo(FrozenBackboneModel):
             return None
         if op == "new":
             return ("new", str(task))
+        assert src is not None, f"block {block}: {op} names no source"  # validate_arch: reuse and adapt name one
         if op == "reuse":
             return self.expert_id(block, src)
         return ("adapt", str(task), self.expert_id(block, src))
@@ -251,15 +260,17 @@ class ArtiHippo(FrozenBackboneModel):
 
     def search_path(self, arch: Arch) -> list:
         """Expert ids of a supernet path: old experts as they are; ``new``/``adapt`` use the supernet's parts."""
-        path = []
+        path: list = []
         for l, (op, src) in enumerate(arch):
             if op == "skip":
                 path.append(None)
             elif op == "new":
                 path.append(("new", SEARCH))
             elif op == "reuse":
+                assert src is not None, f"block {l}: reuse names no source"
                 path.append(self.expert_id(l, src))
             else:
+                assert src is not None, f"block {l}: {op} names no source"
                 key = f"{SEARCH}_{source_key(src)}" if self.adapt == "lora" else SEARCH
                 path.append(("adapt", key, self.expert_id(l, src)))
         return path
@@ -268,7 +279,7 @@ class ArtiHippo(FrozenBackboneModel):
     def _delta(self, pool: ExpertPool, key: str, parent) -> torch.Tensor:
         """The adapter ``key``'s residual weight on ``parent`` (GIFT reads the parent expert's weight)."""
         if self.adapt == "lora":
-            return pool.lora[key].delta_weight()
+            return cast(LoraAdapter, pool.lora[key]).delta_weight()  # nn.ModuleDict is typed Module
         weight = self._weight(pool, parent)
         return self.generators[key](weight.unsqueeze(0))[0]
 
@@ -276,7 +287,7 @@ class ArtiHippo(FrozenBackboneModel):
         if eid[0] == "pre":
             return pool.base.weight
         if eid[0] == "new":
-            return pool.experts[eid[1]].weight
+            return cast(nn.Linear, pool.experts[eid[1]]).weight  # nn.ModuleDict is typed Module
         return self._weight(pool, eid[2]) + self._delta(pool, eid[1], eid[2])
 
     def _expert_out(self, pool: ExpertPool, eid, x: torch.Tensor) -> torch.Tensor:
@@ -293,9 +304,10 @@ class ArtiHippo(FrozenBackboneModel):
     def run_path(self, x: torch.Tensor, path: Sequence, cls_tokens: Optional[list] = None) -> torch.Tensor:
         """The pooled [CLS] feature with block ``l`` running expert ``path[l]`` (``None``: skip the attention).
         ``cls_tokens``: a list that receives the [CLS] token after every block (the per-layer similarity)."""
-        bb = self.backbone
+        bb = self._vit()
         x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
-        for blk, pool, eid in zip(bb.blocks, self.pools, path):
+        for module, pool, eid in zip(bb.blocks, self.pools, path):
+            blk = cast("Block", module)  # timm's ViT blocks (nn.Sequential items are typed Module)
             if eid is None:
                 x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
             else:
@@ -311,7 +323,8 @@ class ArtiHippo(FrozenBackboneModel):
     def task_path(self, task: int) -> list:
         return [self.expert_id(l, task) for l in range(self.depth)]
 
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
+        assert task is not None, "ArtiHippo's features depend on the task"  # as int(None) refused it
         return self.run_path(x, self.task_path(int(task)))
 
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,7 +350,7 @@ class ArtiHippo(FrozenBackboneModel):
         """Multiply-adds per token over the frozen model: skip saves the attention sub-block; an unmerged
         adapter adds its residual product. (A merged adapter costs nothing at test time.)"""
         d_out, d_in = self.proj_shape
-        tokens = self.backbone.patch_embed.num_patches + getattr(self.backbone, "num_prefix_tokens", 1)
+        tokens = self._vit().patch_embed.num_patches + getattr(self.backbone, "num_prefix_tokens", 1)
         attention = 3 * d_in * d_in + 2 * tokens * d_in + d_out * d_in
         extra = {"skip": -attention, "reuse": 0, "new": 0,
                  "adapt": self.lora_rank * (d_in + d_out) if self.adapt == "lora" else d_out * d_in}
@@ -366,6 +379,7 @@ class ArtiHippo(FrozenBackboneModel):
         op, src = self.arch[task][block]
         if op != "reuse":
             return task
+        assert src is not None, f"block {block}: reuse names no source"  # validate_arch: a reuse names one
         return PRETRAINED if src == PRETRAINED else self._owner(block, src)
 
     def write_artifacts(self, run_dir, task_names: Sequence[str], final: bool) -> None:

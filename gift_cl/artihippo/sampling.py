@@ -34,7 +34,7 @@ evolutionary search. Operations left out of the model's search space (``ops``) g
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
@@ -116,7 +116,7 @@ class HierarchicalSampler:
 
     def distribution(self, block: int, eps: float) -> dict[tuple[str, Optional[int]], float]:
         """The exact probability of every (op, source) at ``block`` (tests and reports)."""
-        out = {}
+        out: dict[tuple[str, Optional[int]], float] = {}
         for item, p in self.level1(block, eps):
             if item == "aux":
                 for op in self.aux:
@@ -124,11 +124,12 @@ class HierarchicalSampler:
             elif item in ("new", "skip"):
                 out[(item, None)] = p
             else:
-                rho = self.reuse_probability(block, item, eps)
+                owner = cast(int, item)  # neither "aux" nor "new"/"skip": an expert's owner (a source id)
+                rho = self.reuse_probability(block, owner, eps)
                 if rho > 0:
-                    out[("reuse", item)] = p * rho
+                    out[("reuse", owner)] = p * rho
                 if rho < 1:
-                    out[("adapt", item)] = p * (1 - rho)
+                    out[("adapt", owner)] = p * (1 - rho)
         return out
 
     def _draw(self, probs: list[float]) -> int:
@@ -140,10 +141,11 @@ class HierarchicalSampler:
         if item == "aux":
             return self.aux[self._draw([1.0] * len(self.aux))], None
         if item in ("new", "skip"):
-            return item, None
-        rho = self.reuse_probability(block, item, eps)
+            return cast(str, item), None
+        owner = cast(int, item)  # neither "aux" nor "new"/"skip": an expert's owner (a source id)
+        rho = self.reuse_probability(block, owner, eps)
         reuse = bool(torch.rand((), generator=self.generator, dtype=torch.float64) < rho)
-        return ("reuse" if reuse else "adapt"), item
+        return ("reuse" if reuse else "adapt"), owner
 
     def sample(self, eps: float) -> list[tuple[str, Optional[int]]]:
         return [self.sample_block(l, eps) for l in range(self.model.depth)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,8 @@ def global_concepts(vectors: Vectors, k_range: Sequence[int] = range(2, 17), cen
     ks = [k for k in k_range if 2 <= k <= len(x) - 1]
     if not ks:
         raise ValueError(f"{len(x)} concept vectors are too few for a silhouette (need ≥ 3)")
-    scores, fits = {}, {}
+    scores: dict[int, float] = {}
+    fits: dict[int, np.ndarray] = {}
     for k in ks:
         labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
         if len(set(labels)) < 2:
@@ -141,9 +142,10 @@ def global_concepts(vectors: Vectors, k_range: Sequence[int] = range(2, 17), cen
         scores[k], fits[k] = float(silhouette_score(x, labels, metric="cosine")), labels
     if not scores:
         raise ValueError("k-means found a single concept for every k tried")
-    k = max(scores, key=scores.get)
+    k = max(scores, key=scores.__getitem__)
     labels = fits[k]
-    per_task, counts = {}, np.zeros((len(names), k), dtype=int)
+    per_task: dict[str, list[int]] = {}
+    counts = np.zeros((len(names), k), dtype=int)
     for (t, lab) in zip(task_of, labels):
         per_task.setdefault(t, []).append(int(lab))
         counts[names.index(t), lab] += 1
@@ -186,14 +188,14 @@ def prototype_similarity(prototypes: Mapping[str, torch.Tensor], names: Optional
     return (p @ p.T).numpy()
 
 
-def _correlation(x: Sequence[float], y: Sequence[float]) -> dict:
+def _correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    out = {"n": int(len(x)), "pearson": None, "spearman": None}
-    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        out["pearson"] = float(pearsonr(x, y)[0])
-        out["spearman"] = float(spearmanr(x, y)[0])
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    out: dict[str, Optional[float]] = {"n": int(len(xs)), "pearson": None, "spearman": None}
+    if len(xs) >= 3 and np.ptp(xs) > 0 and np.ptp(ys) > 0:
+        out["pearson"] = float(pearsonr(xs, ys)[0])
+        out["spearman"] = float(spearmanr(xs, ys)[0])
     return out
 
 
@@ -206,7 +208,7 @@ def relate(a: np.ndarray, b: np.ndarray) -> dict:
 def reuse_vs_gain(names: Sequence[str], reuse: np.ndarray, gains: Mapping[str, float]) -> dict:
     """Per task: mean reuse with the other tasks, and the best reuse of an earlier task (stream order = the
     order of ``names``), against the task's accuracy gain (e.g. over the linear probe)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, n in enumerate(names):
         others = [reuse[i, j] for j in range(len(names)) if j != i]
         rows.append({"task": n, "gain": gains.get(n), "mean_reuse": float(np.mean(others)) if others else None,
@@ -292,7 +294,7 @@ def group_reuse(names: Sequence[str], reuse: np.ndarray, groups: Mapping[str, Se
     iu_all = np.triu_indices(len(names), k=1)
     labels_all = np.array([group_of.get(n, f"\0solo {n}") for n in names])
     others = _label_test(reuse[iu_all], iu_all, labels_all, max_exact, n_perm, seed)
-    ungrouped = [reuse[i, j] for i, j in zip(*iu_all) if names[i] not in group_of or names[j] not in group_of]
+    ungrouped = [reuse[i, j] for i, j in zip(*iu_all) if names[int(i)] not in group_of or names[int(j)] not in group_of]
     return {
         "groups": groups, "within": others["same"], "between": between["other"], "others": others["other"],
         "ungrouped": float(np.mean(ungrouped)) if ungrouped else None,

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -215,7 +215,7 @@ def list_tiny_imagenet(name: str, root: str, train: bool) -> tuple[str, list[str
 CLASS_ORDER_RULES = ("avalanche", "pilot")
 
 
-def class_order(classes: Sequence[int], class_order_seed: Optional[int], fixed_class_order=None,
+def class_order(classes: Iterable[int], class_order_seed: Optional[int], fixed_class_order=None,
                 shuffle: bool = True, rule: str = "avalanche") -> list[int]:
     """The order the classes are split into tasks in: ``fixed_class_order``; else, with ``shuffle``, the
     sorted classes permuted with ``class_order_seed`` by ``rule``; else the sorted classes.
@@ -355,26 +355,32 @@ def load_split(
         raise missing(name, root, "the folder does not exist")
     tf = _transform(image_size, mean, std)
 
+    # per split (train: True / False): the labels, and the images in memory or Tiny ImageNet's (folder, files)
+    labels: dict[bool, np.ndarray] = {}
+    images: dict[bool, np.ndarray] = {}
+    files: dict[bool, tuple[str, list[str]]] = {}
+    class_names: Optional[list[str]]
     if name == "split_tiny_imagenet":
-        splits = {}
         for train in (True, False):
-            base, rel, y, wnids = list_tiny_imagenet(name, root, train)
+            base, rel, file_labels, wnids = list_tiny_imagenet(name, root, train)
             if verify_images:
                 verify_image_files(base, rel, base, decode=not cache_decoded)
-            splits[train] = (base, rel, np.asarray(y, np.int64))
+            files[train], labels[train] = (base, rel), np.asarray(file_labels, np.int64)
         class_names = wnids
     else:
         if name in ("split_mnist", "split_fmnist"):
             tv = "MNIST" if name == "split_mnist" else "FashionMNIST"
-            splits = {train: read_idx_split(name, root, tv, train) for train in (True, False)}
+            arrays = {train: read_idx_split(name, root, tv, train) for train in (True, False)}
         else:
-            splits = {train: read_cifar(name, root, train) for train in (True, False)}
+            arrays = {train: read_cifar(name, root, train) for train in (True, False)}
+        for train, (x, y) in arrays.items():
+            images[train], labels[train] = x, y
         class_names = None
 
-    train_labels = splits[True][-1]
+    train_labels = labels[True]
     order = class_order(np.unique(train_labels), class_order_seed, fixed_class_order, shuffle, class_order_rule)
     for train in (True, False):
-        bad = np.setdiff1d(np.unique(splits[train][-1]), np.unique(train_labels))
+        bad = np.setdiff1d(np.unique(labels[train]), np.unique(train_labels))
         if bad.size:
             raise DataError(f"{root}: the {'train' if train else 'test'} split has classes {bad.tolist()} "
                             "that the training split lacks")
@@ -382,16 +388,16 @@ def load_split(
     offsets = class_offsets(split)
     tasks = []
     for t, task_classes in enumerate(split):
-        parts = {}
+        parts: dict[bool, ArrayDataset | ImageFileDataset] = {}
         for train in (True, False):
-            idx, y = _select(splits[train][-1], task_classes)
+            idx, y = _select(labels[train], task_classes)
             idx, y = _first_per_class(idx, y, train_per_class if train else test_per_class)
             if name == "split_tiny_imagenet":
-                base, rel, _ = splits[train]
+                base, rel = files[train]
                 parts[train] = ImageFileDataset(base, [rel[i] for i in idx], y.tolist(), tf,
                                                 cache_decoded=cache_decoded, source=base)
             else:
-                parts[train] = ArrayDataset(splits[train][0][idx], y.tolist(), tf)
+                parts[train] = ArrayDataset(images[train][idx], y.tolist(), tf)
         info = {"benchmark": f"avalanche/{name}", "experience": t, "classes": task_classes,
                 "class_offset": offsets[t], "image_size": int(image_size), "train_per_class": train_per_class,
                 "test_per_class": test_per_class, "n_train": len(parts[True]), "n_eval": len(parts[False]),
@@ -433,7 +439,7 @@ def load_core50(
     for folder in (img_root, lists):
         if not os.path.isdir(folder):
             raise missing(name, root, f"no {folder}")
-    batch_files = []
+    batch_files: list[str] = []
     while os.path.isfile(p := os.path.join(lists, f"train_batch_{len(batch_files):02d}_filelist.txt")):
         batch_files.append(p)
     test_file = os.path.join(lists, "test_filelist.txt")

@@ -4,19 +4,29 @@ untrained-head references, the frozen model's patch tokens and [CLS] attention, 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..tuner import GiftModel
+from ..gift import GiftGenerator
+from ..tuner import GiftLinear, GiftModel
+
+if TYPE_CHECKING:
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
 
 SOURCES = ("auto", "assignment", "projection", "hidden")
 
 
 # ---------------------------------------------------------------------- concept matrices
+def _generators(gift: GiftModel) -> dict[str, GiftGenerator]:
+    """``gift.generators`` by key (an nn.ModuleDict, typed Module; GiftModel holds GiftGenerators)."""
+    return {key: cast(GiftGenerator, gen) for key, gen in gift.generators.items()}
+
+
 def _group_of(gift: GiftModel, layer: str) -> tuple[str, int]:
     for key, names in gift.groups.items():
         if layer in names:
@@ -30,7 +40,7 @@ def resolve_source(gift: GiftModel, layer: str, source: str = "auto") -> str:
         raise ValueError(f"unknown concept source {source!r}; expected one of {SOURCES}")
     if source != "auto":
         return source
-    cfg = gift.generators[_group_of(gift, layer)[0]].config
+    cfg = _generators(gift)[_group_of(gift, layer)[0]].config
     return "assignment" if cfg.block == "paca" and cfg.depth > 0 else "projection"
 
 
@@ -39,7 +49,7 @@ def concept_matrix(gift: GiftModel, layer: str, head: str = "0", source: str = "
     """``C`` (``d_out × M``) of ``layer`` under generator head ``head`` (see the module docstring)."""
     source = resolve_source(gift, layer, source)
     key, idx = _group_of(gift, layer)
-    gen = gift.generators[key]
+    gen = _generators(gift)[key]
     weights = gift.target_weights(key)
     if source == "projection":
         return F.linear(weights[idx].float(), gen.trunk.reduction.weight.float())
@@ -52,7 +62,7 @@ def concept_matrix(gift: GiftModel, layer: str, head: str = "0", source: str = "
     # hidden: the token states after one block, captured from the generator's own forward
     if gen.config.depth == 0:
         raise ValueError("a generator without blocks has no hidden states: use source='projection'")
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
     handle = gen.trunk.blocks[block].register_forward_hook(lambda m, i, o: captured.__setitem__("h", o[0]))
     try:
         gen(weights, head=head)
@@ -72,15 +82,16 @@ def untrained_head(gift: GiftModel, head: str = "0", seed: int = 0):
     """Inside the block, generator head ``head`` (its cluster assignments and recovery ψ) is replaced by
     a freshly initialised one, drawn from ``seed``; the trained head is put back afterwards. The shared
     trunk stays trained. The control for concept reuse: what the trunk alone imposes on the concepts."""
-    saved = {key: gen.heads[head] for key, gen in gift.generators.items()}
+    generators = _generators(gift)
+    saved = {key: gen.heads[head] for key, gen in generators.items()}
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for key, gen in gift.generators.items():
+            for key, gen in generators.items():
                 gen.heads[head] = type(saved[key])(gen.config, gen.d_in).to(next(saved[key].parameters()).device)
         yield gift
     finally:
-        for key, gen in gift.generators.items():
+        for key, gen in generators.items():
             gen.heads[head] = saved[key]
 
 
@@ -114,10 +125,11 @@ def layer_outputs(gift: GiftModel, images: torch.Tensor, layers: Sequence[str], 
     """Every ``layer``'s output tokens ``(B, N, d_out)`` from ONE forward pass of the model adapted with
     head ``head``'s residuals. ``pre_delta``: the frozen part ``x Wᵀ + b`` on the input the layer gets in
     that adapted forward (the official visualiser's pre-delta)."""
-    captured, handles = {}, []
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
     for layer in layers:
-        target = gift.model.get_submodule(layer)
-        module = target.base if pre_delta else target
+        target = cast(GiftLinear, gift.model.get_submodule(layer))  # get_submodule is typed Module; a GIFT target
+        module: nn.Module = target.base if pre_delta else target
         handles.append(module.register_forward_hook(lambda m, i, o, n=layer: captured.__setitem__(n, o)))
     try:
         with eval_mode(gift):
@@ -132,7 +144,8 @@ def patch_grid(y: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
     """A layer's output tokens ``(B, N, d)`` as the patch grid ``(B, gh, gw, d)``: the prefix tokens
     ([CLS], registers) dropped, the rest laid out row by row as the patch embedding emits them."""
     y = y[:, getattr(backbone, "num_prefix_tokens", 1):]  # patches only
-    gh, gw = backbone.patch_embed.grid_size
+    patch_embed = cast(nn.Module, backbone.patch_embed)  # nn.Module.__getattr__ is typed Tensor | Module
+    gh, gw = cast("tuple[int, int]", patch_embed.grid_size)  # timm's PatchEmbed: (rows, columns) of patches
     return rearrange(y, "b (h w) d -> b h w d", h=gh, w=gw)
 
 
@@ -152,13 +165,15 @@ def frozen_patch_tokens(model: nn.Module, images: torch.Tensor, layer: Optional[
     """Patch tokens ``(B, gh, gw, d)`` of a plain timm ViT: the output of module ``layer`` (e.g.
     ``"blocks.3"``), or with ``layer=None`` the final normed tokens of ``forward_features``. The frozen
     model's own representation, the reference a concept map has to beat (:mod:`gift_cl.maskscore`)."""
+    # nn.Module.__getattr__ is typed Tensor | Module; a timm model's forward_features is a method
+    forward_features = cast("Callable[[torch.Tensor], torch.Tensor]", model.forward_features)
     with eval_mode(model):
         if layer is None:
-            return patch_grid(model.forward_features(images), model)
-        captured = {}
+            return patch_grid(forward_features(images), model)
+        captured: dict[str, torch.Tensor] = {}
         handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.__setitem__("y", o))
         try:
-            model.forward_features(images)
+            forward_features(images)
         finally:
             handle.remove()
     return patch_grid(captured["y"], model)
@@ -169,12 +184,14 @@ def cls_attention(model: nn.Module, images: torch.Tensor, block: int = -1) -> to
     """How much the [CLS] query attends to each patch in ``model.blocks[block]`` (a timm ViT), averaged over
     heads: ``(B, gh, gw)``. The attention weights are recomputed from the input the block's attention
     receives (timm's fused kernel never materialises them), exactly as timm's unfused path computes them."""
-    attn = model.blocks[block].attn
-    captured = {}
+    vit = cast("VisionTransformer", model)  # typed nn.Module: a timm ViT
+    # nn.Sequential items and Block.attn are typed Module: a timm ViT's blocks hold its Attention
+    attn = cast("Attention", cast("Block", vit.blocks[block]).attn)
+    captured: dict[str, torch.Tensor] = {}
     handle = attn.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
     try:
         with eval_mode(model):
-            model.forward_features(images)
+            vit.forward_features(images)
     finally:
         handle.remove()
     x = captured["x"]

@@ -22,7 +22,7 @@ A method's own files beside ``results.json`` come from :meth:`TaskAwareModel.wri
 from __future__ import annotations
 
 import abc
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from ..injection import backbone_parameter_count, count_parameters
 from ..padding import PAD_LOGIT
 from ..protocols import INFER_TASK
 from ..selective import TaskSelective, serving
-from .addon import read_former_addon_keys
+from .addon import ModelAddon, read_former_addon_keys
 from .arguments import RecordsArguments
 
 
@@ -55,7 +55,8 @@ def new_classifier(feature_dim: int, num_classes: int) -> nn.Linear:
 
 def headless(backbone: nn.Module) -> nn.Module:
     """The timm backbone without its classifier: ``forward`` returns the pooled [CLS] feature."""
-    backbone.reset_classifier(0)
+    # nn.Module.__getattr__ is typed Tensor | Module; timm's models have a reset_classifier(num_classes) method
+    cast("Callable[[int], None]", backbone.reset_classifier)(0)
     return backbone
 
 
@@ -70,7 +71,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.feature_dim: int = int(backbone.num_features)
+        self.feature_dim: int = int(cast(int, backbone.num_features))  # timm: an int (typed Tensor | Module)
         self.backbone_params = backbone_parameter_count(backbone)
         self.classifiers = nn.ModuleDict()
         self.prototypes: dict[int, torch.Tensor] = {}
@@ -101,7 +102,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """Parameters that belong to ``task`` only (trained during its experience, then frozen)."""
         own = list(self.classifiers[str(task)].parameters())
-        return own + [p for addon in self.model_addons.values() for p in addon.task_parameters(task)]
+        return own + [p for addon in self._addons() for p in addon.task_parameters(task)]
 
     def shared_parameters(self, task: int) -> list[nn.Parameter]:
         """Shared parameters that train during ``task`` (e.g. a GIFT trunk under a trunk policy)."""
@@ -140,7 +141,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
 
     def auxiliary_loss(self, targets: torch.Tensor) -> torch.Tensor | float:
         """The add-ons' loss terms for the last forward pass (e.g. GIST's Gist-token losses)."""
-        return sum((p.auxiliary_loss(targets) for p in self.model_addons.values()), 0.0)
+        return sum((p.auxiliary_loss(targets) for p in self._addons()), 0.0)
 
     def serving(self, task: Optional[int]):
         """The one way a forward pass selects its task: inside ``with model.serving(task):`` every per-task part
@@ -148,6 +149,13 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         ``task``'s parameters (``None``: none, the pretrained behaviour)."""
         return serving(self, task)
 
+    def _addons(self) -> list[ModelAddon]:
+        """The add-ons, in order (``model_addons`` is an nn.ModuleDict, typed Module; use_addons fills it)."""
+        return [cast(ModelAddon, addon) for addon in self.model_addons.values()]
+
+    def head_width(self, task: int) -> int:
+        """Task ``task``'s number of classes: its classifier's ``out_features``."""
+        return cast(int, self.classifiers[str(task)].out_features)  # nn.ModuleDict items are typed Module
 
     # --------------------------------------------------------------- Avalanche integration
     @property
@@ -166,7 +174,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         self.add_task_parts(task)
         if self.model_addons:
             vit = self.vit(task)
-            for addon in self.model_addons.values():
+            for addon in self._addons():
                 addon.attach(vit)  # once per ViT; an add-on marks the ViTs it hooked
                 addon.add_task(task)
             self.model_addons.to(device)
@@ -193,7 +201,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
             feats = self.features(x, task)
         head = self.classifiers[str(task)]
         logits = head(feats)
-        for addon in self.model_addons.values():
+        for addon in self._addons():
             addon.after_head(task, head, logits, index)
         return logits
 
@@ -214,7 +222,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         """A batch whose samples belong to several tasks: padded logits, each sample through its task's head."""
         tasks = [int(t) for t in task_labels.unique()]
         feats = None if self.model_addons else self.mixed_features(x, task_labels, tasks)
-        width = max(self.classifiers[str(t)].out_features for t in tasks)
+        width = max(self.head_width(t) for t in tasks)
         out = x.new_full((x.shape[0], width), PAD_LOGIT)
         for t in tasks:
             idx = (task_labels == t).nonzero(as_tuple=True)[0]
@@ -225,8 +233,10 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
             out[idx, : logits.shape[1]] = logits.to(out.dtype)
         return out
 
-    def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
-        for addon in self.model_addons.values():
+    def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor | dict:
+        """Logits of ``x`` under ``task_labels`` (an int, or one task label per sample); ``None``: a dict of every
+        known head's logits (:meth:`forward_all_tasks`)."""
+        for addon in self._addons():
             addon.begin_forward()
         if task_labels is None:  # LwF asks every known head at once
             return self.forward_all_tasks(x)
@@ -258,7 +268,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         offsets, seen = {}, 0
         for t in self.tasks:
             offsets[t] = seen
-            seen += self.classifiers[str(t)].out_features
+            seen += self.head_width(t)
         return offsets
 
     @torch.no_grad()
@@ -283,7 +293,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         The other tasks' classes get :data:`PAD_LOGIT`. Methods with one head over all classes override this."""
         infer_task = self.task_inference_rule(infer_task)
         tasks, offsets = self.tasks, self.class_offsets()
-        widths: list[int] = [self.classifiers[str(t)].out_features for t in tasks]  # type: ignore[misc]
+        widths = [self.head_width(t) for t in tasks]
         total = sum(widths)
         if infer_task == "max_logit":
             heads = self.forward_all_tasks_known(x)
@@ -354,7 +364,7 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
         """The model saved in ``source`` (a directory or a Hub id): see :func:`gift_cl.pretrained.from_pretrained`."""
         from ..pretrained import load_method
 
-        return load_method(source, cls, backbone=backbone, **kwargs)
+        return cast(TaskAwareModel, load_method(source, cls, backbone=backbone, **kwargs))  # load_method checks the class
 
     def trainable_parameter_count(self) -> dict:
         per_task = {t: count_parameters(self.task_parameters(t)) for t in self.tasks}
@@ -389,7 +399,7 @@ class HookedBackboneModel(TaskSelective, FrozenBackboneModel):
     """A frozen backbone whose hooks (adapters, prompts) read the model's ``active``: the task whose parts
     apply during the current forward pass (:meth:`serving`), ``None`` for the pretrained backbone."""
 
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
         with self.serving(task):
             return self.backbone(x)
 

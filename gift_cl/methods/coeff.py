@@ -19,7 +19,7 @@ function with another kernel; the two agree to ~1e-6, not bitwise (tests check b
 from __future__ import annotations
 
 import types
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +36,15 @@ def _coeff_attention_forward(attn: nn.Module, x: torch.Tensor, attn_mask: Option
     alpha = addon.alpha_for(attn.__dict__["_coeff_layer"])
 
     def recombined_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = q * attn.scale
+        assert alpha is not None  # passed to attention_with_core only when alpha is set
+        # nn.Module.__getattr__ is typed Tensor | Module; timm's Attention: a float, an int and a Dropout
+        scale, num_heads = cast(float, attn.scale), cast(int, attn.num_heads)
+        attn_drop = cast(nn.Module, attn.attn_drop)
+        q = q * scale
         maps = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-        mix = alpha + torch.eye(attn.num_heads, dtype=alpha.dtype, device=alpha.device)
+        mix = alpha + torch.eye(num_heads, dtype=alpha.dtype, device=alpha.device)
         maps = torch.einsum("hi,binm->bhnm", mix.to(maps.dtype), maps)
-        maps = attn.attn_drop(maps)
+        maps = attn_drop(maps)
         return maps @ v
 
     return attention_with_core(
@@ -60,8 +64,11 @@ class CoeffTuning(ModelAddon):
         self.heads: Optional[int] = None
 
     def attach(self, vit: nn.Module) -> None:
-        attns = [blk.attn for blk in vit.blocks]
-        heads = {a.num_heads for a in attns}
+        blocks = vit.blocks
+        assert isinstance(blocks, (nn.Sequential, nn.ModuleList))  # timm ViT: an nn.Sequential of blocks
+        # nn.Module.__getattr__ is typed Tensor | Module; timm's blocks hold an Attention with an int num_heads
+        attns = [cast(nn.Module, blk.attn) for blk in blocks]
+        heads = {cast(int, a.num_heads) for a in attns}
         if len(heads) != 1:
             raise ValueError(f"Coeff-Tuning needs the same number of heads in every layer, got {sorted(heads)}")
         self.depth, self.heads = len(attns), heads.pop()
@@ -74,6 +81,7 @@ class CoeffTuning(ModelAddon):
             attn.forward = types.MethodType(_coeff_attention_forward, attn)
 
     def add_task(self, task: int) -> None:
+        assert self.depth is not None and self.heads is not None, "attach() before add_task()"
         self.alphas[str(task)] = nn.Parameter(torch.zeros(self.depth, self.heads, self.heads))
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:

@@ -10,12 +10,12 @@ happens to the shared trunk after the first task:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import nn
 
-from ..gift import GiftConfig
+from ..gift import GeneratorHead, GiftConfig, GiftGenerator
 from ..tuner import GiftModel
 from .base import TaskAwareModel, headless
 
@@ -48,12 +48,21 @@ class GiftMethod(TaskAwareModel):
     def vit(self, task: int) -> nn.Module:
         return self.gift.model
 
+    def _generators(self) -> list[GiftGenerator]:
+        # nn.ModuleDict is typed Module; GiftModel holds one GiftGenerator per target layer
+        return [cast(GiftGenerator, gen) for gen in self.gift.generators.values()]
+
+    @staticmethod
+    def _head(gen: GiftGenerator, task: int) -> GeneratorHead:
+        return cast(GeneratorHead, gen.heads[str(task)])  # nn.ModuleDict is typed Module; add_head holds these
+
     def add_task_parts(self, task: int) -> None:
         self.gift.add_head(str(task))
-        first = next(iter(self.gift.generators.values())).heads
+        first = next(iter(self._generators())).heads
         if len(first) > 1:  # tie the parts configured as shared to the first task's head
-            for gen in self.gift.generators.values():
-                ref, new = next(iter(gen.heads.values())), gen.heads[str(task)]
+            for gen in self._generators():
+                ref = cast(GeneratorHead, next(iter(gen.heads.values())))
+                new = self._head(gen, task)
                 if not self.per_task_clusters:
                     new.clusters = ref.clusters
                 if not self.per_task_recovery:
@@ -61,7 +70,7 @@ class GiftMethod(TaskAwareModel):
         if self.first_task is None:
             self.first_task = task
 
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+    def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
         return self.gift(x, head=str(task))
 
     def mixed_features(self, x: torch.Tensor, task_labels: torch.Tensor, tasks: list[int]) -> torch.Tensor:
@@ -73,20 +82,25 @@ class GiftMethod(TaskAwareModel):
         return self.gift.model(x)  # no residuals handed to the layers: the frozen backbone
 
     def _head_params(self, task: int) -> list[nn.Parameter]:
-        return [p for gen in self.gift.generators.values() for p in gen.heads[str(task)].parameters()]
+        return [p for gen in self._generators() for p in self._head(gen, task).parameters()]
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         own = super().task_parameters(task)
-        shared_ids = {id(p) for p in self._head_params(self.first_task)} if task != self.first_task else set()
+        shared_ids: set[int] = set()
+        if task != self.first_task:
+            assert self.first_task is not None, "add_task_parts sets first_task with the first task"
+            shared_ids = {id(p) for p in self._head_params(self.first_task)}
         return own + [p for p in self._head_params(task) if id(p) not in shared_ids]
 
     def shared_parameters(self, task: int) -> list[nn.Parameter]:
         if self.trunk_policy == "frozen_after_first" and task != self.first_task:
             return []
-        trunk = [p for gen in self.gift.generators.values() for p in gen.trunk.parameters()]
+        trunk = [p for gen in self._generators() for p in gen.trunk.parameters()]
         # parts shared across tasks through the first head train with the trunk
-        tied = [] if task == self.first_task else [p for p in self._head_params(self.first_task)
-                                                    if id(p) in {id(q) for q in self._head_params(task)}]
+        tied: list[nn.Parameter] = []
+        if task != self.first_task:
+            assert self.first_task is not None, "add_task_parts sets first_task with the first task"
+            tied = [p for p in self._head_params(self.first_task) if id(p) in {id(q) for q in self._head_params(task)}]
         return trunk + tied
 
     def end_task(self, task: int, prototype: Optional[torch.Tensor] = None) -> None:
@@ -100,11 +114,12 @@ class GiftMethod(TaskAwareModel):
         Relative squared error, so ``anchor_weight`` does not depend on the scale of ΔW."""
         if self.trunk_policy != "anchored" or not self.anchors or self.anchor_weight == 0:
             return 0.0
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for task, anchor in self.anchors.items():
             deltas = self.gift.delta_weights(str(task))
             num = sum((deltas[k] - a).pow(2).sum() for k, a in anchor.items())
-            den = sum(a.pow(2).sum() for a in anchor.values()).clamp_min(1e-12)
+            # sum() is typed Tensor | Literal[0]; an anchor holds one ΔW per target layer (at least one)
+            den = cast(torch.Tensor, sum(a.pow(2).sum() for a in anchor.values())).clamp_min(1e-12)
             total = total + num / den
         return self.anchor_weight * total / len(self.anchors)
 

@@ -37,7 +37,7 @@ class GiftAper(GlobalReadout, GiftMethod):
             super().add_task_parts(task)
 
     def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
-        return super().features(x, self._adapted(task))  # type: ignore[arg-type]
+        return super().features(x, self._adapted(task))
 
     def readout_features(self, x: torch.Tensor) -> torch.Tensor:
         assert self.first_task is not None, "no task has trained yet"

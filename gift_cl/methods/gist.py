@@ -19,7 +19,7 @@ the [CLS] output differs from the frozen model's (it is equal when the add-on is
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -52,14 +52,17 @@ class Gist(ModelAddon):
 
     def attach(self, vit: nn.Module) -> None:
         check_token_pooling(vit, "GIST")
-        self.dim = vit.embed_dim
+        self.dim = cast(int, vit.embed_dim)  # nn.Module.__getattr__ is typed Tensor | Module; timm's ViT: an int
         if not self.mark_attached(vit, "gist"):
             return
+        patch_drop, norm = vit.patch_drop, vit.norm
+        assert isinstance(patch_drop, nn.Module) and isinstance(norm, nn.Module)  # timm ViT submodules
         # after pos-embed (and patch dropout), before norm_pre and the blocks
-        vit.patch_drop.register_forward_hook(self._insert)
-        vit.norm.register_forward_hook(self._capture)
+        patch_drop.register_forward_hook(self._insert)
+        norm.register_forward_hook(self._capture)
 
     def add_task(self, task: int) -> None:
+        assert self.dim is not None, "attach() before add_task()"
         token = torch.empty(1, 1, self.dim).uniform_(-self.init_range, self.init_range)
         self.tokens[str(task)] = nn.Parameter(token)
 
@@ -95,7 +98,7 @@ class Gist(ModelAddon):
         if not self._records:
             return 0.0
         n = len(targets)
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for index, cls_logits, gist_logits in self._records:
             y = targets if index is None else targets[index]
             ce = F.cross_entropy(gist_logits, y, reduction="sum")

@@ -225,7 +225,7 @@ class PromptPoolModel(FrozenBackboneModel):
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor | dict:
         self._state.loss = 0.0  # the penalty is the prompt loss of this forward pass
         return super().forward(x, task_labels)
 
