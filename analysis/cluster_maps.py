@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gift_cl.checkpoint import write_json
+from gift_cl.atomic import write_json
 from gift_cl.concepts import off_diagonal_mean, plot_matrix, reuse_matrix, save_figure
 from gift_cl.interpret import SOURCES, cluster_map_figure, load_run, resolve_source
 

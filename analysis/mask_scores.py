@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from gift_cl import maskscore
-from gift_cl.checkpoint import write_json, write_text
+from gift_cl.atomic import write_json, write_text
 from gift_cl.data.procedural import MASK_LABELS, generate, object_mask
 from gift_cl.interpret import (
     cls_attention,

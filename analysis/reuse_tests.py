@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from gift_cl.analysis.mask_scores import write_rows
-from gift_cl.checkpoint import write_json, write_text
+from gift_cl.atomic import write_json, write_text
 from gift_cl.concepts import refute
 from gift_cl.concepts.stats import prototype_similarity
 from gift_cl.data.procedural import generate

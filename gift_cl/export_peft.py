@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
 import torch
 from torch import nn
 
+from .atomic import save_safetensors, write_json, write_text
 from .backbones import _classifier_prefixes
-from .checkpoint import CheckpointError, save_safetensors, write_json, write_text
+from .checkpoint import CheckpointError
 from .injection import set_submodule
 from .model_meta import describe_backbone, file_stem, gift_cl_version, method_node, timm_model
 

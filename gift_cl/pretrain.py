@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .atomic import save_safetensors, save_torch, write_json
 from .backbones import asset_path
-from .checkpoint import CheckpointError, save_safetensors, save_torch, write_json
+from .checkpoint import CheckpointError
 from .data import formula, procedural
 
 # The backbone every default run uses: ViT with patch 4 at 32 px (64 tokens), width 128, 6 blocks.

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union, cast
 import torch
 from torch import nn
 
+from .atomic import write_json, write_text
 from .backbones import BackboneError
-from .checkpoint import CheckpointError, write_json, write_text
+from .checkpoint import CheckpointError
 from .methods.addon import read_former_addon_keys
 from .model_meta import (
     build_method,

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_path, write_text
+from .atomic import atomic_path, write_text
 from .protocols import get_protocol
 
 

@@ -21,7 +21,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .checkpoint import CheckpointError, save_safetensors
+from .atomic import save_safetensors
+from .checkpoint import CheckpointError
 
 EXTRA_SEP = "::"  # extra-state tensors are stored as "<state key>::<n>"; no module name holds "::"
 _TENSOR, _TUPLE, _DICT, _FLOAT = "__tensor__", "__tuple__", "__dict__", "__float__"

@@ -338,7 +338,7 @@ class GiftModel(nn.Module):
 
     def save_merged(self, path: str | os.PathLike, head: str = "0") -> None:
         """Export the merged model as a safetensors checkpoint that stock timm loads."""
-        from .checkpoint import save_safetensors
+        from .atomic import save_safetensors
 
         merged = self.merged_copy(head)
         save_safetensors({k: v.detach() for k, v in merged.state_dict().items()}, path)

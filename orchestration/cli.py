@@ -76,7 +76,7 @@ class HydraRecord:
     log_file: Optional[str] = None
 
     def write(self, run_dir: Path) -> None:
-        from gift_cl.checkpoint import write_text
+        from gift_cl.atomic import write_text
 
         for name, text in self.files.items():
             write_text(text, run_dir / (self.subdir or "") / name)
@@ -198,7 +198,7 @@ def discard_unstarted(run_dir: Path) -> None:
 def _run_locked(cfg, run_dir: Path, resuming: bool, overrides: tuple, is_main: bool, record: HydraRecord) -> dict:
     from omegaconf import OmegaConf
 
-    from gift_cl.checkpoint import write_text
+    from gift_cl.atomic import write_text
 
     from . import distributed
     from .loop import run_protocol

@@ -20,8 +20,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gift_cl.atomic import save_safetensors
 from gift_cl.backbones import create_backbone
-from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_run_checkpoint, save_safetensors
+from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_run_checkpoint
 from gift_cl.classincremental.evaluation import check_disjoint_classes, evaluate_class_incremental
 from gift_cl.data.stream import build_stream
 from gift_cl.optim import OptimConfig

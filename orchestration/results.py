@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from gift_cl.checkpoint import write_json, write_text
+from gift_cl.atomic import write_json, write_text
 from gift_cl.classincremental.evaluation import class_incremental_summary
 from gift_cl.metrics import backward_transfer, benchmark_scores, forgetting
 from gift_cl.protocols import get_protocol

@@ -39,7 +39,8 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics.forgetting_bwt import GenericExperienceForgetting
 from avalanche.logging import BaseLogger, CSVLogger
 
-from gift_cl.checkpoint import CheckpointError, write_text
+from gift_cl.atomic import write_text
+from gift_cl.checkpoint import CheckpointError
 from gift_cl.config import ConfigError
 
 # Clock counters that a resume restores (train_exp_epochs comes with the training state of an experience).

@@ -3,8 +3,8 @@ import pytest
 import timm
 import torch
 
+from gift_cl.atomic import save_safetensors
 from gift_cl.backbones import BackboneError, check_backbone, create_backbone
-from gift_cl.checkpoint import save_safetensors
 
 KW = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from gift_cl.checkpoint import CheckpointError, load_run_checkpoint, save_torch
+from gift_cl.atomic import save_torch
+from gift_cl.checkpoint import CheckpointError, load_run_checkpoint
 from gift_cl.orchestration.loop import CHECKPOINT, Run
 from gift_cl.orchestration.rundir import RunLock
 from gift_cl.strategies import DivergenceError

@@ -18,8 +18,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from gift_cl.atomic import save_safetensors
 from gift_cl.backbones import BackboneError, asset_path, create_backbone
-from gift_cl.checkpoint import save_safetensors
 from gift_cl.config import ARGUMENT_RANGES, CONFIG_DIR, ConfigError, allowed_targets, argument_kind
 from gift_cl.interpret import load_run
 from gift_cl.orchestration.validation import validate
@@ -62,15 +62,15 @@ def nothing_instantiated(monkeypatch):
 
 
 def _write_text_benchmark(t, marker):
-    t["benchmark"] = {"_target_": "gift_cl.checkpoint.write_text", "text": "pwned", "path": str(marker)}
+    t["benchmark"] = {"_target_": "gift_cl.atomic.write_text", "text": "pwned", "path": str(marker)}
 
 
 def _unknown_gift_cl_function(t, marker):
-    t["strategy"]["method"] = {"_target_": "gift_cl.checkpoint.write_json", "obj": {}, "path": str(marker)}
+    t["strategy"]["method"] = {"_target_": "gift_cl.atomic.write_json", "obj": {}, "path": str(marker)}
 
 
 def _nested_target(t, marker):
-    t["benchmark"]["domains"] = {"_target_": "gift_cl.checkpoint.write_text", "text": "x", "path": str(marker)}
+    t["benchmark"]["domains"] = {"_target_": "gift_cl.atomic.write_text", "text": "x", "path": str(marker)}
 
 
 def _allowlisted_target_elsewhere(t, marker):
@@ -98,7 +98,7 @@ def _env_resolver(t, marker):
 
 
 def _create_resolver(t, marker):
-    t["strategy"]["name"] = "${oc.create:{_target_: gift_cl.checkpoint.write_text}}"
+    t["strategy"]["name"] = "${oc.create:{_target_: gift_cl.atomic.write_text}}"
 
 
 def _interpolation_moves_a_target(t, marker):
@@ -122,9 +122,9 @@ def _seed(t, marker):
 
 
 CRAFTED = [
-    (_write_text_benchmark, "benchmark._target_='gift_cl.checkpoint.write_text': not a constructor"),
-    (_unknown_gift_cl_function, "strategy.method._target_='gift_cl.checkpoint.write_json': not a constructor"),
-    (_nested_target, "benchmark.domains._target_='gift_cl.checkpoint.write_text': nothing may be instantiated"),
+    (_write_text_benchmark, "benchmark._target_='gift_cl.atomic.write_text': not a constructor"),
+    (_unknown_gift_cl_function, "strategy.method._target_='gift_cl.atomic.write_json': not a constructor"),
+    (_nested_target, "benchmark.domains._target_='gift_cl.atomic.write_text': nothing may be instantiated"),
     (_allowlisted_target_elsewhere, "strategy.method.config._target_='gift_cl.data.procedural.load_procedural'"),
     (_strategies_class, "strategy.plugins[0]._target_='gift_cl.strategies.plugins.EpochCheckpointPlugin'"),
     (_args, "strategy.method._args_: Hydra's _args_ is not allowed"),
@@ -161,7 +161,7 @@ def test_crafted_saved_config_stops_the_analysis_tool_with_the_key(tmp_path):
     write(run_dir, tree)
     proc = subprocess.run([sys.executable, str(REPO / "analysis" / "concept_reuse.py"), str(run_dir)], cwd=REPO,
                           env=env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "benchmark._target_='gift_cl.checkpoint.write_text'" in proc.stderr
+    assert proc.returncode == 1 and "benchmark._target_='gift_cl.atomic.write_text'" in proc.stderr
     assert proc.stderr.startswith("error: ConfigError: ") and "Traceback" not in proc.stderr  # one line
     assert not marker.exists()
 

@@ -26,7 +26,7 @@ def figure(figsize) -> "Figure":
 
 
 def save_figure(fig, path: str | Path, dpi: int = DPI) -> None:
-    from ..checkpoint import atomic_path
+    from ..atomic import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

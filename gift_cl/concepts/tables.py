@@ -32,7 +32,7 @@ def _jsonable(obj):
 
 
 def _write_csv(rows: list[list], path: Path) -> None:
-    from ..checkpoint import write_text
+    from ..atomic import write_text
 
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
@@ -47,7 +47,7 @@ def save_report(report: dict, out_dir: str | Path, figures: bool = True) -> None
     """``out_dir/summary.json`` (depth profile, depth-averaged reuse), ``depth.csv``, ``cross_layer.csv``
     and per layer ``out_dir/<layer>/``: ``concepts.json`` (everything), ``reuse.csv``, ``nmi.csv``,
     ``ari.csv``, ``tsne.csv``, ``global_concepts.csv`` and the figures. Layers never overwrite each other."""
-    from ..checkpoint import write_json
+    from ..atomic import write_json
 
     out = Path(out_dir)
     for layer, rep in report["layers"].items():

@@ -82,7 +82,7 @@ class GlobalReadout(abc.ABC):
         """``readout.json``: the ridge λ chosen at each stage, for a head solved per stage (RanPAC)."""
         ridges = getattr(self, "ridges", [])
         if ridges:
-            from ..checkpoint import write_json
+            from ..atomic import write_json
 
             write_json({"ridge_per_stage": dict(zip(task_names, ridges))}, Path(run_dir) / "readout.json")
 

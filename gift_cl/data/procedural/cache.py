@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gift_cl.checkpoint import CheckpointError, atomic_path
+from gift_cl.atomic import atomic_path
+from gift_cl.checkpoint import CheckpointError
 
 # Bump whenever any generator's output changes: it is part of every cache key.
 VERSION = 1
