@@ -1,10 +1,10 @@
-"""GIFT speed and memory goals (issue 12), measured side by side in ONE interleaved run; prints ratios.
+"""GIFT speed and memory goals, measured side by side in ONE interleaved run; prints ratios.
 
-    python analysis/bench_speed.py                 # ViT-S/16, 224 px, batch 16, fp32 (the issue's reference)
+    python analysis/bench_speed.py                 # ViT-S/16, 224 px, batch 16, fp32 (the CPU reference)
     python analysis/bench_speed.py --quick         # a tiny ViT at 32 px: the same sections in a minute
     python analysis/bench_speed.py --model vit_base_patch16_224 --device cuda --repeats 20
     python analysis/bench_speed.py --model vit_base_patch16_224 --device cuda --precision bf16 --batch-size 64 \
-        --sections train gen eval --goals gpu   # issue 20's GPU table (analysis/gpu/check.sh runs it)
+        --sections train gen eval --goals gpu   # the GPU table (analysis/gpu/check.sh runs it)
 
 Every goal is a ratio of two measurements taken in the same run, alternating between the methods round by
 round (a round runs one step of every method), so a slow minute on a shared machine hits all methods alike.
@@ -41,8 +41,8 @@ with ``precision=bf16`` does; the loss is taken in fp32, weights and optimizer s
 generator runs with autocast off (as in training). TF32 is off on CUDA unless ``--tf32`` (a run's default,
 ``tf32=true``: the fp32 matmuls that remain, GIFT's generator among them, use TF32).
 
-Goals: ``--goals speed`` (the default in fp32) checks issue 12's time ratios; ``--goals gpu`` (the default with
-bf16) issue 20's: GIFT-paca ≥ 1.0× peft LoRA r8's images/s and ≤ 1.0× its peak memory, ≥ 0.95× the frozen-backward
+Goals: ``--goals speed`` (the default in fp32) checks the CPU time ratios (``GOALS``); ``--goals gpu`` (the default
+with bf16) the GPU goals: GIFT-paca ≥ 1.0× peft LoRA r8's images/s and ≤ 1.0× its peak memory, ≥ 0.95× the frozen-backward
 floor's images/s, and a 10-task mixed batch ≤ 1.2× a single-task batch's time.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ GOALS = [  # (label, numerator, denominator, target): numerator / denominator �
     ("mixed batch, 4 tasks / single task", "mixed-4", "mixed-1", 1.10),
     ("mixed batch, 10 tasks / single task", "mixed-10", "mixed-1", 1.20),
 ]
-# issue 20 (ViT-B/16, 224 px, bf16, batch 64 on a GPU): (label, numerator, denominator, target, kind)
+# the GPU goals (ViT-B/16, 224 px, bf16, batch 64 on a GPU): (label, numerator, denominator, target, kind)
 # kind "speed ≥": images/s ratio = denominator time / numerator time, at least target; "time ≤": time ratio, at most
 GPU_GOALS = [
     ("GIFT-paca images/s / peft LoRA r8", "gift-paca", "peft-lora-r8", 1.00, "speed ≥"),
@@ -360,7 +360,7 @@ def main(argv=None):
                    help="fp32, or the forward under torch.autocast in bf16/fp16 (loss, weights, optimizer in fp32)")
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls, as a run's tf32=true (default: off)")
     p.add_argument("--goals", choices=["speed", "gpu"], default=None,
-                   help="speed: issue 12's time ratios; gpu: issue 20's (default: gpu with bf16/fp16, else speed)")
+                   help="speed: the CPU time ratios; gpu: the GPU goals (default: gpu with bf16/fp16, else speed)")
     p.add_argument("--official-src", default=os.environ.get("GIFT_OFFICIAL_SRC"),
                    help="root of a savadikarc/gift checkout (holding its gift/ package)")
     p.add_argument("--json", help="also write every measurement to this file")

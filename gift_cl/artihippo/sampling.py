@@ -17,7 +17,7 @@ Per block ``l`` of the new task:
   ``pretrained_similarity``); ``Aux`` weighs ``1 − max ŝ`` (the less the new task resembles any old one, the
   more it tries new/skip). ``p = (1 − ε)·softmax(w / τ) + ε·uniform``. A known consequence: as old experts
   accumulate, Aux's share (and so New's) falls (about 16 % at task 1, 5 % at task 5, 2 % at task 9 with
-  ε₁ = 0.3 in the review of issue 21).
+  ε₁ = 0.3 and the similarities of the shipped backbone).
 - **Level 2**: for an old expert, Bernoulli(ρ) reuse vs adapt with ``ρ = (1 − ε)·ŝ + ε/2`` (similar experts are
   reused more, dissimilar ones adapted); for Aux, new vs skip with equal probability.
 

@@ -5,7 +5,7 @@ Per attention layer ℓ and task t a coefficient matrix α (heads × heads) reco
 maps: ``A'_h = Σ_i (α + I)_{h,i} A_i`` (after the softmax, before dropout and ``@ v``). α starts at 0, so
 the model starts at the pretrained one; dropout (``dropout``) is applied to α during training. The default 0.1
 is the project's choice, not a value taken from a source: the paper applies dropout to the coefficients, and its
-ablation over the rate is best at 0.2 (the fidelity review of issue 21); no official code was available to
+ablation over the rate is best at 0.2; no official code was available to
 compare with. Per task: ``depth × heads²`` parameters.
 
 The recombination needs the attention maps, so a layer runs timm's explicit (non-fused) attention only

@@ -12,8 +12,7 @@ Options and their sources: ``length`` defaults to 10 (the project's choice); the
 baseline uses 5 prompts per layer, as does the VPT release's default ``MODEL.PROMPT.NUM_TOKENS``.
 ``dropout`` (default 0.0) is dropout on the prompts in training, applied as the VPT release applies its
 ``prompt_dropout`` (to every layer's prompts after they are expanded over the batch: one mask per sample); the
-VPT release's default ``MODEL.PROMPT.DROPOUT`` is 0.0, the fidelity review of issue 21 reports 0.1 for the runs
-it examined.
+VPT release's default ``MODEL.PROMPT.DROPOUT`` is 0.0; runs of the release have used 0.1 (``strategy.method.dropout=0.1``).
 
 Not a zero-initialised method: extra tokens change every attention softmax from step 0 on.
 """
