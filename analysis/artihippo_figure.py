@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from gift_cl.artihippo.report import plot_architecture
+from gift_cl.methods.artihippo.report import plot_architecture
 
 
 def table(report: dict) -> str:

@@ -53,6 +53,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .backbones import DATA_KEYS, asset_path, backbone_data_config
+from .former_names import installed_target_names
 
 
 def _backbone_data(key: str, *, _parent_) -> object:
@@ -177,7 +178,7 @@ def allowed_targets() -> dict[str, frozenset[str]]:
 # positional arguments the run itself passes (not the configuration): a method gets the backbone
 POSITIONAL = {"strategy.method": 1}
 # mapping arguments whose keys are the arguments of another constructor (ArtiHippo builds a GiftConfig)
-DICT_ARGUMENTS = {("gift_cl.artihippo.ArtiHippo", "gift"): "gift_cl.GiftConfig"}
+DICT_ARGUMENTS = {("gift_cl.methods.ArtiHippo", "gift"): "gift_cl.GiftConfig"}
 CONVERT_MODES = ("none", "partial", "object", "all")  # Hydra's _convert_: how containers are passed
 
 
@@ -266,7 +267,7 @@ ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
                                    "g_length": _count(0, 1024)},
     "gift_cl.methods.CodaPrompt": {"pool_size": _count(1, 10**5), "length": _count(2, 1024),
                                    "ortho_weight": Range(0, 1e6), "num_tasks": _count(1, 10**5)},
-    "gift_cl.artihippo.ArtiHippo": {"lora_rank": _count(1, WIDTH), "lora_alpha": _positive(1e6)},
+    "gift_cl.methods.ArtiHippo": {"lora_rank": _count(1, WIDTH), "lora_alpha": _positive(1e6)},
     "gift_cl.methods.CoeffTuning": {"dropout": Range(0, 1, open_high=True)},
     "gift_cl.methods.Gist": {"ce_weight": Range(0, 1e6), "kl_weight": Range(0, 1e6), "temperature": _positive(1e3),
                              "init_range": Range(0, 1e3), "dropout": Range(0, 1, open_high=True)},
@@ -279,7 +280,7 @@ ARGUMENT_RANGES: dict[str, dict[str, Range | OneOf]] = {
     "gift_cl.strategies.replay_cil.DERPP": {"mem_size": _count(1, 10**9), "batch_size_mem": _count(1, 10**6),
                                     "alpha": Range(0, 1e6), "beta": Range(0, 1e6),
                                     "current_ce": OneOf(("seen", "task")), "seed": SEED_RANGE},
-    "gift_cl.artihippo.ArtiHippoSearch": {
+    "gift_cl.methods.artihippo.ArtiHippoSearch": {
         "supernet_epochs": _count(1, 10**4), "lr": _positive(1), "weight_decay": Range(0, 10),
         "batch_size": _count(1, 10**6), "val_fraction": Range(0, 1, open_low=True, open_high=True),
         "max_val": _count(1, 10**9), "population": _count(1, 10**4), "generations": _count(0, 10**4),
@@ -479,35 +480,6 @@ def check_interpolations(node: Any, where: str = "") -> None:
             if colon and name not in PROJECT_RESOLVERS:
                 raise ConfigError(f"{where}={node!r}: the resolver {name!r} is not allowed in a saved configuration; "
                                   f"only {', '.join(PROJECT_RESOLVERS)} and references to other keys")
-
-
-# the names a checkout's short package names gave constructors in configurations saved before they were
-# installed as gift_cl's subpackages (gift_cl.short_names): read as the installed names
-SHORT_TARGET_PREFIXES = {"strategies.": "gift_cl.strategies.", "orchestration.": "gift_cl.orchestration."}
-# arguments of this project's constructors saved under a former name: read under the current one
-FORMER_ARGUMENTS = {"plugins": "addons"}  # a method's model add-ons (GIST, Coeff-Tuning)
-
-
-def installed_target_names(node: Any) -> Any:
-    """``node`` in the names the installed package uses: every ``_target_`` that names a constructor by its
-    checkout short name (``strategies.plugins.EWC``) renamed to the installed name
-    (``gift_cl.strategies.plugins.EWC``), and a ``gift_cl`` constructor's arguments saved under a former name
-    (:data:`FORMER_ARGUMENTS`) under the current one."""
-    if isinstance(node, dict):
-        renamed = {key: installed_target_names(value) for key, value in node.items()}
-        target = renamed.get("_target_")
-        if isinstance(target, str):
-            for short, full in SHORT_TARGET_PREFIXES.items():
-                if target.startswith(short):
-                    renamed["_target_"] = full + target[len(short):]
-            if renamed["_target_"].startswith("gift_cl."):
-                for former, current in FORMER_ARGUMENTS.items():
-                    if former in renamed and current not in renamed:
-                        renamed[current] = renamed.pop(former)
-        return renamed
-    if isinstance(node, list):
-        return [installed_target_names(value) for value in node]
-    return node
 
 
 def _first_line(err: BaseException) -> str:

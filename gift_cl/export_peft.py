@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
+from typing import Callable, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -36,11 +36,11 @@ from torch import nn
 from .atomic import save_safetensors, write_json, write_text
 from .backbones import _classifier_prefixes
 from .checkpoint import CheckpointError
-from .injection import set_submodule
+from .injection import find_linear_targets, set_submodule
+from .methods import BitFit, FullFinetune, GiftMethod, LinearProbe, LoraMethod, SharedBackbone, TaskAwareModel
 from .model_meta import describe_backbone, file_stem, gift_cl_version, method_node, timm_model
-
-if TYPE_CHECKING:  # types only: methods imports are deferred here (methods.base imports gift_cl.pretrained)
-    from .methods.base import TaskAwareModel
+from .padding import PAD_LOGIT
+from .pretrained import TaskModels
 
 PEFT_MANIFEST = "gift_cl_peft.json"
 MERGED_FORMAT = "gift_cl.merged"
@@ -93,8 +93,6 @@ def _lora_factors(model, task: int) -> dict:
 
 def _probe_factors(model, task: int) -> dict:
     """A rank-1 LoRA with ``B = 0`` on the attention projections: peft needs a target; it adds exact zeros."""
-    from .injection import find_linear_targets
-
     out = {}
     for name, layer in find_linear_targets(model.backbone, ["attn.proj"]):
         out[name] = (torch.zeros(1, layer.in_features), torch.zeros(layer.out_features, 1), 1)
@@ -102,8 +100,6 @@ def _probe_factors(model, task: int) -> dict:
 
 
 def _factor_makers() -> dict[type, Callable]:
-    from .methods import GiftMethod, LinearProbe, LoraMethod
-
     return {GiftMethod: _gift_factors, LoraMethod: _lora_factors, LinearProbe: _probe_factors}
 
 
@@ -120,17 +116,12 @@ def _lora_merged(model, task: int) -> dict:
 
 
 def _bitfit_merged(model, task: int) -> dict:
-    from .methods.bitfit import _key
-
     state = dict(model.backbone.state_dict())
-    biases = model.biases[str(task)]
-    state.update({n: biases[_key(n)].detach() for n in model.bias_names})
+    state.update({n: bias.detach() for n, bias in model.backbone_biases(task).items()})
     return state
 
 
 def _merged_makers() -> dict[type, Callable]:
-    from .methods import BitFit, FullFinetune, GiftMethod, LinearProbe, LoraMethod, SharedBackbone
-
     return {GiftMethod: _gift_merged, LoraMethod: _lora_merged, BitFit: _bitfit_merged,
             LinearProbe: lambda m, t: m.backbone.state_dict(),
             FullFinetune: lambda m, t: m.backbones[str(t)].state_dict(),
@@ -141,8 +132,6 @@ def _merged_makers() -> dict[type, Callable]:
 def _task_models(model: nn.Module, tasks: Optional[Sequence[str]]) -> list[tuple[dict, TaskAwareModel]]:
     """``[(task entry, the model serving it)]`` for a TaskAwareModel or a TaskModels, names from the model's
     ``pretrained_config`` (``task<label>`` otherwise), restricted to ``tasks`` (names) if given."""
-    from .pretrained import TaskModels
-
     config = getattr(model, "pretrained_config", None) or {}
     known = {t["label"]: t for t in config.get("tasks", [])}
     # from_pretrained's models (typed nn.Module): a TaskModels of TaskAwareModels, or a TaskAwareModel
@@ -187,8 +176,6 @@ def _classifier(part: TaskAwareModel, label: int) -> nn.Linear:
 
 def _head(part: TaskAwareModel, label: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's classifier padded to ``num_classes`` outputs (weight 0, bias PAD_LOGIT beyond its own)."""
-    from .padding import PAD_LOGIT
-
     head = _classifier(part, label)
     weight = head.weight.new_zeros(num_classes, head.in_features)
     bias = head.weight.new_full((num_classes,), PAD_LOGIT)
@@ -263,8 +250,6 @@ def export_peft(model: nn.Module, directory, tasks: Optional[Sequence[str]] = No
 
 
 def _pad() -> float:
-    from .padding import PAD_LOGIT
-
     return PAD_LOGIT
 
 

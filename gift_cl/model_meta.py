@@ -29,11 +29,10 @@ from torch import nn
 
 from .backbones import ASSETS, BackboneError, _classifier_prefixes
 from .checkpoint import CheckpointError
+from .model_protocol import ShareableModel
 
-if TYPE_CHECKING:  # types only: methods.base imports this module's users, so no import at run time (no cycle)
+if TYPE_CHECKING:
     from typing_extensions import Buffer
-
-    from .methods.base import TaskAwareModel
 
 METHOD_SLOT = "strategy.method"  # where a method's node sits in a configuration (gift_cl.config's allowlist)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # a task name that can be a file name as it is
@@ -47,7 +46,7 @@ def gift_cl_version() -> str:
 
 
 # ---------------------------------------------------------------------- the method's constructor call
-def method_node(model: nn.Module) -> dict:
+def method_node(model: nn.Module | ShareableModel) -> dict:
     """The configuration node that rebuilds ``model`` on a backbone: ``{"_target_": ..., argument: value}``.
     Refused (one :class:`CheckpointError`) where :func:`gift_cl.config.check_instantiable` would refuse it when
     loading, so that what is saved can always be loaded."""
@@ -119,7 +118,8 @@ def _plain(value: Any, where: str) -> Any:
 
 def build_method(node: Any, backbone: nn.Module, path: Path) -> nn.Module:
     """Instantiate a method node read from ``path`` on ``backbone``, through the configuration allowlist."""
-    from .config import ConfigError, installed_target_names, safe_instantiate
+    from .config import ConfigError, safe_instantiate
+    from .former_names import installed_target_names
 
     if not isinstance(node, dict) or "_target_" not in node:
         raise CheckpointError(f"{path}: 'method' must be a constructor node with a _target_, got {node!r:.80}")
@@ -131,7 +131,7 @@ def build_method(node: Any, backbone: nn.Module, path: Path) -> nn.Module:
 
 
 # ---------------------------------------------------------------------- the backbone
-def timm_model(model: nn.Module) -> nn.Module:
+def timm_model(model: nn.Module | ShareableModel) -> nn.Module:
     """The timm model inside a method (the first module with timm's ``pretrained_cfg``)."""
     for module in model.modules():
         if isinstance(getattr(module, "pretrained_cfg", None), Mapping):
@@ -157,14 +157,14 @@ def plain_backbone_tensors(backbone: nn.Module) -> list[torch.Tensor]:
     return [v for k, v in backbone.state_dict().items() if not k.startswith(heads)]
 
 
-def method_backbone_tensors(model: TaskAwareModel) -> list[torch.Tensor]:
+def method_backbone_tensors(model: ShareableModel) -> list[torch.Tensor]:
     """A method's frozen pretrained tensors in state-dict order (what :func:`plain_backbone_tensors` gives
     for the timm model it was built on)."""
     frozen = model.frozen_state_keys()
     return [v for k, v in model.state_dict().items() if k in frozen]
 
 
-def describe_backbone(model: TaskAwareModel, source: Optional[Mapping] = None,
+def describe_backbone(model: ShareableModel, source: Optional[Mapping] = None,
                       data_config: Optional[Mapping] = None) -> dict:
     """The ``backbone`` section: architecture, pretrained_cfg, data config, weights fingerprint, source."""
     vit = timm_model(model)

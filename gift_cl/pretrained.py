@@ -34,7 +34,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union, cast
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ from torch import nn
 from .atomic import write_json, write_text
 from .backbones import BackboneError
 from .checkpoint import CheckpointError
-from .methods.addon import read_former_addon_keys
+from .former_names import read_former_addon_keys
 from .model_meta import (
     build_method,
     check_data_config,
@@ -56,11 +56,9 @@ from .model_meta import (
     source_arguments,
     task_entries,
 )
+from .model_protocol import ShareableModel
 from .protocols import PROTOCOLS
 from .tensorfile import read_state_file, write_state_file
-
-if TYPE_CHECKING:  # types only: methods.base imports this module (from_pretrained), so no import at run time
-    from .methods.base import TaskAwareModel
 
 CONFIG_NAME = "gift_cl_config.json"
 FORMAT = "gift_cl.pretrained"
@@ -134,14 +132,14 @@ def save_pretrained(
     known = {t["label"]: t for t in previous.get("tasks", [])}
     protocol = protocol if protocol is not None else previous.get("protocol")
     if protocol == "independent" and not isinstance(model, TaskModels):  # one task's model of such a run
-        single = cast("TaskAwareModel", model)  # typed nn.Module: a TaskAwareModel when not a TaskModels
+        single = cast(ShareableModel, model)  # typed nn.Module: a task-aware model when not a TaskModels
         if len(single.classifiers) != 1:
             raise CheckpointError(f"protocol='independent' keeps one model per task; this {type(model).__name__} holds "
                                   f"tasks {list(single.classifiers)}: save a TaskModels of one-task models")
-        model = TaskModels({int(next(iter(single.classifiers))): single})
-    reference: TaskAwareModel
+        model = TaskModels({int(next(iter(single.classifiers))): model})
+    reference: ShareableModel
     if isinstance(model, TaskModels):
-        parts = {t: cast("TaskAwareModel", model.model(t)) for t in model.tasks}  # a TaskModels of TaskAwareModels
+        parts = {t: cast(ShareableModel, model.model(t)) for t in model.tasks}  # a TaskModels of TaskAwareModels
         for t, part in parts.items():
             if [int(k) for k in part.classifiers] != [t]:
                 raise CheckpointError(f"TaskModels: the model for task {t} holds tasks {list(part.classifiers)}; each "
@@ -149,7 +147,7 @@ def save_pretrained(
         labels, reference, layout = list(parts), next(iter(parts.values())), "per_task"
         num_classes = {t: _num_classes(parts[t], t) for t in labels}
     else:
-        reference = cast("TaskAwareModel", model)  # typed nn.Module: a TaskAwareModel when not a TaskModels
+        reference = cast(ShareableModel, model)  # typed nn.Module: a task-aware model when not a TaskModels
         labels, layout = [int(t) for t in reference.classifiers], "multitask"
         if not labels:
             raise CheckpointError(f"{type(model).__name__} has no tasks yet: nothing to save")
@@ -184,7 +182,7 @@ def save_pretrained(
     return directory
 
 
-def _num_classes(model: TaskAwareModel, task: int) -> int:
+def _num_classes(model: ShareableModel, task: int) -> int:
     """Task ``task``'s number of classes (its classifier's ``out_features``)."""
     return cast(int, model.classifiers[str(task)].out_features)  # nn.ModuleDict is typed Module; an nn.Linear's
 
@@ -211,7 +209,7 @@ def _remove_stale(directory: Path, written: set) -> None:
             path.unlink()
 
 
-def write_task_model(model: TaskAwareModel, directory, task: int, name: str) -> Path:
+def write_task_model(model: ShareableModel, directory, task: int, name: str) -> Path:
     """One task's model, its whole trainable state (and extra state), as ``tasks/<name>.safetensors``: how the
     independent protocol's per-task models are stored (the run writes each as its task ends)."""
     check_tasks([{"label": int(task), "name": name, "num_classes": 1, "class_names": None}], "task")
@@ -221,7 +219,7 @@ def write_task_model(model: TaskAwareModel, directory, task: int, name: str) -> 
     return path
 
 
-def write_config(directory, model: TaskAwareModel, tasks: list[dict], layout: str, *, protocol: Optional[str] = None,
+def write_config(directory, model: ShareableModel, tasks: list[dict], layout: str, *, protocol: Optional[str] = None,
                  results: Optional[Mapping] = None, backbone_source: Optional[Mapping] = None,
                  data_config: Optional[Mapping] = None) -> dict:
     """``gift_cl_config.json`` (written last: a directory without it is incomplete) and the model card.
@@ -248,7 +246,7 @@ def write_config(directory, model: TaskAwareModel, tasks: list[dict], layout: st
     return doc
 
 
-def split_state(model: TaskAwareModel) -> tuple[dict, dict[int, dict]]:
+def split_state(model: ShareableModel) -> tuple[dict, dict[int, dict]]:
     """The trainable state split into what one task owns (its ``task_parameters`` not reachable under another
     key) and the rest (shared parameters, tied parts, buffers, extra state)."""
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -328,7 +326,7 @@ def from_pretrained(source, backbone: Optional[nn.Module] = None, *, task: Optio
         entries = [t for t in entries if t["name"] == task]
         if not entries:
             raise CheckpointError(f"{path}: no task {task!r}; tasks: {[t['name'] for t in doc['tasks']]}")
-    model: TaskAwareModel | TaskModels
+    model: nn.Module
     with _caller_rng_kept():
         if backbone is None:
             backbone = _backbone_from_source(doc, path)
@@ -463,14 +461,15 @@ def check_config(doc: Any, path: Path) -> dict:
     return doc
 
 
-def _build(doc: dict, backbone: nn.Module, path: Path, entries: list[dict]) -> TaskAwareModel:
-    model = cast("TaskAwareModel", build_method(doc["method"], backbone, path))  # a method node: a TaskAwareModel
+def _build(doc: dict, backbone: nn.Module, path: Path, entries: list[dict]) -> nn.Module:
+    built = build_method(doc["method"], backbone, path)
+    model = cast(ShareableModel, built)  # a method node: a task-aware model
     if int(model.feature_dim) != doc["backbone"]["num_features"]:
         raise CheckpointError(f"{path}: the method gives {model.feature_dim}-dimensional features, the config says "
                               f"{doc['backbone']['num_features']}")
     for entry in entries:
         model.add_task(entry["label"], entry["num_classes"])
-    return model
+    return built
 
 
 def _read_parts(directory: Path, files: list[Path]) -> dict:
@@ -484,7 +483,7 @@ def _read_parts(directory: Path, files: list[Path]) -> dict:
     return state
 
 
-def load_state(model: TaskAwareModel, state: Mapping[str, Any], where) -> None:
+def load_state(model: nn.Module, state: Mapping[str, Any], where) -> None:
     """Load a stored trainable state into ``model``: every tensor finite, every key the model's, no trainable
     key left out, and afterwards every stored tensor held exactly (same dtype and bits)."""
     bad = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
@@ -500,7 +499,7 @@ def load_state(model: TaskAwareModel, state: Mapping[str, Any], where) -> None:
         detail = " ".join(line.strip() for line in first[:3])[:400]
         raise CheckpointError(f"{where}: does not fit the {type(model).__name__} its config describes "
                               f"({type(err).__name__}: {detail})") from None
-    missing = sorted(set(missing) - model.frozen_state_keys())
+    missing = sorted(set(missing) - cast(ShareableModel, model).frozen_state_keys())  # built by _build
     if missing or unexpected:
         raise CheckpointError(f"{where}: does not fit the {type(model).__name__} its config describes: "
                               f"missing {missing[:5]}, unexpected {sorted(unexpected)[:5]}")

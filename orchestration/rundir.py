@@ -71,7 +71,7 @@ def resolved(cfg: DictConfig) -> dict:
 def saved_config(run_dir: Path) -> dict:
     """The run's saved configuration; constructors named by a checkout's short package names read as their
     installed names (a run saved as ``strategies.plugins.EWC`` resumes as ``gift_cl.strategies.plugins.EWC``)."""
-    from gift_cl.config import installed_target_names
+    from gift_cl.former_names import installed_target_names
 
     return installed_target_names(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False))
 

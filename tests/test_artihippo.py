@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from gift_cl.artihippo import PRETRAINED, ArtiHippo
-from gift_cl.artihippo.sampling import HierarchicalSampler
 from gift_cl.backbones import create_backbone
+from gift_cl.methods.artihippo import PRETRAINED, ArtiHippo
+from gift_cl.methods.artihippo.sampling import HierarchicalSampler
 from gift_cl.orchestration.loop import CHECKPOINT, Run
 from gift_cl.strategies.plugins import EpochCheckpointPlugin
 
@@ -284,7 +284,7 @@ def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
     kind, so P(New) >= ε/3 at every task; the default Aux category thins out as old experts accumulate."""
     from types import SimpleNamespace
 
-    from gift_cl.artihippo import PRETRAINED
+    from gift_cl.methods.artihippo import PRETRAINED
 
     def sampler(n_old: int, level1: str) -> HierarchicalSampler:
         fake = SimpleNamespace(depth=1, ops=("reuse", "adapt", "new", "skip"),
@@ -313,8 +313,8 @@ def test_separate_level1_keeps_new_above_a_floor_as_tasks_accumulate():
 
 
 def test_level1_option_reaches_the_search_from_the_config():
-    from gift_cl.artihippo import ArtiHippoSearch
-    from gift_cl.artihippo.search import SearchConfig
+    from gift_cl.methods.artihippo import ArtiHippoSearch
+    from gift_cl.methods.artihippo.search import SearchConfig
     from gift_cl.orchestration.validation import validate
 
     from runs import compose_cfg
@@ -331,7 +331,7 @@ def test_level1_option_reaches_the_search_from_the_config():
 def test_selection_tolerance_kinds_and_choices():
     """Which near-best candidate is chosen: the tolerance as an accuracy margin, a fraction of the best (CHEEM)
     or a count of search images, and the cheapest by added parameters (the default) or by FLOPs (CHEEM)."""
-    from gift_cl.artihippo.search import SearchConfig, choose
+    from gift_cl.methods.artihippo.search import SearchConfig, choose
 
     n_val = 40
     reuse, new, skip = (("reuse", 0),), (("new", None),), (("skip", None),)
@@ -358,11 +358,11 @@ def test_selection_tolerance_kinds_and_choices():
 
 
 def test_search_options_checked_before_the_run_name_what_the_search_accepts():
-    from gift_cl.artihippo.sampling import HierarchicalSampler
-    from gift_cl.artihippo.search import SearchConfig
     from gift_cl.config import ARGUMENT_RANGES
+    from gift_cl.methods.artihippo.sampling import HierarchicalSampler
+    from gift_cl.methods.artihippo.search import SearchConfig
 
-    ranges = ARGUMENT_RANGES["gift_cl.artihippo.ArtiHippoSearch"]
+    ranges = ARGUMENT_RANGES["gift_cl.methods.artihippo.ArtiHippoSearch"]
     assert ranges["level1"].values == tuple(HierarchicalSampler.LEVEL1)
     assert ranges["tolerance_kind"].values == SearchConfig.TOLERANCE_KINDS
     assert ranges["choice"].values == SearchConfig.CHOICES
@@ -372,7 +372,7 @@ def test_search_options_checked_before_the_run_name_what_the_search_accepts():
 def test_per_layer_similarity_records_each_task_along_its_own_path(tmp_path):
     """similarity=per_layer (CHEEM's): every finished task records its mean [CLS] token after each block of its
     own path; a new task's similarity to it is one cosine per block; a task's own data scores 1 at every block."""
-    from gift_cl.artihippo.search import layer_similarities
+    from gift_cl.methods.artihippo.search import layer_similarities
 
     run = tiny_run(tmp_path, "strategy.plugins.artihippo_search.similarity=per_layer", domains="[digits,pedestrians]", epochs=1)
     run.train_and_evaluate()
@@ -384,3 +384,25 @@ def test_per_layer_similarity_records_each_task_along_its_own_path(tmp_path):
     own = layer_similarities(model, run.experiences[0].dataset.eval(), 64, "cpu")
     assert own[0] == pytest.approx([1.0] * model.depth, abs=1e-5)
     assert sorted(model.get_extra_state()["layer_prototypes"]) == [0, 1]  # checkpointed with the model
+
+
+def test_a_run_saved_under_artihippos_former_names_loads_and_resumes(tmp_path):
+    """ArtiHippo's model and search were ``gift_cl.artihippo.*`` and, before that, the search was
+    ``strategies.artihippo.ArtiHippoSearch``; a run saved under those names reads back under today's names
+    (analysis, export, resume)."""
+    import yaml
+
+    from gift_cl.config import load_saved_config
+    from gift_cl.orchestration.rundir import config_differences, saved_config
+
+    cfg = compose_cfg("strategy=artihippo")
+    current = OmegaConf.to_container(cfg, resolve=True)
+    old = yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
+    old["strategy"]["method"]["_target_"] = "gift_cl.artihippo.ArtiHippo"
+    old["strategy"]["plugins"]["artihippo_search"]["_target_"] = "strategies.artihippo.ArtiHippoSearch"
+    (tmp_path / "config_resolved.yaml").write_text(yaml.safe_dump(old))
+
+    loaded = load_saved_config(tmp_path / "config_resolved.yaml")
+    assert loaded.strategy.method._target_ == "gift_cl.methods.ArtiHippo"
+    assert loaded.strategy.plugins.artihippo_search._target_ == "gift_cl.methods.artihippo.ArtiHippoSearch"
+    assert config_differences(saved_config(tmp_path), current) == []

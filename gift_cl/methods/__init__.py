@@ -1,9 +1,10 @@
 """Task-aware models, one file per method; every protocol (independent, sequential, joint,
 class_incremental) uses them.
-ArtiHippo, a method with a search of its own, is a package of its own (:mod:`gift_cl.artihippo`), also
-reachable here as ``gift_cl.methods.ArtiHippo``."""
+ArtiHippo, a method with a search of its own, is a sub-package (:mod:`gift_cl.methods.artihippo`: its model,
+search plugin, sampling and report)."""
 from .adapter import AdapterMethod, GistAdapterMethod
 from .addon import ModelAddon
+from .artihippo import ArtiHippo
 from .base import PAD_LOGIT, TaskAwareModel
 from .bitfit import BitFit
 from .coeff import CoeffTuning
@@ -24,11 +25,3 @@ __all__ = ["PAD_LOGIT", "TaskAwareModel", "AdapterMethod", "ArtiHippo", "BitFit"
            "DualPrompt", "FullFinetune", "GiftAper", "GiftMethod", "Gist", "GistAdapterMethod", "InfLoRA", "L2P",
            "LinearProbe", "LoraMethod", "ModelAddon", "RanPAC", "SharedBackbone", "SimpleCIL", "VptDeep"]
 
-
-def __getattr__(name: str):
-    # gift_cl.artihippo builds on this package (methods.base), so it is imported when first asked for
-    if name == "ArtiHippo":
-        from ..artihippo import ArtiHippo
-
-        return ArtiHippo
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,16 +32,6 @@ from torch import nn
 from ..selective import TaskSelective
 from .arguments import RecordsArguments
 
-FORMER_ADDON_PREFIX = "model_plugins."  # the add-ons' state-dict prefix in checkpoints and saved models written before
-
-
-def read_former_addon_keys(state_dict, prefix: str = "", *_ignored) -> None:
-    """Rename, in place, a state's add-on keys saved under their former prefix to ``model_addons.`` (run
-    checkpoints resume, saved models load; the tensors are the same). Also a load_state_dict pre-hook."""
-    former = prefix + FORMER_ADDON_PREFIX
-    for key in [k for k in state_dict if k.startswith(former)]:
-        state_dict[prefix + "model_addons." + key[len(former):]] = state_dict.pop(key)
-
 
 class ModelAddon(RecordsArguments, TaskSelective, nn.Module, abc.ABC):
     """Base class; see the module docstring for the protocol."""

@@ -29,11 +29,13 @@ import torch.nn.functional as F
 from avalanche.models import MultiTaskModule
 from torch import nn
 
+from ..former_names import read_former_addon_keys
 from ..injection import backbone_parameter_count, count_parameters
 from ..padding import PAD_LOGIT
+from ..pretrained import load_method, save_pretrained
 from ..protocols import INFER_TASK
 from ..selective import TaskSelective, serving
-from .addon import ModelAddon, read_former_addon_keys
+from .addon import ModelAddon
 from .arguments import RecordsArguments
 
 
@@ -355,15 +357,11 @@ class TaskAwareModel(RecordsArguments, MultiTaskModule, abc.ABC):
     def save_pretrained(self, directory, **metadata):
         """Write the model as a directory from_pretrained (and the Hugging Face Hub) reads: see
         :func:`gift_cl.pretrained.save_pretrained`."""
-        from ..pretrained import save_pretrained
-
         return save_pretrained(self, directory, **metadata)
 
     @classmethod
     def from_pretrained(cls, source, backbone: Optional[nn.Module] = None, **kwargs) -> "TaskAwareModel":
         """The model saved in ``source`` (a directory or a Hub id): see :func:`gift_cl.pretrained.from_pretrained`."""
-        from ..pretrained import load_method
-
         return cast(TaskAwareModel, load_method(source, cls, backbone=backbone, **kwargs))  # load_method checks the class
 
     def trainable_parameter_count(self) -> dict:

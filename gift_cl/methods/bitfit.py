@@ -54,10 +54,14 @@ class BitFit(FrozenBackboneModel):
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         return super().task_parameters(task) + list(self._task_biases(task).values())
 
+    def backbone_biases(self, task: int) -> dict[str, torch.Tensor]:
+        """``{backbone parameter name: the task's bias}``: what replaces the backbone's biases for ``task``."""
+        biases = self._task_biases(task)
+        return {n: biases[_key(n)] for n in self.bias_names}
+
     def features(self, x: torch.Tensor, task: Optional[int]) -> torch.Tensor:
         assert task is not None, "BitFit's features depend on the task (shared_features is False)"
-        biases = self._task_biases(task)
-        return functional_call(self.backbone, {n: biases[_key(n)] for n in self.bias_names}, (x,))
+        return functional_call(self.backbone, self.backbone_biases(task), (x,))
 
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

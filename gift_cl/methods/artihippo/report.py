@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..atomic import atomic_path, write_json
+from ...atomic import atomic_path, write_json
 
 COLOURS = {"reuse": "#4C72B0", "adapt": "#DD8452", "new": "#55A868", "skip": "#C8C8C8"}
 

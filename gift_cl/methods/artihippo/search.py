@@ -45,8 +45,8 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError
-from ..methods.base import classes_per_task
+from ...config import ConfigError
+from ..base import classes_per_task
 from .arch import Arch
 from .sampling import HierarchicalSampler
 
@@ -348,7 +348,7 @@ def search_task(model, dataset, task: int, num_classes: int, cfg: SearchConfig, 
 
 # ------------------------------------------------------------------------------------------- the plugin
 class ArtiHippoSearch(SupervisedPlugin):
-    """Searches each new task's architecture (see :class:`gift_cl.artihippo.SearchConfig` for the options)."""
+    """Searches each new task's architecture (see :class:`gift_cl.methods.artihippo.SearchConfig` for the options)."""
 
     def __init__(self, supernet_epochs: int = 2, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 32,
                  val_fraction: float = 0.2, max_val: int = 100, population: int = 8, generations: int = 3,

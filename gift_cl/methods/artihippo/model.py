@@ -1,7 +1,7 @@
 """ArtiHippo (Savadikar, Dai, Wu; arXiv 2303.08250): a mixture of experts grown in the final projection of
 every attention block (``blocks.l.attn.proj``) of a frozen ViT, one architecture per task.
 
-For each task and block the architecture holds one operation (:mod:`gift_cl.artihippo.search` finds it):
+For each task and block the architecture holds one operation (:mod:`gift_cl.methods.artihippo.search` finds it):
 
 - ``reuse`` an old expert as it is (``source``: the old task whose expert it is, or ``-1``, the pretrained
   projection, which every task may reuse or adapt like an old task's expert);
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..gift import GiftConfig, GiftGenerator
-from ..lora import LoraAdapter
-from ..methods.base import FrozenBackboneModel
+from ...gift import GiftConfig, GiftGenerator
+from ...lora import LoraAdapter
+from ..base import FrozenBackboneModel
 from .arch import ADAPTS, NEW_INITS, OPS, PRETRAINED, SEARCH, Arch, source_key
 from .report import write_report
 
