@@ -7,15 +7,16 @@ For every run, task with masks (objects, signs, flowers, digits, glyphs, pedestr
 the cluster (and sign) whose map ``Y C`` best separates object from background tokens is chosen on validation
 images and scored on test images (``gift_cl.maskscore``: pooled AUROC and top-k IoU on the token grid). The
 same selection runs on the references: the task's generator head freshly initialised (``--draws`` draws; the
-trained trunk and the trained tokens ``Y`` stay), random concept matrices of the same shape (``--draws``),
+trained trunk and the trained tokens ``Y`` stay) or, for ``W φᵀ`` maps (GIFT-linear: no head enters them), the
+shared trunk's φ freshly initialised instead, random concept matrices of the same shape (``--draws``),
 k-means of the frozen model's patch tokens at the layer's block (k = the number of clusters, ``--kmeans-seeds``)
 and the frozen model's last-block [CLS] attention. Validation and test images are fresh draws of the generators
 (``split=val`` / ``split=test`` at the run's data seed), never training images.
 
 Writes ``mask_scores.csv`` (one row per run, task, layer, metric and source), ``mask_scores.json`` and
 ``mask_scores.md``: per layer and metric, the trained heads' test score (mean over tasks per seed, then mean and
-95 % t-interval over seeds), each reference the same way, and the paired difference trained − untrained-head
-null median per seed with its interval (resolved when the interval excludes 0).
+95 % t-interval over seeds), each reference the same way, and the paired difference trained − untrained null
+median (head, or trunk for ``W φᵀ`` maps) per seed with its interval (resolved when the interval excludes 0).
 """
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ from gift_cl.interpret import (
     frozen_patch_tokens,
     layer_outputs,
     load_run,
+    null_part,
     patch_grid,
     untrained_concepts,
 )
 from gift_cl.stats import t_interval
 
 METRICS = ("auroc", "iou")
-SOURCES = ("trained", "untrained_head", "random_concepts", "kmeans_frozen", "cls_attention")
+SOURCES = ("trained", "untrained_head", "untrained_trunk", "random_concepts", "kmeans_frozen", "cls_attention")
+NULLS = ("untrained_head", "untrained_trunk")  # a layer's untrained null: one of the two (null_part)
 
 
 @dataclass
@@ -82,7 +85,9 @@ def score_task(view, layer: str, val: Images, test: Images, draws: int, kmeans_s
                      for imgs in (val, test))
     c = concept_matrix(gift, layer, head)
     c = _centre(c) if center else c
-    untrained = centred(untrained_concepts(gift, layer, head)) if center else untrained_concepts(gift, layer, head)
+    part = null_part(gift, layer)  # the head, or the trunk for W φᵀ maps (no head enters them)
+    untrained = untrained_concepts(gift, layer, head, part=part)
+    untrained = centred(untrained) if center else untrained
     frozen_val, frozen_test = (frozen_patch_tokens(gift.model, imgs.images, block) for imgs in (val, test))
     att_val, att_test = (cls_attention(gift.model, imgs.images) for imgs in (val, test))
     rows = []
@@ -91,8 +96,8 @@ def score_task(view, layer: str, val: Images, test: Images, draws: int, kmeans_s
                                             maskscore.concept_maps(y_test, c), test.tokens, metric)
         scores: dict[str, Any] = {
             "trained": [picked.test],
-            "untrained_head": maskscore.concept_null(untrained, y_val, val.tokens,
-                                                     y_test, test.tokens, metric, draws),
+            f"untrained_{part}": maskscore.concept_null(untrained, y_val, val.tokens,
+                                                        y_test, test.tokens, metric, draws),
             "random_concepts": maskscore.concept_null(maskscore.random_concepts(*c.shape), y_val, val.tokens,
                                                       y_test, test.tokens, metric, draws),
             "kmeans_frozen": maskscore.kmeans_reference(frozen_val, val.tokens, frozen_test, test.tokens,
@@ -146,15 +151,23 @@ def per_seed(rows: list[dict], source: str, key: str = "score") -> list[float]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per layer and metric: each source's score averaged over tasks per seed, then over seeds with a 95 %
-    t-interval; and the paired per-seed difference trained − untrained-head null median."""
+    t-interval; and the paired per-seed difference trained − untrained null median (``null``: the untrained
+    head, or the trunk for ``W φᵀ`` maps)."""
     out = []
     for layer in dict.fromkeys(r["layer"] for r in rows):
         for metric in METRICS:
             here = [r for r in rows if r["layer"] == layer and r["metric"] == metric]
             entry: dict[str, Any] = {"layer": layer, "metric": metric}
+            present = {r["source"] for r in here}
+            nulls = [n for n in NULLS if n in present]
+            if len(nulls) != 1:
+                raise ValueError(f"{layer}: the runs' rows hold {nulls or 'no'} untrained null; expected one (runs "
+                                 "whose generators differ at a layer cannot be summarised together)")
+            entry["null"] = nulls[0]
             for source in SOURCES:
-                entry[source] = _interval(per_seed(here, source))
-            gap = np.subtract(per_seed(here, "trained"), per_seed(here, "untrained_head", "median"))
+                if source in present:
+                    entry[source] = _interval(per_seed(here, source))
+            gap = np.subtract(per_seed(here, "trained"), per_seed(here, entry["null"], "median"))
             entry["trained_minus_untrained"] = _interval(list(gap))
             lo, hi = entry["trained_minus_untrained"]["ci_low"], entry["trained_minus_untrained"]["ci_high"]
             entry["resolved"] = lo is not None and (lo > 0 or hi < 0)
@@ -170,10 +183,14 @@ def _fmt(iv: dict) -> str:
 
 def markdown(summary: list[dict], n_runs: int) -> str:
     lines = [f"Mask scores over {n_runs} run(s): mean over tasks per seed, then mean [95 % t-interval] over seeds.",
-             "", "| layer | metric | trained | untrained head | random C | k-means (frozen) | [CLS] attention "
-             "| trained − untrained | resolved |", "|---|---|---|---|---|---|---|---|---|"]
+             "Untrained: the generator head re-drawn, or the trunk (φ) where the maps are W φᵀ.", "",
+             "| layer | metric | trained | untrained | re-drawn | random C | k-means (frozen) | [CLS] attention "
+             "| trained − untrained | resolved |", "|---|---|---|---|---|---|---|---|---|---|"]
+    others = ("random_concepts", "kmeans_frozen", "cls_attention")
     for e in summary:
-        lines.append(f"| {e['layer']} | {e['metric']} | " + " | ".join(_fmt(e[s]) for s in SOURCES)
+        cells = [_fmt(e["trained"]), _fmt(e[e["null"]]), e["null"].removeprefix("untrained_")]
+        cells += [_fmt(e[s]) for s in others]
+        lines.append(f"| {e['layer']} | {e['metric']} | " + " | ".join(cells)
                      + f" | {_fmt(e['trained_minus_untrained'])} | {'yes' if e['resolved'] else 'no'} |")
     return "\n".join(lines) + "\n"
 

@@ -378,6 +378,7 @@ TOOLS = {
     "concept-reuse": "gift_cl.analysis.concept_reuse",  # concept reuse across a run's tasks
     "mask-scores": "gift_cl.analysis.mask_scores",  # cluster maps scored against object masks, with nulls
     "reuse-tests": "gift_cl.analysis.reuse_tests",  # concept reuse against a null, task similarity and ablation
+    "part-vocabulary": "gift_cl.analysis.part_vocabulary",  # matched concepts vs shared object parts
 }
 
 

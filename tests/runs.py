@@ -45,11 +45,11 @@ def compose_cfg(*overrides, model: str = "vit_tiny_random"):
     return cfg
 
 
-def tiny_gift_run(run_dir: Path, domains: str) -> Path:
+def tiny_gift_run(run_dir: Path, domains: str, *overrides: str) -> Path:
     """A tiny finished multi-task GIFT run on the procedural ``domains`` (``"[digits,signs]"``), made in-process,
     with the ``config_resolved.yaml`` run.py writes: what the analysis tools read."""
     cfg = compose_cfg(*PROCEDURAL, "strategy=gift_multitask", f"benchmark.domains={domains}", "benchmark.n_train=16",
-                      "benchmark.n_test=8", "optim.epochs=1", "optim.batch_size=16")
+                      "benchmark.n_test=8", "optim.epochs=1", "optim.batch_size=16", *overrides)
     run_in_process(cfg, run_dir)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir

@@ -17,8 +17,11 @@ from gift_cl.interpret import (
     concept_vectors,
     most_contrasted,
     normalize_maps,
+    null_part,
     task_accuracies,
+    untrained_concepts,
     untrained_head,
+    untrained_trunk,
 )
 
 
@@ -174,6 +177,32 @@ def test_untrained_head_is_fresh_inside_the_block_and_restored_after():
     assert not torch.allclose(fresh, trained)
     assert torch.equal(concept_vectors(gift, layer, "1"), trained)
     assert all(gen.heads["1"].recovery.weight.abs().sum() > 0 for gen in gift.generators.values())
+
+
+def test_untrained_trunk_redraws_phi_as_initialised_and_restores_it():
+    """GIFT-linear's maps ``W φᵀ`` depend on the shared φ and on no head: an untrained head leaves them exactly
+    as trained, so their null re-draws the trunk, as :class:`GeneratorTrunk` initialises it."""
+    from gift_cl.gift import GeneratorTrunk
+
+    config = GiftConfig.linear()
+    gift = two_head_gift(config)
+    layer = list(gift.layers())[-1]
+    assert null_part(gift, layer) == "trunk"
+    assert null_part(two_head_gift(GiftConfig(rank=8, depth=2, num_clusters=6)), layer) == "head"
+    trained = concept_matrix(gift, layer, "1")
+    assert torch.equal(untrained_concepts(gift, layer, "1", part="head")(4), trained)  # why the head null is void
+    gen = next(iter(gift.generators.values()))
+    phi = gen.trunk.reduction.weight.detach().clone()
+    draw = untrained_concepts(gift, layer, "1", part="auto")
+    fresh = draw(4)
+    assert not torch.allclose(fresh, trained) and torch.equal(draw(4), fresh)  # the seed fixes the draw
+    torch.manual_seed(4)
+    expected = GeneratorTrunk(config, gen.d_in, gen.d_out).reduction.weight
+    with untrained_trunk(gift, seed=4):
+        assert torch.equal(gen.trunk.reduction.weight, expected)
+    assert torch.equal(gen.trunk.reduction.weight, phi) and torch.equal(concept_matrix(gift, layer, "1"), trained)
+    with pytest.raises(ValueError, match="part"):
+        null_part(gift, layer, part="phi")
 
 
 def test_cluster_map_figure_draws_images_and_the_most_contrasted_clusters():

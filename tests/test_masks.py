@@ -30,7 +30,8 @@ from gift_cl.interpret import (
     untrained_concepts,
 )
 
-MASKED = ["objects", "aircraft", "pedestrians", "signs", "flowers", "glyphs", "digits", "up_shapes"]
+MASKED = ["objects", "aircraft", "pedestrians", "signs", "flowers", "glyphs", "digits", "up_shapes",
+          *P.PART_VOCABULARY]
 UNMASKED = ["textures", "gabor100", "motion", "up_edges", "up_spectra", "up_blocks"]
 
 

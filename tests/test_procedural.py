@@ -35,7 +35,8 @@ def test_registry_shape_of_the_decathlon():
     assert len(P.DECATHLON) >= 10 and len(set(P.DECATHLON)) == len(P.DECATHLON)
     assert 3 <= len(P.UPSTREAM) <= 4
     assert not set(P.DECATHLON) & set(P.UPSTREAM), "pretraining domains must be held out of the decathlon"
-    assert set(P.DECATHLON) | set(P.UPSTREAM) == set(P.DOMAINS)
+    assert set(P.DECATHLON) | set(P.UPSTREAM) | set(P.PART_VOCABULARY) == set(P.DOMAINS)
+    assert not set(P.PART_VOCABULARY) & (set(P.DECATHLON) | set(P.UPSTREAM)), "the experiment's domains stand apart"
     counts = [P.DOMAINS[d].num_classes for d in P.DECATHLON]
     assert min(counts) == 2 and max(counts) == 100
     greys = {P.DOMAINS[d].grey for d in P.DECATHLON}

@@ -37,6 +37,7 @@ re-exported here.
 """
 from .figures import cluster_map_figure, overlay, to_pixels
 from .maps import (
+    NULL_PARTS,
     SOURCES,
     cls_attention,
     cluster_maps,
@@ -49,15 +50,17 @@ from .maps import (
     maps_from_outputs,
     most_contrasted,
     normalize_maps,
+    null_part,
     patch_grid,
     resolve_source,
     untrained_concepts,
     untrained_head,
+    untrained_trunk,
 )
 from .runs import GiftRun, TaskView, accuracy_gains, load_run, read_results, task_accuracies
 
 __all__ = ["overlay", "to_pixels", "cluster_map_figure", "SOURCES", "resolve_source", "concept_matrix",
-           "concept_vectors", "untrained_head", "untrained_concepts", "layer_outputs", "patch_grid", "grid_maps",
+           "concept_vectors", "untrained_head", "untrained_trunk", "NULL_PARTS", "null_part", "untrained_concepts", "layer_outputs", "patch_grid", "grid_maps",
            "maps_from_outputs", "frozen_patch_tokens", "cls_attention", "cluster_maps_by_layer", "cluster_maps",
            "normalize_maps", "most_contrasted", "TaskView", "GiftRun", "load_run", "read_results", "task_accuracies",
            "accuracy_gains"]

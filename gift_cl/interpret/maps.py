@@ -95,13 +95,48 @@ def untrained_head(gift: GiftModel, head: str = "0", seed: int = 0):
             gen.heads[head] = saved[key]
 
 
+@contextlib.contextmanager
+def untrained_trunk(gift: GiftModel, seed: int = 0):
+    """Inside the block, every generator's shared trunk (reduction φ, positional encoding P, blocks) is freshly
+    initialised from ``seed`` as :class:`~gift_cl.gift.GeneratorTrunk` initialises it; the trained trunk is put
+    back afterwards. The control for the ``W φᵀ`` maps (``source='projection'``): they depend on φ and on no
+    head, so an untrained head leaves them exactly as trained."""
+    generators = _generators(gift)
+    saved = {key: gen.trunk for key, gen in generators.items()}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for key, gen in generators.items():
+                gen.trunk = type(saved[key])(gen.config, gen.d_in, gen.d_out).to(
+                    next(saved[key].parameters()).device)
+        yield gift
+    finally:
+        for key, gen in generators.items():
+            gen.trunk = saved[key]
+
+
+NULL_PARTS = ("auto", "head", "trunk")
+
+
+def null_part(gift: GiftModel, layer: str, source: str = "auto", part: str = "auto") -> str:
+    """What the untrained null of ``layer``'s concepts re-draws: ``part``, or for ``auto`` the trunk where the
+    concepts are ``W φᵀ`` (no head enters them) and the head otherwise."""
+    if part not in NULL_PARTS:
+        raise ValueError(f"unknown part {part!r} to re-draw; expected one of {NULL_PARTS}")
+    if part != "auto":
+        return part
+    return "trunk" if resolve_source(gift, layer, source) == "projection" else "head"
+
+
 def untrained_concepts(gift: GiftModel, layer: str, head: str = "0", source: str = "auto",
-                       block: int = 0) -> Callable[[int], torch.Tensor]:
-    """``seed -> C`` of ``layer`` with head ``head`` freshly initialised from ``seed`` (:func:`untrained_head`):
-    the draws of the untrained-head null of :func:`gift_cl.maskscore.concept_null`."""
+                       block: int = 0, part: str = "head") -> Callable[[int], torch.Tensor]:
+    """``seed -> C`` of ``layer`` with ``part`` freshly initialised from ``seed``: generator head ``head``
+    (:func:`untrained_head`, the default) or the shared trunk (:func:`untrained_trunk`); ``auto`` as
+    :func:`null_part` decides. The draws of the untrained null of :func:`gift_cl.maskscore.concept_null`."""
+    redrawn = untrained_trunk if null_part(gift, layer, source, part) == "trunk" else None
 
     def draw(seed: int) -> torch.Tensor:
-        with untrained_head(gift, head, seed):
+        with (redrawn(gift, seed) if redrawn is not None else untrained_head(gift, head, seed)):
             return concept_matrix(gift, layer, head, source, block)
 
     return draw

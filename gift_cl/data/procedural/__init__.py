@@ -4,7 +4,9 @@ VDD (ImageNet, Aircraft, CIFAR-100, DPed, DTD, GTSRB, Flowers, Omniglot, SVHN, U
 downloaded here, so each of its domains gets a NumPy/Pillow generator that keeps the property that
 matters for continual learning: a different visual vocabulary, class count (2..100), colour or grey,
 coarse or fine-grained. A second, disjoint set of *upstream* domains (edges, shapes, colour, texture,
-part layout) exists only to pretrain a small ViT, so the decathlon stays held out.
+part layout) exists only to pretrain a small ViT, so the decathlon stays held out. Six more domains
+(``PART_VOCABULARY``, :mod:`~gift_cl.data.procedural.parts`) share or do not share a part vocabulary: the design
+of the part-vocabulary experiment of the interpretability analysis.
 
 Every image is a function of (domain, seed, split, n, image_size) only: each call draws from its own
 ``np.random.default_rng`` whose seed is a SHA-256 of those fields, so results do not depend on global
@@ -29,6 +31,7 @@ noise applied after painting do not move labels.
 Modules: :mod:`~gift_cl.data.procedural.primitives` (shapes, masks, painting, noise),
 :mod:`~gift_cl.data.procedural.fonts`, :mod:`~gift_cl.data.procedural.decathlon` (the ten downstream
 domains), :mod:`~gift_cl.data.procedural.upstream` (the pretraining domains),
+:mod:`~gift_cl.data.procedural.parts` (the part-vocabulary domains),
 :mod:`~gift_cl.data.procedural.registry` (the domain registry, :func:`generate`, :func:`load_procedural`) and
 :mod:`~gift_cl.data.procedural.cache` (the on-disk cache). The public names are re-exported here; configs name
 ``gift_cl.data.procedural.load_procedural``.
@@ -39,6 +42,7 @@ from gift_cl.data.procedural.registry import (
     DECATHLON,
     DOMAINS,
     MASK_LABELS,
+    PART_VOCABULARY,
     UPSTREAM,
     DomainSpec,
     generate,
@@ -46,5 +50,6 @@ from gift_cl.data.procedural.registry import (
     object_mask,
 )
 
-__all__ = ["BACKGROUND", "DECATHLON", "DISTRACTOR", "DOMAINS", "MASK_LABELS", "MASK_VERSION", "OBJECT", "UPSTREAM",
+__all__ = ["BACKGROUND", "DECATHLON", "DISTRACTOR", "DOMAINS", "MASK_LABELS", "MASK_VERSION", "OBJECT", "PART_VOCABULARY",
+           "UPSTREAM",
            "VERSION", "DomainSpec", "generate", "load_procedural", "object_mask"]

@@ -1,4 +1,4 @@
-"""The domain registry (``DOMAINS``, ``DECATHLON``, ``UPSTREAM``, ``MASK_LABELS``) and the entry points:
+"""The domain registry (``DOMAINS``, ``DECATHLON``, ``UPSTREAM``, ``PART_DOMAINS``, ``MASK_LABELS``) and the entry points:
 :func:`generate` (images, labels and masks of one domain and split) and :func:`load_procedural` (one
 ``TaskData`` per domain, the benchmark's ``_target_``)."""
 from __future__ import annotations
@@ -36,6 +36,7 @@ from gift_cl.data.procedural.decathlon import (
     _signs,
     _textures,
 )
+from gift_cl.data.procedural.parts import PART_DOMAINS, VOCABULARIES, part_domains
 from gift_cl.data.procedural.primitives import OBJECT, _per_image, _per_image_masked
 from gift_cl.data.procedural.upstream import _up_blocks, _up_edges, _up_shapes, _up_spectra
 
@@ -105,6 +106,9 @@ DOMAINS: dict[str, DomainSpec] = {
         _spec("up_edges", 16, True, _up_edges, "upstream: oriented edges", False),
         _spec("up_spectra", 15, False, _up_spectra, "upstream: texture statistics", False),
         _spec("up_blocks", 7, False, _up_blocks, "upstream: part layout", False),
+        # the part-vocabulary experiment (parts.py): left/right classes are not mirror-safe
+        *(_spec(name, 4, False, fn, "part-vocabulary experiment", not name.endswith("_position"),
+                parts=VOCABULARIES[vocabulary]) for name, vocabulary, fn in part_domains()),
     )
 }
 
@@ -112,6 +116,8 @@ DOMAINS: dict[str, DomainSpec] = {
 DECATHLON: list[str] = ["objects", "aircraft", "gabor100", "pedestrians", "textures", "signs", "flowers", "glyphs",
                         "digits", "motion"]
 UPSTREAM: list[str] = ["up_shapes", "up_edges", "up_spectra", "up_blocks"]
+# part-vocabulary experiment (parts.py): {domain: vocabulary}; out of pretraining and of the decathlon
+PART_VOCABULARY: dict[str, str] = dict(PART_DOMAINS)
 # {domain: name of every mask label (index = label value)} for the domains that draw an object
 MASK_LABELS: dict[str, tuple[str, ...]] = {name: spec.mask_labels for name, spec in DOMAINS.items() if spec.mask_labels}
 
