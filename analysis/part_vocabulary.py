@@ -149,6 +149,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if min(args.n_images, args.threads) < 1:
         ap.error("--n-images and --threads must be positive")
+    not_runs = [r for r in args.runs if not (Path(r) / "config_resolved.yaml").is_file()]
+    if not_runs:
+        ap.error(f"not run directories (no config_resolved.yaml): {', '.join(not_runs)}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

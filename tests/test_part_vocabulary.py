@@ -47,6 +47,14 @@ def test_a_run_gets_every_pairs_agreement_and_the_permutation_test(parts_run, tm
     assert f"| {LAYER} |" in (tmp_path / "part_vocabulary.md").read_text()
 
 
+def test_a_path_that_is_not_a_run_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "index.tsv").write_text("")
+    with pytest.raises(SystemExit):
+        part_vocabulary.main([str(tmp_path / "index.tsv"), "--out", str(tmp_path / "out")])
+    assert "not run directories (no config_resolved.yaml)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_summary_resolves_a_difference_only_when_every_seed_agrees():
     rows = [{"layer": "L", "seed": s, "sharing": 0.8 + d, "other": 0.5, "difference": 0.3 + d, "p": p,
              "min_p": 1 / 60} for s, (d, p) in enumerate([(0.0, 0.01), (0.02, 0.2), (-0.01, 0.04)])]
