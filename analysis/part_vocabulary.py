@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from gift_cl.analysis.mask_scores import write_rows
-from gift_cl.analysis.reuse_tests import _clean, _count_below, _fmt, _interval, concept_matrices
+from gift_cl.analysis.reuse_tests import concept_matrices, count_below, fmt_interval, json_safe, seed_interval
 from gift_cl.atomic import write_json, write_text
 from gift_cl.concepts import refute
 from gift_cl.data.procedural import PART_VOCABULARY, generate
@@ -119,10 +119,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         here = sorted((r for r in rows if r["layer"] == layer), key=lambda r: r["seed"])
         entry: dict[str, Any] = {"layer": layer, "seeds": len(here), "min_p": min(r["min_p"] for r in here)}
         for key in SUMMARY_KEYS:
-            entry[key] = _interval([r[key] for r in here])
+            entry[key] = seed_interval([r[key] for r in here])
         lo, hi = entry["difference"]["ci_low"], entry["difference"]["ci_high"]
         entry["resolved"] = lo is not None and (lo > 0 or hi < 0)
-        entry["significant"] = _count_below([r["p"] for r in here])
+        entry["significant"] = count_below([r["p"] for r in here])
         out.append(entry)
     return out
 
@@ -133,7 +133,7 @@ def markdown(summary: list[dict], n_runs: int) -> str:
              "| layer | sharing pairs | other pairs | sharing − other | resolved | seeds with p < 0.05 | design min p |",
              "|---|---|---|---|---|---|---|"]
     for e in summary:
-        lines.append(f"| {e['layer']} | {_fmt(e['sharing'])} | {_fmt(e['other'])} | {_fmt(e['difference'])} "
+        lines.append(f"| {e['layer']} | {fmt_interval(e['sharing'])} | {fmt_interval(e['other'])} | {fmt_interval(e['difference'])} "
                      f"| {'yes' if e['resolved'] else 'no'} | {e['significant']['significant']}/"
                      f"{e['significant']['tested']} | {e['min_p']:.4f} |")
     return "\n".join(lines) + "\n"
@@ -163,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"analysed {run_dir}", flush=True)
     summary = summarize(rows)
     write_rows(rows, out / "part_vocabulary.csv")
-    write_json(_clean({"runs": args.runs, "rows": rows, "details": details, "summary": summary}),
+    write_json(json_safe({"runs": args.runs, "rows": rows, "details": details, "summary": summary}),
                out / "part_vocabulary.json")
     table = markdown(summary, len(args.runs))
     write_text(table, out / "part_vocabulary.md")

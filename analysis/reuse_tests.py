@@ -324,7 +324,7 @@ def _ablate(run, layers: Sequence[str], vectors: dict[str, dict[str, torch.Tenso
 
 
 # ---------------------------------------------------------------------- summary over seeds
-def _interval(values: Sequence[Optional[float]]) -> dict:
+def seed_interval(values: Sequence[Optional[float]]) -> dict:
     """Mean and 95 % t-interval of the finite values (``None`` entries are runs where it was not computed)."""
     v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
     if not v:
@@ -334,7 +334,7 @@ def _interval(values: Sequence[Optional[float]]) -> dict:
             "ci_high": None if half is None else mean + half, "seeds": len(v)}
 
 
-def _count_below(values: Sequence[Optional[float]], alpha: float = ALPHA) -> dict:
+def count_below(values: Sequence[Optional[float]], alpha: float = ALPHA) -> dict:
     tested = [float(p) for p in values if p is not None and math.isfinite(float(p))]
     return {"significant": sum(p < alpha for p in tested), "tested": len(tested)}
 
@@ -347,14 +347,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         here = sorted((r for r in rows if r["layer"] == layer), key=lambda r: r["seed"])
         entry: dict[str, Any] = {"layer": layer, "seeds": len(here)}
         for key in SUMMARY_KEYS:
-            entry[key] = _interval([r.get(key) for r in here])
-        entry["null_significant"] = _count_below([r["p"] for r in here])
-        entry["mantel_significant"] = _count_below([r.get("mantel_p") for r in here])
+            entry[key] = seed_interval([r.get(key) for r in here])
+        entry["null_significant"] = count_below([r["p"] for r in here])
+        entry["mantel_significant"] = count_below([r.get("mantel_p") for r in here])
         out.append(entry)
     return out
 
 
-def _fmt(iv: dict) -> str:
+def fmt_interval(iv: dict) -> str:
     if iv["mean"] is None:
         return "–"
     if iv["ci_low"] is None:
@@ -371,23 +371,23 @@ def markdown(summary: list[dict], n_runs: int, notes: Sequence[str] = ()) -> str
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
         count = "{significant}/{tested}".format
-        lines.append(f"| {e['layer']} | {_fmt(e['used_reuse'])} | {_fmt(e['null_median'])} | {_fmt(e['excess'])} "
-                     f"| {count(**e['null_significant'])} | {_fmt(e['mantel_r'])} "
-                     f"| {count(**e['mantel_significant'])} | {_fmt(e['sharing_drop'])} | {_fmt(e['other_drop'])} "
-                     f"| {_fmt(e['drop_difference'])} | {_fmt(e['logprob_difference'])} |")
+        lines.append(f"| {e['layer']} | {fmt_interval(e['used_reuse'])} | {fmt_interval(e['null_median'])} | {fmt_interval(e['excess'])} "
+                     f"| {count(**e['null_significant'])} | {fmt_interval(e['mantel_r'])} "
+                     f"| {count(**e['mantel_significant'])} | {fmt_interval(e['sharing_drop'])} | {fmt_interval(e['other_drop'])} "
+                     f"| {fmt_interval(e['drop_difference'])} | {fmt_interval(e['logprob_difference'])} |")
     if notes:
         lines += ["", "Notes:", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN and infinities as JSON null."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -433,7 +433,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_rows(rows, out / "reuse_tests.csv")
     if ablation_rows:
         write_rows(ablation_rows, out / "reuse_ablation.csv")
-    write_json(_clean({"runs": args.runs, "settings": {k: v for k, v in vars(args).items() if k != "runs"},
+    write_json(json_safe({"runs": args.runs, "settings": {k: v for k, v in vars(args).items() if k != "runs"},
                        "rows": rows, "ablation": ablation_rows, "matrices": matrices, "summary": summary,
                        "notes": notes, "seconds": seconds}), out / "reuse_tests.json")
     table = markdown(summary, len(args.runs), notes)
