@@ -60,8 +60,8 @@ ADDON_OVERRIDES = ("+addon=", "addon=", "+plugin=", "plugin=")
 # selection run may evaluate only after the last experience, evaluate=last_experience, its test runs after
 # every one), besides those that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
 NOT_HYPERPARAMETERS = ("strategy=", "method=", "protocol=", "cl=", *ADDON_OVERRIDES, "seed=", "benchmark.data_seed=",
-                       "benchmark=", "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.n_test=", "evaluate=",
-                       "hydra")
+                       "benchmark=", "benchmark.domains=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.val_per_class=",
+                       "benchmark.n_test=", "evaluate=", "hydra")
 # overrides that choose the method (its row) rather than tune it: the generator, the backbone
 METHOD_KEYS = ("generator=", "model=")
 
@@ -451,9 +451,11 @@ def pairwise_markdown(pairs: list[dict], alpha: float = 0.05) -> str:
 
 
 # overrides a test run drops from its val run's command line: the split, the seed, what is evaluated (a test run
-# evaluates after every experience, for the accuracy matrix and the average incremental accuracy), and the
+# evaluates after every experience, for the accuracy matrix and the average incremental accuracy; it trains on
+# every training image, the ones benchmark.val_per_class held out included), and the
 # per-run settings that do not change results (gift_cl.orchestration.runfiles.RESULT_NEUTRAL_KEYS)
-NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "evaluate=", "hydra")
+NOT_IN_TEST_RUN = ("seed=", "benchmark.data_seed=", "benchmark.eval_split=", "benchmark.n_val=", "benchmark.val_per_class=",
+                   "evaluate=", "hydra")
 
 
 def test_plan(rows: list[dict], seeds: str) -> str:

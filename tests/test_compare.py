@@ -219,6 +219,12 @@ def test_keys_that_do_not_change_results_are_one_list_of_config_keys():
     assert compare.hyperparameters_of({"overrides": over}) == ("optim.lr=1e-3",)
     row = {"_val_overrides": over, "method": "m", "selection": "s"}
     assert compare.test_plan([row], "0") == "optim.lr=1e-3 seed=0  # m: s\n"
+    # a held-out validation split (benchmark.val_per_class) is part of the split, not of the setting: the test run
+    # trains on every training image
+    held = ["optim.lr=1e-3", "benchmark.val_per_class=500", "benchmark.eval_split=val", "seed=100"]
+    assert compare.hyperparameters_of({"overrides": held}) == ("optim.lr=1e-3",)
+    assert compare.test_plan([{"_val_overrides": held, "method": "m", "selection": "s"}], "0,1") == \
+        "optim.lr=1e-3 seed=0,1  # m: s\n"
     saved = {"threads": 1, "logger": {"name": "csv"}, "device": "cpu", "optim": {"lr": 1e-3}}
     now = {"threads": 4, "logger": {"name": "wandb"}, "device": "cuda", "optim": {"lr": 1e-2}}
     assert config_differences(saved, now) == ["optim.lr: 0.001 -> 0.01"]

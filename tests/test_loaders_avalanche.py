@@ -245,6 +245,11 @@ def test_real_split_fmnist_default_root():
         x, y = task.train[0]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1)
         assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) > float(x.min())
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        cfg = compose("config", overrides=["model=vit_tiny_random", "benchmark=avalanche/split_fmnist", "seed=0",
+                                           "benchmark.val_per_class=500", "benchmark.eval_split=val"])
+    val = instantiate(cfg.benchmark)  # 500 of every class's 6,000 training images held out
+    assert [(len(t.train), len(t.test), t.info["eval_split"]) for t in val] == [(11000, 1000, "val")] * 5
 
 
 def test_per_class_caps_keep_first_images_of_every_class(tmp_path):
@@ -255,6 +260,41 @@ def test_per_class_caps_keep_first_images_of_every_class(tmp_path):
     assert tasks[0].info["train_per_class"] == 3
     with pytest.raises(DataError, match="per-class cap 0"):
         load_split("split_mnist", str(tmp_path), train_per_class=0)
+
+
+def test_validation_split_holds_out_the_last_images_of_every_class(tmp_path):
+    """val_per_class=k: the last k training images of every class (file order) form the validation split, never
+    trained on; eval_split=val evaluates on them; train_per_class caps what is left."""
+    from fixtures import _idx_write
+
+    write_mnist_like(str(tmp_path), "MNIST", n_train=60, n_test=20)  # 6 train / 2 test images a class
+    raw = tmp_path / "MNIST" / "raw"
+    _idx_write(str(raw / "train-images-idx3-ubyte"), np.stack([np.full((28, 28), i, np.uint8) for i in range(60)]))
+    labels = np.arange(60) % 10  # image i is class i % 10: class c's images are c, c + 10, ..., c + 50
+
+    def image_ids(ds):
+        return sorted(int(img[0, 0, 0]) for img in ds.images)
+
+    order = dict(n_experiences=5, shuffle=False, **ID)
+    val = load_split("split_mnist", str(tmp_path), val_per_class=2, eval_split="val", **order)
+    test = load_split("split_mnist", str(tmp_path), val_per_class=2, **order)
+    full = load_split("split_mnist", str(tmp_path), **order)
+    for v, te, f in zip(val, test, full):
+        classes = f.info["classes"]
+        held = sorted(c + 10 * k for c in classes for k in (4, 5))  # the last 2 of each class
+        assert image_ids(v.test) == held and set(image_ids(v.train)).isdisjoint(held)
+        assert image_ids(v.train) == sorted(set(image_ids(f.train)) - set(held))
+        assert all(labels[int(img[0, 0, 0])] == classes[y] for img, y in zip(v.test.images, v.test.targets))
+        assert image_ids(te.train) == image_ids(v.train) and len(te.test) == len(f.test) == 4  # test split unchanged
+        assert (v.info["eval_split"], te.info["eval_split"], v.info["val_per_class"]) == ("val", "test", 2)
+    capped = load_split("split_mnist", str(tmp_path), val_per_class=2, eval_split="val", train_per_class=3, **order)
+    assert image_ids(capped[0].train) == [0, 1, 10, 11, 20, 21] and image_ids(capped[0].test) == image_ids(val[0].test)
+    with pytest.raises(DataError, match="eval_split=val evaluates on images held out of training: set val_per_class"):
+        load_split("split_mnist", str(tmp_path), eval_split="val")
+    with pytest.raises(DataError, match="class 0 has 6 training images; val_per_class=6 would leave none"):
+        load_split("split_mnist", str(tmp_path), val_per_class=6)
+    with pytest.raises(DataError, match="eval_split='dev' is not valid"):
+        load_split("split_mnist", str(tmp_path), eval_split="dev")
 
 
 @pytest.mark.real_data

@@ -83,6 +83,7 @@ LAYOUTS = {
 }
 SPLIT_BENCHMARKS = ("split_mnist", "split_fmnist", "split_cifar10", "split_cifar100", "split_tiny_imagenet")
 CORE50_SCENARIOS = {"nc": "NC_inc", "ni": "NI_inc"}
+EVAL_SPLITS = ("test", "val")
 
 
 def missing(name: str, folder: str, detail: str = "") -> DataError:
@@ -304,6 +305,25 @@ def _first_per_class(idx: np.ndarray, y: np.ndarray, k: Optional[int]) -> tuple[
     return idx[keep], y[keep]
 
 
+def _hold_out_last_per_class(idx: np.ndarray, y: np.ndarray, k: Optional[int], where: str
+                             ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Split a task's training samples into (the rest, the last ``k`` of every class in dataset order): the
+    held-out validation split, never trained on. ``k=None`` holds out nothing."""
+    if k is None:
+        return (idx, y), (idx[:0], y[:0])
+    if int(k) < 1:
+        raise DataError(f"val_per_class={k} must be a positive integer or null")
+    from_end = np.zeros(len(y), np.int64)
+    for c in np.unique(y):
+        at = np.flatnonzero(y == c)
+        if len(at) <= int(k):
+            raise DataError(f"{where}: class {c} has {len(at)} training images; val_per_class={k} would leave "
+                            "none to train on")
+        from_end[at] = np.arange(len(at))[::-1]
+    held = from_end < int(k)
+    return (idx[~held], y[~held]), (idx[held], y[held])
+
+
 def _transform(image_size: int, mean, std) -> T.Compose:
     return T.Compose([square_resize(int(image_size))] + to_tensor_normalize(mean, std))
 
@@ -325,6 +345,8 @@ def load_split(
     test_per_class: Optional[int] = None,
     first_task_classes: Optional[int] = None,
     class_order_rule: str = "avalanche",
+    val_per_class: Optional[int] = None,
+    eval_split: str = "test",
 ) -> list[TaskData]:
     """SplitMNIST / SplitFMNIST / SplitCIFAR10 / SplitCIFAR100 / SplitTinyImageNet as task-incremental tasks.
 
@@ -344,12 +366,21 @@ def load_split(
             native 64 px) / check every file decodes, at load time.
         train_per_class, test_per_class: keep only the first k images of every class (file order),
             for quick runs on a CPU; ``None`` keeps all. Recorded in each task's ``info``.
+        val_per_class: hold out the last ``k`` training images of every class (file order) as a validation
+            split, never trained on (``train_per_class`` then caps the remaining ones); ``None``: none.
+        eval_split: ``test`` (default) or ``val``: evaluate on the held-out validation images instead of the
+            test split (hyperparameter selection; needs ``val_per_class``). Recorded as ``info['eval_split']``
+            (Tiny ImageNet's test split is its official ``val`` folder, recorded as ``val`` as on VDD).
 
     Every task's ``info`` holds ``classes`` (the original class ids of the task, in label order) and
     ``class_offset`` (the number of classes in all earlier tasks).
     """
     check_choice(name, SPLIT_BENCHMARKS, "benchmark")
     check_choice(class_order_rule, CLASS_ORDER_RULES, "class_order_rule")
+    check_choice(eval_split, EVAL_SPLITS, "eval_split")
+    if eval_split == "val" and val_per_class is None:
+        raise DataError("eval_split=val evaluates on images held out of training: set val_per_class (e.g. "
+                        "benchmark.val_per_class=500)")
     root = os.path.expanduser(str(root if root is not None else default_root(name)))
     if not os.path.isdir(root):
         raise missing(name, root, "the folder does not exist")
@@ -388,23 +419,28 @@ def load_split(
     offsets = class_offsets(split)
     tasks = []
     for t, task_classes in enumerate(split):
-        parts: dict[bool, ArrayDataset | ImageFileDataset] = {}
-        for train in (True, False):
-            idx, y = _select(labels[train], task_classes)
-            idx, y = _first_per_class(idx, y, train_per_class if train else test_per_class)
+        # which images of which split: (split, indices, labels) for training and for evaluation
+        (fit_idx, fit_y), val_sel = _hold_out_last_per_class(*_select(labels[True], task_classes), val_per_class,
+                                                             f"{root} task {t}")
+        fit = (True, *_first_per_class(fit_idx, fit_y, train_per_class))
+        evaluate = (True, *val_sel) if eval_split == "val" else (
+            False, *_first_per_class(*_select(labels[False], task_classes), test_per_class))
+        parts: list[ArrayDataset | ImageFileDataset] = []
+        for train, idx, y in (fit, evaluate):
             if name == "split_tiny_imagenet":
                 base, rel = files[train]
-                parts[train] = ImageFileDataset(base, [rel[i] for i in idx], y.tolist(), tf,
-                                                cache_decoded=cache_decoded, source=base)
+                parts.append(ImageFileDataset(base, [rel[i] for i in idx], y.tolist(), tf,
+                                              cache_decoded=cache_decoded, source=base))
             else:
-                parts[train] = ArrayDataset(images[train][idx], y.tolist(), tf)
+                parts.append(ArrayDataset(images[train][idx], y.tolist(), tf))
         info = {"benchmark": f"avalanche/{name}", "experience": t, "classes": task_classes,
                 "class_offset": offsets[t], "image_size": int(image_size), "train_per_class": train_per_class,
-                "test_per_class": test_per_class, "n_train": len(parts[True]), "n_eval": len(parts[False]),
-                "eval_split": "test" if name != "split_tiny_imagenet" else "val"}
+                "test_per_class": test_per_class, "val_per_class": val_per_class,
+                "n_train": len(parts[0]), "n_eval": len(parts[1]),
+                "eval_split": "val" if eval_split == "val" or name == "split_tiny_imagenet" else "test"}
         if class_names is not None:
             info["class_names"] = [class_names[c] for c in task_classes]
-        tasks.append(TaskData(name=f"{name}_exp{t}", train=parts[True], test=parts[False],
+        tasks.append(TaskData(name=f"{name}_exp{t}", train=parts[0], test=parts[1],
                               num_classes=len(task_classes), info=info))
     return tasks
 
