@@ -233,3 +233,27 @@ def test_sweep_plan_and_status_answer_without_torch_and_find_runs_by_hash(tmp_pa
     index = (out / sweep.INDEX_FILE).read_text().splitlines()
     assert index[0] == "directory\toverrides" and len(index) == 3
     assert f"{sweep.run_name(runs[1])}\tstrategy=gift_multitask model=vit_tiny_random seed=1" in index
+
+
+def test_shipped_plans_compose_and_validate():
+    """Every plan in analysis/sweeps/ reads, and its runs compose and pass the run-time validation (one run per
+    distinct value of every swept key), so a shipped plan never stops on a typo after hours of runs."""
+    from gift_cl.orchestration.validation import validate
+
+    plans = sorted((REPO / "analysis" / "sweeps").glob("*.txt"))
+    assert len(plans) >= 10
+    checked = 0
+    for plan in plans:
+        runs = sweep.read_plans([str(plan)])
+        assert runs, f"{plan.name}: no runs"
+        covered: set[str] = set()
+        for overrides in runs:
+            if set(overrides) <= covered:
+                continue
+            covered |= set(overrides)
+            try:
+                validate(sweep.compose(sweep.full_overrides(overrides)), command_line=True)
+            except Exception as exc:  # name the plan and the run
+                raise AssertionError(f"{plan.name}: {' '.join(overrides)}: {exc}") from exc
+            checked += 1
+    assert checked >= len(plans)
