@@ -5,6 +5,7 @@
     python analysis/compare.py sweeps/evidence --where model=vit_formula --test-plan t.txt --seeds 0,1,2,3,4
     python -m gift_cl.orchestration.sweep t.txt --out sweeps/evidence --jobs 2                   # (and for vit_procedural)
     python -m gift_cl.orchestration.sweep analysis/sweeps/evidence_fmnist.txt --out sweeps/evidence_fmnist
+    python -m gift_cl.orchestration.sweep analysis/sweeps/fmnist_val_formula.txt --out sweeps/fmnist --jobs 2  # (then its test plan)
     python analysis/evidence.py concepts formula=outputs/<default run> procedural=outputs/<run, model=vit_procedural>
     python analysis/evidence.py report                       # docs/results/evidence/evidence.md
 
@@ -23,7 +24,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -188,19 +189,28 @@ def concept_stats(run_dir: Path, block: int = 0) -> dict:
             "layers": out}
 
 
-def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
-    """The method table of one backbone (``analysis/compare.py --where model=<backbone>``) with its paired
-    differences, and the validation scores of every setting."""
+def _compare_markdown(sweep: Path, val_md: Path, where: tuple[str, ...] = ()) -> str:
+    """``analysis/compare.py``'s table of a sweep (selection on validation, paired differences; ``--where`` filters)
+    and every validation score written to ``val_md``; an italic line when nothing has finished yet."""
     import contextlib
     import io
 
     from gift_cl.analysis import compare
-    val_md = sweep / f"validation_{backbone}.md"
+    args = [str(sweep), *(a for w in where for a in ("--where", w)), "--val-md", str(val_md)]
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            md = compare.main([str(sweep), "--where", f"model={backbone}", "--val-md", str(val_md)])
+            return compare.main(args)
         except SystemExit as err:  # no finished runs yet
-            return f"_{backbone}: no finished runs in {sweep} ({err})._\n"
+            return f"_no finished runs in {sweep} ({err})._\n"
+
+
+def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
+    """The method table of one backbone (``analysis/compare.py --where model=<backbone>``) with its paired
+    differences, and the validation scores of every setting."""
+    val_md = sweep / f"validation_{backbone}.md"
+    md = _compare_markdown(sweep, val_md, (f"model={backbone}",))
+    if md.startswith("_no finished runs"):
+        return f"_{backbone}: {md[1:]}"
     return f"#### `{backbone}`\n\n{seeds_note}\n\n{md}\nEvery validation score: `{val_md}`.\n"
 
 
@@ -211,16 +221,17 @@ def _fmnist_section(sweep: Path) -> str:
     cells: dict = {}
     for run in find_result_dirs([sweep]):
         res = read_results(run)
-        if not res.get("finished"):
-            continue
-        model = next((o.split("=", 1)[1] for o in res["overrides"] if o.startswith("model=")), "?")
-        cells.setdefault((model, res["strategy"]), []).append(res["average_accuracy"])
+        if not res.get("finished") or any((t.get("info") or {}).get("eval_split") == "val" for t in res["tasks"]):
+            continue  # test runs only: selection runs belong to the selected table
+        over = dict(o.split("=", 1) for o in res["overrides"] if "=" in o)
+        lr = over.get("optim.lr", "default")
+        cells.setdefault((over.get("model", "?"), res["strategy"], lr), []).append(res["average_accuracy"])
     if not cells:
         return f"_no finished Fashion-MNIST runs in {sweep}._\n"
-    lines = ["| backbone | strategy | accuracy (mean ± 95 % CI) | seeds |", "|---|---|---|---|"]
-    for (model, strategy), accs in sorted(cells.items()):
+    lines = ["| backbone | strategy | lr | accuracy (mean ± 95 % CI) | seeds |", "|---|---|---|---|---|"]
+    for (model, strategy, lr), accs in sorted(cells.items()):
         m, h = t_interval(accs)
-        lines.append(f"| `{model}` | `{strategy}` | {100 * m:.2f}" + (f" ± {100 * h:.2f}" if h else "")
+        lines.append(f"| `{model}` | `{strategy}` | {lr} | {100 * m:.2f}" + (f" ± {100 * h:.2f}" if h else "")
                      + f" | {len(accs)} |")
     return "\n".join(lines) + "\n"
 
@@ -240,8 +251,10 @@ def _concepts_section(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(out: Path, sweep: Path, fmnist: Path) -> str:
-    """``evidence.md``: every table of docs/results/evidence.md, from the files the other commands wrote."""
+def report(out: Path, sweep: Path, fmnist: Path, fmnist_selected: Optional[Path] = None) -> str:
+    """``evidence.md``: every table of docs/results/evidence.md, from the files the other commands wrote.
+    ``fmnist``: Fashion-MNIST runs at fixed learning rates; ``fmnist_selected``: the sweep whose learning rates
+    were chosen on Fashion-MNIST's held-out validation images (``analysis/sweeps/fmnist_val_formula.txt``)."""
     parts = ["## Linear probes of frozen features\n"]
     probe = out / "probe.json"
     parts.append(probe_markdown(json.loads(probe.read_text())) if probe.is_file() else "_run `probe` first._\n")
@@ -252,6 +265,10 @@ def report(out: Path, sweep: Path, fmnist: Path) -> str:
         parts.append(_compare_section(sweep, backbone, note))
     parts.append("\n## Fashion-MNIST (real data, one 10-class task, 1 epoch)\n")
     parts.append(_fmnist_section(fmnist))
+    if fmnist_selected is not None and fmnist_selected.is_dir():
+        parts.append("\n### Learning rates chosen on Fashion-MNIST's validation split\n")
+        val_md = out / "validation_fmnist.md"
+        parts.append(_compare_markdown(fmnist_selected, val_md) + f"\nEvery validation score: `{val_md}`.\n")
     concepts = out / "concepts.json"
     parts.append("\n## PaCa assignments of the default run\n")
     parts.append(_concepts_section(json.loads(concepts.read_text())) if concepts.is_file() else "_run `concepts`._\n")
@@ -315,6 +332,8 @@ def main(argv=None):
     rp.add_argument("--out", type=Path, default=Path("docs/results/evidence"))
     rp.add_argument("--sweep", type=Path, default=Path("sweeps/evidence"))
     rp.add_argument("--fmnist", type=Path, default=Path("sweeps/evidence_fmnist"))
+    rp.add_argument("--fmnist-selected", type=Path, default=Path("sweeps/fmnist"),
+                    help="the Fashion-MNIST sweep with validation-chosen learning rates (skipped if absent)")
     cf = sub.add_parser("card", help="plot a model card's pretraining curves")
     cf.add_argument("card", type=Path, nargs="?", default=Path("gift_cl/assets/vit_formula.json"))
     cf.add_argument("--out", type=Path, default=Path("docs/figures/vit_formula_pretraining.png"))
@@ -322,7 +341,7 @@ def main(argv=None):
     if a.cmd == "card":
         print(card_figure(a.card, a.out))
     if a.cmd == "report":
-        print(report(a.out, a.sweep, a.fmnist))
+        print(report(a.out, a.sweep, a.fmnist, a.fmnist_selected))
     if a.cmd == "concepts":
         doc = {}
         for spec in a.runs:

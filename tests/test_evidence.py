@@ -94,11 +94,21 @@ def test_report_collects_the_sweeps(tmp_path):
                 write(sweep, i := i + 1, strategy, model, "test", seed, base + 0.01 * seed, "1e-2")
     for model, acc in (("vit_formula", 0.8), ("vit_procedural", 0.7)):
         write(fmnist, i := i + 1, "linear", model, "test", 0, acc, "1e-2")
-    text = evidence.report(out, sweep, fmnist)
+    write(fmnist, i := i + 1, "linear", "vit_formula", "val", 100, 0.99, "1e-2")  # a selection run: not a test number
+    selected = tmp_path / "fmnist_selected"  # learning rates chosen on Fashion-MNIST's own validation split
+    for strategy, base in (("gift", 0.78), ("linear", 0.77)):
+        for lr, shift in (("3e-3", 0.01), ("1e-2", 0.0)):
+            for seed in (100, 101):
+                write(selected, i := i + 1, strategy, "vit_formula", "val", seed, base + shift, lr)
+        for seed in range(3):
+            write(selected, i := i + 1, strategy, "vit_formula", "test", seed, base + 0.001 * seed, "3e-3")
+    text = evidence.report(out, sweep, fmnist, selected)
     assert "#### `vit_formula`" in text and "#### `vit_procedural`" in text
     assert "gift_multitask[model=vit_formula]" in text and "val 60.0" in text
     assert "Resolved at α = 0.05 (Holm): gift_multitask[model=vit_formula] > linear_multitask[model=vit_formula]" in text
-    assert "| `vit_formula` | `linear` | 80.00 | 1 |" in text
+    assert "| `vit_formula` | `linear` | 1e-2 | 80.00 | 1 |" in text and "99.00" not in text
+    chosen = text[text.index("### Learning rates chosen on Fashion-MNIST's validation split"):]
+    assert "gift[model=vit_formula]" in chosen and "val 79.0" in chosen and (out / "validation_fmnist.md").is_file()
     assert (out / "evidence.md").read_text() == text and (sweep / "validation_vit_formula.md").is_file()
 
 
