@@ -191,7 +191,7 @@ def concept_stats(run_dir: Path, block: int = 0) -> dict:
 
 def _compare_markdown(sweep: Path, val_md: Path, where: tuple[str, ...] = ()) -> str:
     """``analysis/compare.py``'s table of a sweep (selection on validation, paired differences; ``--where`` filters)
-    and every validation score written to ``val_md``; an italic line when nothing has finished yet."""
+    and every validation score written to ``val_md``; an italic line naming ``where`` when nothing has finished."""
     import contextlib
     import io
 
@@ -201,7 +201,7 @@ def _compare_markdown(sweep: Path, val_md: Path, where: tuple[str, ...] = ()) ->
         try:
             return compare.main(args)
         except SystemExit as err:  # no finished runs yet
-            return f"_no finished runs in {sweep} ({err})._\n"
+            return f"_{', '.join(where) + ': ' if where else ''}no finished runs in {sweep} ({err})._\n"
 
 
 def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
@@ -209,8 +209,8 @@ def _compare_section(sweep: Path, backbone: str, seeds_note: str) -> str:
     differences, and the validation scores of every setting."""
     val_md = sweep / f"validation_{backbone}.md"
     md = _compare_markdown(sweep, val_md, (f"model={backbone}",))
-    if md.startswith("_no finished runs"):
-        return f"_{backbone}: {md[1:]}"
+    if md.startswith("_"):  # nothing finished: the italic line alone
+        return md
     return f"#### `{backbone}`\n\n{seeds_note}\n\n{md}\nEvery validation score: `{val_md}`.\n"
 
 
